@@ -1,0 +1,1 @@
+"""The data stage: read, validate and normalise training examples; lose no row."""

@@ -1,0 +1,1 @@
+"""Built-in demo: a small order-extraction data set and its generator."""

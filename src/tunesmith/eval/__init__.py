@@ -1,0 +1,1 @@
+"""The eval stage: score model outputs against references and aggregate the scores."""

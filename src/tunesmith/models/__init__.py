@@ -1,0 +1,1 @@
+"""Resolve a model source and load model + tokenizer with safe defaults."""

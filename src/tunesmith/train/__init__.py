@@ -1,0 +1,1 @@
+"""The train stage: tokenize + mask, pack, and our own loop on accelerate + peft."""

@@ -1,0 +1,50 @@
+"""LoRA dropout that is cheap on CPU.
+
+PEFT applies `nn.Dropout` to the input of every adapted layer. On CPU, torch's Bernoulli
+sampler draws one random number per element and runs at ~60M elements/s here: on
+SmolLM2-135M it took ~20% of a LoRA step, more than the matmul it feeds. This draws 64
+random bits per call and uses 16 of them per element (the keep test is exact to 1/65536),
+about 8x faster for the same mask statistics. GPUs keep torch's own dropout.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class BitDropout(nn.Module):
+    def __init__(self, p: float) -> None:
+        super().__init__()
+        if not 0 <= p < 1:
+            raise ValueError(f"dropout p must be in [0, 1), got {p}")
+        self.p = p
+        # int16 values are uniform over [-32768, 32767]: drop the lowest p share of them.
+        self.threshold = -32768 + round(p * 65536)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.training or self.p == 0:
+            return x
+        n = x.numel()
+        bits = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_(-(2**63), None)
+        keep = bits.view(torch.int16)[:n].view(x.shape) >= self.threshold
+        return x * (keep.to(x.dtype) * (1.0 / (1.0 - self.p)))
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}"
+
+
+def use_bit_dropout(model: Any) -> int:
+    """Swap every LoRA `nn.Dropout` for a BitDropout with the same p; returns how many."""
+    swapped = 0
+    for module in model.modules():
+        dropouts = getattr(module, "lora_dropout", None)
+        if not isinstance(dropouts, nn.ModuleDict):
+            continue
+        for name, layer in list(dropouts.items()):
+            if isinstance(layer, nn.Dropout) and layer.p > 0:
+                dropouts[name] = BitDropout(layer.p)
+                swapped += 1
+    return swapped

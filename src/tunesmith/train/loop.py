@@ -1,0 +1,375 @@
+"""Our own training loop on accelerate + peft: setup -> plan -> fit -> save.
+
+Loss is averaged over the trained tokens of the whole optimizer step (all micro-batches
+together), so gradient accumulation gives the same update as one big batch.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from contextlib import nullcontext
+import random
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+
+from tunesmith.config import RunConfig
+from tunesmith.data.formats import read_examples, split_rows
+from tunesmith.errors import TunesmithError
+from tunesmith.io import replace_dir_atomic, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from tunesmith.models.load import load_model, load_tokenizer, pick_device, pick_dtype
+from tunesmith.models.source import resolve_source
+from tunesmith.train.dropout import use_bit_dropout
+from tunesmith.train.encode import Encoded, encode, ensure_chat_template
+from tunesmith.train.loss import TokenLoss
+from tunesmith.train.pack import Row, collate, one_per_row, pack
+
+Step = list[list[Row]]  # one optimizer step = micro-batches of rows
+
+
+@dataclass
+class Prepared:
+    train: list[Encoded]
+    val: list[Encoded]
+    removed: list[dict[str, Any]] = field(default_factory=list)
+
+
+@dataclass
+class TrainResult:
+    run_dir: Path
+    steps: int
+    tokens: int
+    train_seconds: float
+    tokens_per_s: float
+    final_loss: float | None
+    final_eval_loss: float | None
+
+
+# ---------------------------------------------------------------- data
+
+def load_rows(cfg: RunConfig, run_dir: Path) -> tuple[list[dict], list[dict], list[dict]]:
+    """Read train (and val) files, hold out a seeded split, write them into the run folder."""
+    if not cfg.data.train:
+        raise TunesmithError("data.train is not set: give --data FILE or data.train in the config", exit_code=2)
+    read = read_examples(cfg.data.train)
+    removed = [{"file": cfg.data.train, **r} for r in read.removed]
+    if cfg.data.val:
+        val_read = read_examples(cfg.data.val)
+        removed += [{"file": cfg.data.val, **r} for r in val_read.removed]
+        train_rows, val_rows = read.kept, val_read.kept[: cfg.data.max_val_examples]
+    else:
+        train_rows, val_rows = split_rows(read.kept, cfg.data.val_fraction, cfg.train.seed, cfg.data.max_val_examples)
+    if not train_rows:
+        raise TunesmithError(
+            f"{cfg.data.train}: no trainable rows ({len(read.removed)} removed; reasons: {read.reasons()})"
+        )
+    return train_rows, val_rows, removed
+
+
+def encode_rows(tokenizer: Any, rows: list[dict], cfg: RunConfig, file: str) -> tuple[list[Encoded], list[dict]]:
+    kept, removed = [], []
+    for row in rows:
+        enc = encode(tokenizer, row["messages"], cfg.data.train_on_inputs)
+        if len(enc.input_ids) > cfg.train.max_seq_len:
+            reason = f"too_long: {len(enc.input_ids)} tokens > train.max_seq_len {cfg.train.max_seq_len}"
+            removed.append({"file": file, "line": row["line"], "reasons": [reason], "raw": json.dumps(row["messages"])})
+        elif enc.n_trained == 0:
+            removed.append({"file": file, "line": row["line"], "reasons": ["no_trained_tokens"], "raw": json.dumps(row["messages"])})
+        else:
+            kept.append(enc)
+    return kept, removed
+
+
+def prepare_data(cfg: RunConfig, tokenizer: Any, run_dir: Path) -> Prepared:
+    train_rows, val_rows, removed = load_rows(cfg, run_dir)
+    train, gone_t = encode_rows(tokenizer, train_rows, cfg, cfg.data.train or "")
+    val, gone_v = encode_rows(tokenizer, val_rows, cfg, cfg.data.val or cfg.data.train or "")
+    removed += gone_t + gone_v
+    gone = {(r.get("file"), r["line"]) for r in gone_t + gone_v}
+    data_dir = run_dir / "data"
+    write_jsonl_atomic(data_dir / "train.jsonl", [r for r in train_rows if (cfg.data.train, r["line"]) not in gone])
+    write_jsonl_atomic(data_dir / "val.jsonl", [r for r in val_rows if (cfg.data.val or cfg.data.train, r["line"]) not in gone])
+    write_jsonl_atomic(data_dir / "removed.jsonl", removed)
+    if not train:
+        raise TunesmithError(f"no training example fits train.max_seq_len {cfg.train.max_seq_len}; see {data_dir / 'removed.jsonl'}")
+    return Prepared(train, val, removed)
+
+
+def plan_steps(examples: list[Encoded], cfg: RunConfig) -> list[Step]:
+    """The whole schedule up front: shuffle per epoch (seeded), pack, group into steps."""
+    t = cfg.train
+    per_step = t.micro_batch * t.grad_accum
+    rows: list[Row] = []
+    epoch = 0
+    while True:
+        order = list(examples)
+        random.Random(t.seed + epoch).shuffle(order)
+        epoch_rows = pack(order, t.max_seq_len) if t.packing else one_per_row(order)
+        remaining = t.epochs - epoch
+        if t.max_steps is None and remaining < 1:
+            epoch_rows = epoch_rows[: max(1, round(len(epoch_rows) * remaining))]
+        rows += epoch_rows
+        epoch += 1
+        enough = len(rows) >= t.max_steps * per_step if t.max_steps else epoch >= math.ceil(t.epochs)
+        if enough:
+            break
+    steps = [rows[i : i + per_step] for i in range(0, len(rows), per_step)]
+    steps = steps[: t.max_steps] if t.max_steps else steps
+    return [[s[i : i + t.micro_batch] for i in range(0, len(s), t.micro_batch)] for s in steps]
+
+
+# ---------------------------------------------------------------- model
+
+def build_model(cfg: RunConfig, path: str, device: torch.device) -> Any:
+    dtype = pick_dtype(cfg.model.dtype, device)
+    if cfg.method.name == "full":
+        dtype = torch.float32  # master weights stay fp32; the GPU path autocasts to bf16
+    model = load_model(
+        path,
+        dtype=dtype,
+        device=device,
+        quantize_4bit=cfg.method.name == "qlora",
+        trust_remote_code=cfg.model.trust_remote_code,
+    )
+    model.config.use_cache = False
+    if cfg.train.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if cfg.method.name == "full":
+        return model
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    if cfg.method.name == "qlora":
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+    lora = LoraConfig(
+        r=cfg.method.r,
+        lora_alpha=cfg.method.alpha,
+        lora_dropout=cfg.method.dropout,
+        target_modules=cfg.method.target_modules,
+        task_type="CAUSAL_LM",
+    )
+    try:
+        model = get_peft_model(model, lora)
+    except ValueError as e:
+        raise TunesmithError(f"method.target_modules: {e}", exit_code=2) from None
+    if device.type == "cpu":
+        use_bit_dropout(model)
+    return model
+
+
+def count_params(model: Any) -> dict[str, int]:
+    total = sum(p.numel() for p in model.parameters())
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return {"total": total, "trainable": trainable}
+
+
+# ---------------------------------------------------------------- fit
+
+def train(cfg: RunConfig, *, progress: bool = True, on_log: Callable[[dict], None] | None = None) -> TrainResult:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+
+    run_dir = Path(cfg.output.dir)
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
+    set_seed(cfg.train.seed)
+
+    device = pick_device()
+    path = resolve_source(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code)
+    ensure_chat_template(tokenizer)
+    data = prepare_data(cfg, tokenizer, run_dir)
+    steps = plan_steps(data.train, cfg)
+
+    set_seed(cfg.train.seed)  # LoRA init must not depend on how much data work came first
+    model = build_model(cfg, path, device)
+    mixed = "bf16" if device.type == "cuda" and cfg.method.name == "full" else "no"
+    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    scheduler = make_scheduler(cfg, optimizer, len(steps))
+    loss_fn, optimizer = accelerator.prepare(TokenLoss(model), optimizer)
+
+    pad_id = tokenizer.pad_token_id
+    metrics_path = run_dir / "metrics.jsonl"
+    metrics_path.unlink(missing_ok=True)
+    log = MetricsLog(metrics_path, on_log)
+    tokens = 0
+    train_seconds = 0.0
+    start = time.perf_counter()
+    last_loss = last_eval = None
+    with progress_bar(progress, len(steps)) as bar:
+        for number, step in enumerate(steps, start=1):
+            t0 = time.perf_counter()
+            loss, n_real, grad_norm = run_step(loss_fn, optimizer, accelerator, step, pad_id, cfg.train.max_grad_norm, device)
+            scheduler.step()
+            train_seconds += time.perf_counter() - t0
+            tokens += n_real
+            last_loss = loss
+            record: dict[str, Any] = {}
+            if number % cfg.train.eval_every == 0 or number == len(steps):
+                last_eval = evaluate_loss(loss_fn, data.val, cfg, pad_id, device)
+                if last_eval is not None:
+                    record["eval_loss"] = round(last_eval, 6)
+            if record or number % cfg.train.log_every == 0 or number == len(steps):
+                log.write({
+                    "step": number,
+                    "loss": round(loss, 6),
+                    **record,
+                    "lr": scheduler.get_last_lr()[0],
+                    "grad_norm": round(grad_norm, 6),
+                    "tokens": tokens,
+                    "tokens_per_s": round(tokens / train_seconds, 2),
+                    "elapsed": round(time.perf_counter() - start, 3),
+                    **memory_record(device),
+                })
+            if number % cfg.train.save_every == 0 and number < len(steps):
+                save_checkpoint(model, run_dir, number, tokens)
+            bar.advance(loss, tokens / train_seconds, last_eval)
+    save_trained(model, tokenizer, run_dir, cfg)
+    return TrainResult(
+        run_dir=run_dir,
+        steps=len(steps),
+        tokens=tokens,
+        train_seconds=train_seconds,
+        tokens_per_s=tokens / train_seconds if train_seconds else 0.0,
+        final_loss=last_loss,
+        final_eval_loss=last_eval,
+    )
+
+
+def make_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer, total: int) -> Any:
+    from transformers import get_scheduler
+
+    warmup = round(total * cfg.train.warmup_ratio)
+    name = "constant_with_warmup" if cfg.train.scheduler == "constant" else cfg.train.scheduler
+    return get_scheduler(name, optimizer, num_warmup_steps=warmup, num_training_steps=total)
+
+
+def run_step(loss_fn, optimizer, accelerator, step: Step, pad_id: int, max_norm: float, device) -> tuple[float, int, float]:
+    batches = [collate(rows, pad_id) for rows in step]
+    n_trained = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
+    loss_fn.train()
+    total_loss = 0.0
+    for i, batch in enumerate(batches):
+        sync = accelerator.no_sync(loss_fn) if i < len(batches) - 1 else nullcontext()
+        with sync:
+            loss_sum, _ = loss_fn(
+                batch["input_ids"].to(device), batch["position_ids"].to(device), batch["labels"].to(device)
+            )
+            # Divide by the step's trained tokens, not the micro-batch's: same update as one big batch.
+            accelerator.backward(loss_sum / max(n_trained, 1))
+        total_loss += loss_sum.item()
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    grad_norm = accelerator.clip_grad_norm_(params, max_norm)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    n_real = sum(int(b["n_real"]) for b in batches)
+    return total_loss / max(n_trained, 1), n_real, float(grad_norm)
+
+
+@torch.no_grad()
+def evaluate_loss(loss_fn, examples: list[Encoded], cfg: RunConfig, pad_id: int, device) -> float | None:
+    if not examples:
+        return None
+    loss_fn.eval()
+    rows = pack(examples, cfg.train.max_seq_len) if cfg.train.packing else one_per_row(examples)
+    total, count = 0.0, 0
+    for i in range(0, len(rows), cfg.train.micro_batch):
+        batch = collate(rows[i : i + cfg.train.micro_batch], pad_id)
+        loss_sum, n = loss_fn(batch["input_ids"].to(device), batch["position_ids"].to(device), batch["labels"].to(device))
+        total += loss_sum.item()
+        count += int(n)
+    loss_fn.train()
+    return total / max(count, 1)
+
+
+def memory_record(device: torch.device) -> dict[str, float]:
+    if device.type != "cuda":
+        return {}
+    return {"mem_gb": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
+
+
+class MetricsLog:
+    """Appends one JSON object per logged step; flushed each line so a crash keeps the curve."""
+
+    def __init__(self, path: Path, on_log: Callable[[dict], None] | None) -> None:
+        self.path = path
+        self.on_log = on_log
+
+    def write(self, record: dict) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            f.write(json.dumps(record) + "\n")
+        if self.on_log:
+            self.on_log(record)
+
+
+# ---------------------------------------------------------------- saving
+
+def save_trained(model: Any, tokenizer: Any, run_dir: Path, cfg: RunConfig) -> Path:
+    """RUN/adapter (PEFT format) for LoRA/QLoRA, RUN/model for full fine-tuning; atomic."""
+    final = run_dir / ("model" if cfg.method.name == "full" else "adapter")
+    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{final.name}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        if cfg.method.name == "full":
+            tokenizer.save_pretrained(tmp)
+        replace_dir_atomic(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def save_checkpoint(model: Any, run_dir: Path, step: int, tokens: int) -> Path:
+    """checkpoints/step-NNNNNN: complete or absent (temp dir, then rename), then `latest`."""
+    root = run_dir / "checkpoints"
+    root.mkdir(exist_ok=True)
+    final = root / f"step-{step:06d}"
+    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        write_json_atomic(tmp / "state.json", {"step": step, "tokens": tokens})
+        replace_dir_atomic(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    write_text_atomic(root / "latest", final.name + "\n")
+    return final
+
+
+# ---------------------------------------------------------------- progress
+
+class progress_bar:
+    """A Rich progress bar with loss and tokens/s; a no-op when progress is off."""
+
+    def __init__(self, enabled: bool, total: int) -> None:
+        self.enabled = enabled
+        self.total = total
+
+    def __enter__(self) -> "progress_bar":
+        if self.enabled:
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+            self._progress = Progress(
+                TextColumn("train"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[info]}"),
+                TimeRemainingColumn(),
+            )
+            self._progress.__enter__()
+            self._task = self._progress.add_task("train", total=self.total, info="")
+        return self
+
+    def advance(self, loss: float, tokens_per_s: float, eval_loss: float | None) -> None:
+        if not self.enabled:
+            return
+        info = f"loss {loss:.3f}" + (f"  eval {eval_loss:.3f}" if eval_loss is not None else "") + f"  {tokens_per_s:,.0f} tok/s"
+        self._progress.update(self._task, advance=1, info=info)
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.enabled:
+            self._progress.__exit__(*exc)
