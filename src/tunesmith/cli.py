@@ -122,7 +122,19 @@ def _fmt(value: float | None) -> str:
     return "" if value is None else f"{value:.3f}"
 
 
+def quiet_libraries() -> None:
+    """Keep the terminal for tunesmith's own progress: no per-tensor loading bars, and no
+    deprecation chatter between peft and transformers that the user cannot act on."""
+    import os
+    import warnings
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
 def main() -> None:
+    quiet_libraries()
     try:
         app()  # standalone: click prints usage errors itself and exits 2
     except TunesmithError as e:

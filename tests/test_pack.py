@@ -1,0 +1,80 @@
+import torch
+import torch.nn.functional as F
+
+from tiny import build_model
+from tunesmith.train.encode import Encoded, encode
+from tunesmith.train.loss import TokenLoss
+from tunesmith.train.pack import collate, one_per_row, pack
+
+
+def examples(tokenizer, n=5):
+    out = []
+    for i in range(n):
+        messages = [
+            {"role": "user", "content": "Extract the order as JSON." + " please" * i},
+            {"role": "assistant", "content": '{"name": "Maria Lopez", "quantity": %d}' % i},
+        ]
+        out.append(encode(tokenizer, messages))
+    return out
+
+
+def test_first_fit_respects_the_limit_and_restarts_positions():
+    ex = [Encoded(list(range(n)), [False] + [True] * (n - 1)) for n in (6, 5, 3, 4, 2)]
+    rows = pack(ex, max_seq_len=8)
+    assert all(len(r) <= 8 for r in rows)
+    assert sorted(len(r) for r in rows) == [4, 8, 8]  # 6+2, 5+3, 4: first fit fills earlier rows
+    assert rows[0].position_ids == [0, 1, 2, 3, 4, 5, 0, 1]
+    assert sum(len(r) for r in rows) == 20
+
+
+def per_token_losses(model, batch):
+    # use_cache=False as in training: transformers detects packing only without a cache
+    logits = model(input_ids=batch["input_ids"], position_ids=batch["position_ids"], use_cache=False).logits.float()
+    loss = F.cross_entropy(logits[:, :-1].transpose(1, 2), batch["labels"][:, 1:], ignore_index=-100, reduction="none")
+    return loss
+
+
+def test_packed_loss_equals_unpacked_loss_per_example(tiny_tokenizer):
+    """Guards against attention leaking between packed examples (no block-diagonal mask)."""
+    model = build_model(tiny_tokenizer).eval()
+    ex = examples(tiny_tokenizer)
+    pad = tiny_tokenizer.pad_token_id
+    alone = []
+    for e in ex:
+        batch = collate(one_per_row([e]), pad)
+        alone.append(per_token_losses(model, batch).sum().item())
+    rows = pack(ex, max_seq_len=sum(len(e.input_ids) for e in ex))
+    assert len(rows) == 1
+    batch = collate(rows, pad)
+    losses = per_token_losses(model, batch)[0]
+    starts = [0]
+    for e in ex:
+        starts.append(starts[-1] + len(e.input_ids))
+    for i, expected in enumerate(alone):
+        # the loss at position t predicts token t+1: example i's targets are starts[i]..starts[i+1]-2
+        packed = losses[starts[i] : starts[i + 1] - 1].sum().item()
+        assert abs(packed - expected) < 1e-5, (i, packed, expected)
+    # and no example's loss depends on what it was packed with
+    total, n = TokenLoss(model)(batch["input_ids"], batch["position_ids"], batch["labels"])
+    assert abs(total.item() - sum(alone)) < 1e-4
+    assert n.item() == sum(e.n_trained for e in ex)
+
+
+def test_padding_changes_nothing(tiny_tokenizer):
+    model = build_model(tiny_tokenizer).eval()
+    ex = examples(tiny_tokenizer, 3)
+    pad = tiny_tokenizer.pad_token_id
+    padded = collate(one_per_row(ex), pad)  # rows of different lengths, right-padded
+    loss_fn = TokenLoss(model)
+    together, _ = loss_fn(padded["input_ids"], padded["position_ids"], padded["labels"])
+    apart = sum(loss_fn(**{k: v for k, v in collate(one_per_row([e]), pad).items() if k != "n_real"})[0].item() for e in ex)
+    assert abs(together.item() - apart) < 1e-4
+    assert padded["n_real"].item() == sum(len(e.input_ids) for e in ex)
+
+
+def test_token_loss_matches_the_model_own_loss(tiny_tokenizer):
+    model = build_model(tiny_tokenizer).eval()
+    batch = collate(one_per_row(examples(tiny_tokenizer, 1)), tiny_tokenizer.pad_token_id)
+    total, n = TokenLoss(model)(batch["input_ids"], batch["position_ids"], batch["labels"])
+    reference = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
+    assert torch.allclose(total / n, reference, atol=1e-6)

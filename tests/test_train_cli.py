@@ -1,0 +1,117 @@
+"""End to end through the real CLI on the tiny model: train, metrics, adapter, eval."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file
+
+from tiny import order_rows, write_rows
+
+FAST = ["--set", "train.max_seq_len=128", "--set", "train.micro_batch=2", "--set", "train.eval_every=2",
+        "--set", "train.log_every=1", "--set", "train.save_every=2", "--set", "method.r=4"]
+
+
+def tunesmith(*args, check=True):
+    result = subprocess.run([sys.executable, "-m", "tunesmith.cli", *map(str, args)], capture_output=True, text=True)
+    if check and result.returncode != 0:
+        raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
+    return result
+
+
+@pytest.fixture(scope="module")
+def trained_run(tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("cli")
+    rows = order_rows(40)
+    data = write_rows(tmp / "train.jsonl", rows)
+    with data.open("a") as f:  # two bad lines: both must be accounted for, neither may stop the run
+        f.write('{"instruction": "oops"\n')
+        f.write(json.dumps({"instruction": "x", "response": ""}) + "\n")
+    run = tmp / "run"
+    result = tunesmith("train", "--model", tiny_model_dir, "--data", data, "--out", run, "--no-progress",
+                       "--set", "train.max_steps=4", *FAST)
+    return run, result
+
+
+def test_train_writes_metrics_adapter_config_and_data(trained_run):
+    run, result = trained_run
+    assert "trained 4 steps" in result.stdout
+    records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    for r in records:
+        assert {"step", "loss", "lr", "tokens", "tokens_per_s", "elapsed"} <= set(r)
+    assert [("eval_loss" in r) for r in records] == [False, True, False, True]
+    tokens = [r["tokens"] for r in records]
+    assert tokens == sorted(tokens) and tokens[0] > 0
+    assert (run / "adapter" / "adapter_config.json").is_file()
+    weights = load_file(run / "adapter" / "adapter_model.safetensors")
+    assert any("lora_A" in k for k in weights) and any("lora_B" in k for k in weights)
+    config = json.loads((run / "adapter" / "adapter_config.json").read_text())
+    assert (config["r"], config["lora_alpha"]) == (4, 8)
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-000002"
+    assert "train:" in (run / "config.yaml").read_text()
+    removed = [json.loads(line) for line in (run / "data" / "removed.jsonl").read_text().splitlines()]
+    assert sorted((r["line"], r["reasons"][0].split(":")[0]) for r in removed) == [(41, "invalid_json"), (42, "empty_field")]
+    n_train = len((run / "data" / "train.jsonl").read_text().splitlines())
+    n_val = len((run / "data" / "val.jsonl").read_text().splitlines())
+    assert (n_train, n_val) == (36, 4)  # seeded 10% hold-out of the 40 good rows
+
+
+def test_eval_writes_outputs_and_scores(trained_run):
+    run, _ = trained_run
+    result = tunesmith("eval", run, "--set", "eval.max_new_tokens=8")
+    assert "base vs tuned on 4 held-out examples" in result.stdout
+    scores = json.loads((run / "eval" / "scores.json").read_text())
+    assert scores["n"] == 4
+    for side in ("base", "tuned"):
+        assert set(scores[side]) == {"exact_match", "json_valid", "json_field_accuracy"}
+    outputs = [json.loads(line) for line in (run / "eval" / "outputs.jsonl").read_text().splitlines()]
+    assert len(outputs) == 4
+    assert {"line", "prompt", "reference", "base", "tuned", "scores"} <= set(outputs[0])
+
+
+def test_train_from_a_config_file(tiny_model_dir, tmp_path):
+    data = write_rows(tmp_path / "train.jsonl", order_rows(12))
+    val = write_rows(tmp_path / "val.jsonl", order_rows(3))
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        f"model: {{source: {tiny_model_dir}}}\n"
+        f"data: {{train: {data}, val: {val}}}\n"
+        f"train: {{max_steps: 2, max_seq_len: 128, micro_batch: 2, grad_accum: 2}}\n"
+        f"output: {{dir: {tmp_path / 'run'}}}\n"
+    )
+    tunesmith("train", config, "--no-progress")
+    assert len((tmp_path / "run" / "data" / "val.jsonl").read_text().splitlines()) == 3
+    assert (tmp_path / "run" / "adapter" / "adapter_model.safetensors").is_file()
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["train", "--model", "m"], "give a CONFIG file, or all of --model, --data and --out"),
+        (["train", "missing.yaml"], "missing.yaml: config file not found"),
+        (["eval", "no-such-run"], "is not a run folder"),
+    ],
+)
+def test_usage_errors_exit_2_with_one_message(args, message, tmp_path):
+    result = tunesmith(*args, check=False)
+    assert result.returncode == 2
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_missing_data_file_and_unknown_model(tiny_model_dir, tmp_path):
+    result = tunesmith("train", "--model", tiny_model_dir, "--data", tmp_path / "nope.jsonl", "--out", tmp_path / "r",
+                       check=False)
+    assert result.returncode == 2 and "nope.jsonl: data file not found" in result.stderr
+    data = write_rows(tmp_path / "d.jsonl", order_rows(4))
+    result = tunesmith("train", "--model", tmp_path / "not-a-model", "--data", data, "--out", tmp_path / "r", check=False)
+    assert result.returncode == 2 and "is neither a model folder" in result.stderr
+
+
+def test_wrong_target_module_is_a_usage_error(tiny_model_dir, tmp_path):
+    data = write_rows(tmp_path / "d.jsonl", order_rows(8))
+    result = tunesmith("train", "--model", tiny_model_dir, "--data", data, "--out", tmp_path / "r", "--no-progress",
+                       "--set", "method.target_modules=[qkv_proj]", check=False)
+    assert result.returncode == 2 and "method.target_modules" in result.stderr
