@@ -135,12 +135,16 @@ def run_tunesmith(args: argparse.Namespace) -> dict:
     shapes: list[dict] = []
     original_run_step = loop.run_step
 
-    def observed_run_step(loss_fn, optimizer, accelerator, step, pad_id, max_norm, device):
+    def is_step(value) -> bool:  # one optimizer step: a list of micro-batches, each a list of rows
+        return isinstance(value, list) and bool(value) and isinstance(value[0], list) and hasattr(value[0][0], "input_ids")
+
+    def observed_run_step(*a, **kw):
+        step = next(v for v in [*a, *kw.values()] if is_step(v))
         tokens = sum(len(r) for mb in step for r in mb)
-        slots = sum(len(mb) * max(len(r) for r in mb) for mb in step)
-        trained = sum(sum(r.trained[1:]) for mb in step for r in mb)
+        slots = sum(len(mb) * max(len(r) for r in mb) for mb in step)  # collate pads to the longest row
+        trained = sum(sum(r.trained[1:]) for mb in step for r in mb)  # targets: labels[:, 1:] != -100
         shapes.append({"tokens": tokens, "slots": slots, "trained": trained})
-        return original_run_step(loss_fn, optimizer, accelerator, step, pad_id, max_norm, device)
+        return original_run_step(*a, **kw)
 
     loop.run_step = observed_run_step
     result = loop.train(cfg, progress=False)
@@ -300,6 +304,15 @@ def child(args: argparse.Namespace) -> None:
 
 # ------------------------------------------------------------------ orchestration
 
+def cpu_times() -> tuple[int, int] | None:
+    """(steal, total) jiffies of all CPUs from /proc/stat; None where there is none."""
+    try:
+        fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    except (OSError, ValueError, IndexError):
+        return None
+    return (fields[7] if len(fields) > 7 else 0), sum(fields[:8])
+
+
 def launch(name: str, args: argparse.Namespace, data: Path, work: Path) -> dict:
     result = work / f"{name}.json"
     run_dir = work / name
@@ -321,12 +334,16 @@ def launch(name: str, args: argparse.Namespace, data: Path, work: Path) -> dict:
         "PYTHONWARNINGS": "ignore",
     }
     log(f"{name}: starting")
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), cpu_times()
     proc = subprocess.run(cmd, env=env, stdout=sys.stderr, stderr=sys.stderr)
     if proc.returncode != 0:
         raise SystemExit(f"runner {name} failed with exit code {proc.returncode}")
+    cpu1 = cpu_times()
     out = json.loads(result.read_text(encoding="utf-8"))
     out["process_seconds"] = round(time.perf_counter() - t0, 1)
+    if cpu0 and cpu1 and cpu1[1] > cpu0[1]:
+        # CPU time the hypervisor gave to others while this runner ran: a noise gauge for shared machines.
+        out["cpu_steal_share"] = round((cpu1[0] - cpu0[0]) / (cpu1[1] - cpu0[1]), 4)
     log(f"{name}: {out['tokens_per_s']:.1f} tokens/s ({out['tokens']} tokens in {out['seconds']:.1f} s)")
     return out
 

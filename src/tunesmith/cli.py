@@ -44,6 +44,7 @@ def train_cmd(
     from tunesmith.config import build_config, load_config
     from tunesmith.train.loop import train
 
+    quiet_transformers()
     flags = [f"model.source={model}"] * bool(model) + [f"data.train={data}"] * bool(data)
     flags += [f"data.val={val}"] * bool(val) + [f"output.dir={out_dir}"] * bool(out_dir)
     overrides = flags + list(set_ or [])
@@ -69,6 +70,7 @@ def eval_cmd(
     """Score base against tuned on the run's held-out rows."""
     from tunesmith.eval.run import evaluate_run
 
+    quiet_transformers()
     scores = evaluate_run(run, set_, on_progress=_eval_progress)
     err.print()
     out.print(score_table(scores))
@@ -84,6 +86,7 @@ def demo_cmd(
     """Validate the bundled sample, fine-tune SmolLM2-135M on CPU, compare base and tuned."""
     from tunesmith.demo.run import run_demo
 
+    quiet_transformers()
     def validated(read: Any) -> None:
         total = len(read.kept) + len(read.removed)
         reasons = ", ".join(f"{k} {v}" for k, v in read.reasons().items()) or "none"
@@ -131,6 +134,14 @@ def quiet_libraries() -> None:
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.*", category=FutureWarning)
+
+
+def quiet_transformers() -> None:
+    """Called by the commands that load models (importing transformers costs ~2 s)."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
 
 
 def main() -> None:
