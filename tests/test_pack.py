@@ -78,3 +78,27 @@ def test_token_loss_matches_the_model_own_loss(tiny_tokenizer):
     total, n = TokenLoss(model)(batch["input_ids"], batch["position_ids"], batch["labels"])
     reference = model(input_ids=batch["input_ids"], labels=batch["labels"]).loss
     assert torch.allclose(total / n, reference, atol=1e-6)
+
+
+def test_per_example_attention_matches_the_masked_attention(tiny_tokenizer):
+    """Loss and gradients are the same with tunesmith's per-example SDPA as with the
+    block-diagonal mask transformers builds, including a padded row."""
+    from tunesmith.train.attention import NAME, use_packed_attention
+
+    model = build_model(tiny_tokenizer)
+    rows = pack(examples(tiny_tokenizer, 7), max_seq_len=90)
+    assert len(rows) > 1 and len({len(r) for r in rows}) > 1  # several rows, padding in some
+    batch = collate(rows, tiny_tokenizer.pad_token_id)
+    args = (batch["input_ids"], batch["position_ids"], batch["labels"])
+
+    def loss_and_grads():
+        model.zero_grad()
+        loss, _ = TokenLoss(model)(*args)
+        loss.backward()
+        return loss.item(), [p.grad.clone() for p in model.parameters()]
+
+    masked_loss, masked_grads = loss_and_grads()
+    assert use_packed_attention(model) and model.config._attn_implementation == NAME
+    packed_loss, packed_grads = loss_and_grads()
+    assert abs(masked_loss - packed_loss) < 1e-4
+    assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(masked_grads, packed_grads))

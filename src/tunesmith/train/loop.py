@@ -25,6 +25,7 @@ from tunesmith.errors import TunesmithError
 from tunesmith.io import replace_dir_atomic, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from tunesmith.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunesmith.models.source import resolve_source
+from tunesmith.train.attention import use_packed_attention
 from tunesmith.train.dropout import use_bit_dropout
 from tunesmith.train.encode import Encoded, encode, ensure_chat_template
 from tunesmith.train.loss import TokenLoss
@@ -138,6 +139,7 @@ def build_model(cfg: RunConfig, path: str, device: torch.device) -> Any:
         trust_remote_code=cfg.model.trust_remote_code,
     )
     model.config.use_cache = False
+    use_packed_attention(model)  # falls back to the model's own masked attention if refused
     if cfg.train.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     if cfg.method.name == "full":
