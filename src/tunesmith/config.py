@@ -75,7 +75,7 @@ class TrainConfig(Section):
 
 class EvalConfig(Section):
     max_new_tokens: int = Field(128, ge=1, description="generation cap (lowered to fit the longest reference)")
-    batch_size: int = Field(16, ge=1, description="prompts generated together")
+    batch_size: int = Field(32, ge=1, description="prompts generated together (decoding is memory-bound: larger is cheaper per prompt)")
     max_examples: int | None = Field(None, ge=1, description="evaluate only the first N validation rows")
 
 
