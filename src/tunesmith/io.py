@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any, Callable, Iterable
 
 
 def write_text_atomic(path: Path, text: str) -> None:
@@ -43,3 +43,18 @@ def replace_dir_atomic(tmp_dir: Path, final_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.replace(tmp_dir, final_dir)
+
+
+def write_dir_atomic(final_dir: Path, fill: Callable[[Path], None]) -> Path:
+    """Let `fill` write into a temp folder beside `final_dir`, then move it into place:
+    the folder is complete or absent, never half-written (a crash leaves only a temp dir)."""
+    final_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}."))
+    tmp.chmod(0o755)  # mkdtemp makes it private; these folders are ordinary outputs
+    try:
+        fill(tmp)
+        replace_dir_atomic(tmp, final_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final_dir

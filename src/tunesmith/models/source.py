@@ -11,13 +11,11 @@ from __future__ import annotations
 import hashlib
 import importlib.util
 import os
-import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from tunesmith.errors import UsageError
-from tunesmith.io import replace_dir_atomic
+from tunesmith.io import write_dir_atomic
 
 
 @dataclass(frozen=True)
@@ -87,10 +85,7 @@ def convert_gguf(gguf: Path, *, trust_remote_code: bool = False) -> Path:
         return final
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}."))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the cache is shared like any HF cache
-    try:
+    def fill(folder: Path) -> None:
         kwargs = dict(gguf_file=gguf.name, trust_remote_code=trust_remote_code)
         tokenizer = AutoTokenizer.from_pretrained(gguf.parent, **kwargs)
         model = AutoModelForCausalLM.from_pretrained(gguf.parent, dtype="float32", **kwargs)
@@ -101,10 +96,7 @@ def convert_gguf(gguf: Path, *, trust_remote_code: bool = False) -> Path:
         model.hf_quantizer = None
         model.is_quantized = False
         model.config.name_or_path = gguf.stem
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        replace_dir_atomic(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+        model.save_pretrained(folder, safe_serialization=True)
+        tokenizer.save_pretrained(folder)
+
+    return write_dir_atomic(final, fill)

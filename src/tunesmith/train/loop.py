@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import json
 import math
-from contextlib import nullcontext
 import random
-import shutil
-import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -22,7 +20,7 @@ import torch
 from tunesmith.config import RunConfig
 from tunesmith.data.formats import read_examples, split_rows
 from tunesmith.errors import TunesmithError
-from tunesmith.io import replace_dir_atomic, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from tunesmith.io import write_dir_atomic, write_json_atomic, write_jsonl_atomic, write_text_atomic
 from tunesmith.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunesmith.models.source import resolve_source
 from tunesmith.train.attention import use_packed_attention
@@ -54,7 +52,7 @@ class TrainResult:
 
 # ---------------------------------------------------------------- data
 
-def load_rows(cfg: RunConfig, run_dir: Path) -> tuple[list[dict], list[dict], list[dict]]:
+def load_rows(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
     """Read train (and val) files, hold out a seeded split, write them into the run folder."""
     if not cfg.data.train:
         raise TunesmithError("data.train is not set: give --data FILE or data.train in the config", exit_code=2)
@@ -88,7 +86,7 @@ def encode_rows(tokenizer: Any, rows: list[dict], cfg: RunConfig, file: str) -> 
 
 
 def prepare_data(cfg: RunConfig, tokenizer: Any, run_dir: Path) -> Prepared:
-    train_rows, val_rows, removed = load_rows(cfg, run_dir)
+    train_rows, val_rows, removed = load_rows(cfg)
     train, gone_t = encode_rows(tokenizer, train_rows, cfg, cfg.data.train or "")
     val, gone_v = encode_rows(tokenizer, val_rows, cfg, cfg.data.val or cfg.data.train or "")
     removed += gone_t + gone_v
@@ -315,33 +313,24 @@ class MetricsLog:
 
 def save_trained(model: Any, tokenizer: Any, run_dir: Path, cfg: RunConfig) -> Path:
     """RUN/adapter (PEFT format) for LoRA/QLoRA, RUN/model for full fine-tuning; atomic."""
-    final = run_dir / ("model" if cfg.method.name == "full" else "adapter")
-    tmp = Path(tempfile.mkdtemp(dir=run_dir, prefix=f".{final.name}."))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
+
+    def fill(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
         if cfg.method.name == "full":
-            tokenizer.save_pretrained(tmp)
-        replace_dir_atomic(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return final
+            tokenizer.save_pretrained(folder)
+
+    return write_dir_atomic(run_dir / ("model" if cfg.method.name == "full" else "adapter"), fill)
 
 
 def save_checkpoint(model: Any, run_dir: Path, step: int, tokens: int) -> Path:
-    """checkpoints/step-NNNNNN: complete or absent (temp dir, then rename), then `latest`."""
-    root = run_dir / "checkpoints"
-    root.mkdir(exist_ok=True)
-    final = root / f"step-{step:06d}"
-    tmp = Path(tempfile.mkdtemp(dir=root, prefix=f".{final.name}."))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
-        write_json_atomic(tmp / "state.json", {"step": step, "tokens": tokens})
-        replace_dir_atomic(tmp, final)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    write_text_atomic(root / "latest", final.name + "\n")
+    """checkpoints/step-NNNNNN: complete or absent, then the `latest` pointer moves to it."""
+
+    def fill(folder: Path) -> None:
+        model.save_pretrained(folder, safe_serialization=True)
+        write_json_atomic(folder / "state.json", {"step": step, "tokens": tokens})
+
+    final = write_dir_atomic(run_dir / "checkpoints" / f"step-{step:06d}", fill)
+    write_text_atomic(run_dir / "checkpoints" / "latest", final.name + "\n")
     return final
 
 
