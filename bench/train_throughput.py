@@ -85,8 +85,14 @@ def summarise(per_step: list[dict], steps: int) -> dict:
     tokens = sum(s["tokens"] for s in timed)
     slots = sum(s["slots"] for s in timed)
     seconds = sum(s["seconds"] for s in timed)
+    # The median step rate resists the CPU-steal spikes of a shared VM (cpu_steal_share shows
+    # them); the mean over all timed steps is tokens_per_s.
+    rates = sorted(s["tokens"] / s["seconds"] for s in timed)
+    mid = len(rates) // 2
+    median = rates[mid] if len(rates) % 2 else (rates[mid - 1] + rates[mid]) / 2
     return {
         "tokens_per_s": round(tokens / seconds, 2),
+        "median_step_tokens_per_s": round(median, 2),
         "tokens": tokens,
         "seconds": round(seconds, 3),
         "padding_share": round(1 - tokens / slots, 4) if slots else 0.0,
@@ -400,6 +406,9 @@ def main(argv: list[str] | None = None) -> None:
     for name in ("trl_default", "trl_packed"):
         if base and name in results:
             report[f"ratio_vs_{name}"] = round(base["tokens_per_s"] / results[name]["tokens_per_s"], 3)
+            report[f"median_ratio_vs_{name}"] = round(
+                base["median_step_tokens_per_s"] / results[name]["median_step_tokens_per_s"], 3
+            )
     report["torch_threads"] = args.threads
     report["bench_seconds"] = round(time.perf_counter() - started, 1)
     text = json.dumps(report, indent=2)

@@ -115,3 +115,15 @@ def test_wrong_target_module_is_a_usage_error(tiny_model_dir, tmp_path):
     result = tunesmith("train", "--model", tiny_model_dir, "--data", data, "--out", tmp_path / "r", "--no-progress",
                        "--set", "method.target_modules=[qkv_proj]", check=False)
     assert result.returncode == 2 and "method.target_modules" in result.stderr
+
+
+def test_full_fine_tuning_saves_a_model_and_evaluates(tiny_model_dir, tmp_path):
+    data = write_rows(tmp_path / "d.jsonl", order_rows(20))
+    run = tmp_path / "full"
+    tunesmith("train", "--model", tiny_model_dir, "--data", data, "--out", run, "--no-progress",
+              "--set", "method=full", "--set", "train.max_steps=2", "--set", "train.max_seq_len=128")
+    assert (run / "model" / "model.safetensors").is_file()
+    assert not (run / "adapter").exists()
+    assert "lr: 2.0e-05" in (run / "config.yaml").read_text()
+    tunesmith("eval", run, "--set", "eval.max_new_tokens=4")
+    assert json.loads((run / "eval" / "scores.json").read_text())["n"] == 2
