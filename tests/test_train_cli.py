@@ -127,3 +127,16 @@ def test_full_fine_tuning_saves_a_model_and_evaluates(tiny_model_dir, tmp_path):
     assert "lr: 2.0e-05" in (run / "config.yaml").read_text()
     tunesmith("eval", run, "--set", "eval.max_new_tokens=4")
     assert json.loads((run / "eval" / "scores.json").read_text())["n"] == 2
+
+
+def test_examples_longer_than_max_seq_len_are_removed_with_a_reason(tiny_model_dir, tmp_path):
+    rows = order_rows(10) + [{"instruction": "Extract the order as JSON. " * 40, "response": "{}"}]
+    data = write_rows(tmp_path / "d.jsonl", rows)
+    run = tmp_path / "run"
+    tunesmith("train", "--model", tiny_model_dir, "--data", data, "--out", run, "--no-progress",
+              "--set", "train.max_steps=1", "--set", "train.max_seq_len=128", "--set", "data.val_fraction=0.2")
+    removed = [json.loads(line) for line in (run / "data" / "removed.jsonl").read_text().splitlines()]
+    assert [r["line"] for r in removed] == [11]
+    assert removed[0]["reasons"][0].startswith("too_long:") and "> train.max_seq_len 128" in removed[0]["reasons"][0]
+    kept = (run / "data" / "train.jsonl").read_text() + (run / "data" / "val.jsonl").read_text()
+    assert len(kept.splitlines()) == 10 and '"line": 11' not in kept

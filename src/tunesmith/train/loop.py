@@ -53,7 +53,7 @@ class TrainResult:
 # ---------------------------------------------------------------- data
 
 def load_rows(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
-    """Read train (and val) files, hold out a seeded split, write them into the run folder."""
+    """(train rows, val rows, removed rows): the val file, or a seeded hold-out of train."""
     if not cfg.data.train:
         raise TunesmithError("data.train is not set: give --data FILE or data.train in the config", exit_code=2)
     read = read_examples(cfg.data.train)
@@ -71,29 +71,33 @@ def load_rows(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
     return train_rows, val_rows, removed
 
 
-def encode_rows(tokenizer: Any, rows: list[dict], cfg: RunConfig, file: str) -> tuple[list[Encoded], list[dict]]:
-    kept, removed = [], []
+def encode_rows(tokenizer: Any, rows: list[dict], cfg: RunConfig, file: str) -> tuple[list[dict], list[Encoded], list[dict]]:
+    """(rows kept, their encodings, rows removed with a reason): too long, or nothing to train."""
+    kept, encoded, removed = [], [], []
     for row in rows:
         enc = encode(tokenizer, row["messages"], cfg.data.train_on_inputs)
+        reason = None
         if len(enc.input_ids) > cfg.train.max_seq_len:
             reason = f"too_long: {len(enc.input_ids)} tokens > train.max_seq_len {cfg.train.max_seq_len}"
-            removed.append({"file": file, "line": row["line"], "reasons": [reason], "raw": json.dumps(row["messages"])})
         elif enc.n_trained == 0:
-            removed.append({"file": file, "line": row["line"], "reasons": ["no_trained_tokens"], "raw": json.dumps(row["messages"])})
+            reason = "no_trained_tokens"
+        if reason:
+            removed.append({"file": file, "line": row["line"], "reasons": [reason], "raw": json.dumps(row["messages"])})
         else:
-            kept.append(enc)
-    return kept, removed
+            kept.append(row)
+            encoded.append(enc)
+    return kept, encoded, removed
 
 
 def prepare_data(cfg: RunConfig, tokenizer: Any, run_dir: Path) -> Prepared:
+    """Encode both splits and write them, and every removed row, into RUN/data."""
     train_rows, val_rows, removed = load_rows(cfg)
-    train, gone_t = encode_rows(tokenizer, train_rows, cfg, cfg.data.train or "")
-    val, gone_v = encode_rows(tokenizer, val_rows, cfg, cfg.data.val or cfg.data.train or "")
-    removed += gone_t + gone_v
-    gone = {(r.get("file"), r["line"]) for r in gone_t + gone_v}
+    train_rows, train, gone_train = encode_rows(tokenizer, train_rows, cfg, cfg.data.train or "")
+    val_rows, val, gone_val = encode_rows(tokenizer, val_rows, cfg, cfg.data.val or cfg.data.train or "")
+    removed += gone_train + gone_val
     data_dir = run_dir / "data"
-    write_jsonl_atomic(data_dir / "train.jsonl", [r for r in train_rows if (cfg.data.train, r["line"]) not in gone])
-    write_jsonl_atomic(data_dir / "val.jsonl", [r for r in val_rows if (cfg.data.val or cfg.data.train, r["line"]) not in gone])
+    write_jsonl_atomic(data_dir / "train.jsonl", train_rows)
+    write_jsonl_atomic(data_dir / "val.jsonl", val_rows)
     write_jsonl_atomic(data_dir / "removed.jsonl", removed)
     if not train:
         raise TunesmithError(f"no training example fits train.max_seq_len {cfg.train.max_seq_len}; see {data_dir / 'removed.jsonl'}")
