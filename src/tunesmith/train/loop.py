@@ -11,7 +11,7 @@ import math
 import random
 import time
 from contextlib import nullcontext
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
@@ -36,7 +36,6 @@ Step = list[list[Row]]  # one optimizer step = micro-batches of rows
 class Prepared:
     train: list[Encoded]
     val: list[Encoded]
-    removed: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -101,7 +100,7 @@ def prepare_data(cfg: RunConfig, tokenizer: Any, run_dir: Path) -> Prepared:
     write_jsonl_atomic(data_dir / "removed.jsonl", removed)
     if not train:
         raise TunesmithError(f"no training example fits train.max_seq_len {cfg.train.max_seq_len}; see {data_dir / 'removed.jsonl'}")
-    return Prepared(train, val, removed)
+    return Prepared(train, val)
 
 
 def plan_steps(examples: list[Encoded], cfg: RunConfig) -> list[Step]:
