@@ -32,11 +32,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from tunesmith.config import ALL_LINEAR
+from tunesmith.data.formats import RowError, normalise_row
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = ROOT / "src" / "tunesmith" / "demo" / "sample" / "train.jsonl"
 MODEL = "smollm2-135m-instruct"
 RUNNERS = ("tunesmith", "trl_default", "trl_packed")
-TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+TARGETS = ALL_LINEAR
 LORA_R, LORA_ALPHA = 16, 32
 LR, SEED = 2e-4, 42
 MICRO_BATCH, MAX_LEN = 8, 512
@@ -48,22 +51,16 @@ def log(*parts: object) -> None:
 
 # ------------------------------------------------------------------ data
 
-def to_messages(row: dict) -> dict | None:
-    """The instruction format rendered as tunesmith renders it; None when there is nothing to train."""
-    instruction = row.get("instruction") or ""
-    response = row.get("response") or ""
-    extra = row.get("input") or ""
-    if not instruction.strip() or not response.strip():
-        return None
-    user = f"{instruction}\n\n{extra}" if extra.strip() else instruction
-    return {"messages": [{"role": "user", "content": user}, {"role": "assistant", "content": response}]}
-
-
 def write_data(source: Path, rows: int | None, work: Path) -> tuple[Path, int, int]:
     """First `rows` lines of the source -> one messages-format file shared by all runners."""
     lines = [l for l in source.read_text(encoding="utf-8").splitlines() if l.strip()]
     taken = lines[:rows] if rows else lines
-    kept = [m for m in (to_messages(json.loads(l)) for l in taken) if m]
+    kept = []
+    for line in taken:
+        try:  # tunesmith's own reader: the rows every runner sees are the rows tunesmith trains on
+            kept.append({"messages": normalise_row(json.loads(line))[0]["messages"]})
+        except (RowError, json.JSONDecodeError):
+            continue
     path = work / "train.jsonl"
     path.write_text("".join(json.dumps(m) + "\n" for m in kept), encoding="utf-8")
     return path, len(taken), len(kept)
