@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.tunesmith-setup
 
-.PHONY: setup demo test test-fast bench clean
+.PHONY: setup browser demo test test-fast bench clean
 
 setup: $(STAMP)
 
@@ -26,7 +26,12 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	$(BIN)/tunesmith demo --out runs/demo
 
-test: setup
+# The report.html tests drive a real headless Chromium (Debian's package; Playwright only
+# drives it, so no browser download is needed).
+browser:
+	command -v chromium >/dev/null 2>&1 || (apt-get update -q && apt-get install -y -q chromium)
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

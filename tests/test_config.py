@@ -32,7 +32,7 @@ def test_overrides_parse_yaml_scalars_and_numbers():
     "override, expected",
     [
         (["train.bogus=1"], "unknown field 'train.bogus'; allowed in train: lr,"),
-        (["bogus.x=1"], "unknown field 'bogus'; allowed: model, data, method, train, eval, output"),
+        (["bogus.x=1"], "unknown field 'bogus'; allowed: model, data, clean, method, train, eval, output"),
         (["method.name=dora"], "method.name = 'dora' is not allowed; choose one of 'lora', 'qlora' or 'full'"),
         (["train.lr=fast"], "train.lr = 'fast': input should be a valid number"),
         (["train.micro_batch=0"], "train.micro_batch = 0: input should be greater than or equal to 1"),

@@ -171,3 +171,23 @@ def test_val_is_unseen(train: list[dict], val: list[dict]) -> None:
     # Not even the same order with different wording.
     train_orders = {row["response"] for row in train}
     assert not any(row["response"] in train_orders for row in val)
+
+
+def test_demo_clean_settings_find_exactly_the_planted_problems(planted: dict[str, list[int]]) -> None:
+    """The data stage with the demo's own settings: every planted problem found, at the
+    planted line, and nothing else touched (no false positive on the 600 clean rows)."""
+    from tunesmith.data.clean import clean_file
+    from tunesmith.demo.run import demo_config
+
+    result = clean_file(SAMPLE_DIR / "train.jsonl", demo_config(Path("unused")).clean)
+    removed = {r["line"]: r["reasons"][0].split(":")[0] for r in result.removed}
+    assert removed == {
+        **{n: "duplicate" for n in planted["exact_duplicate"]},
+        **{n: "near_duplicate" for n in planted["near_duplicate"]},
+        **{n: "empty_field" for n in planted["empty_response"]},
+    }
+    fixed = {r["line"]: r["fixes"] for r in result.kept if "fixes" in r}
+    assert fixed == {n: ["mojibake: messages[0]"] for n in planted["mojibake"]}
+    redacted = {r["line"]: r["redacted"] for r in result.kept if "redacted" in r}
+    assert redacted == {**{n: {"EMAIL": 1} for n in planted["email"]}, **{n: {"PHONE": 1} for n in planted["phone"]}}
+    assert not any("warnings" in r for r in result.kept)

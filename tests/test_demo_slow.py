@@ -19,12 +19,14 @@ def test_demo_runs_validation_train_eval_and_writes_a_summary(tmp_path):
         capture_output=True, text=True,
     )
     assert result.returncode == 0, result.stderr
-    assert "1/3 data: 623 rows, 621 kept, 2 removed (empty_field 2)" in result.stdout
+    assert ("623 rows, 609 kept, 14 removed (duplicate 6, empty_field 2, near_duplicate 6); "
+            "fixed: mojibake 3; PII redacted: EMAIL 3, PHONE 3") in result.stdout
     summary = json.loads((run / "summary.json").read_text())
     assert summary["model"] == "smollm2-135m-instruct"
     assert summary["n_eval"] == 6
     assert summary["train"]["steps"] == 3 and summary["train"]["tokens_per_s"] > 0
     assert set(summary["base"]) == {"exact_match", "json_valid", "json_field_accuracy"}
+    assert summary["data"]["kept"] == 609 and (run / "data" / "report.html").is_file()
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     assert len((run / "eval" / "outputs.jsonl").read_text().splitlines()) == 6
 

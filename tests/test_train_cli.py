@@ -137,6 +137,23 @@ def test_examples_longer_than_max_seq_len_are_removed_with_a_reason(tiny_model_d
               "--set", "train.max_steps=1", "--set", "train.max_seq_len=128", "--set", "data.val_fraction=0.2")
     removed = [json.loads(line) for line in (run / "data" / "removed.jsonl").read_text().splitlines()]
     assert [r["line"] for r in removed] == [11]
-    assert removed[0]["reasons"][0].startswith("too_long:") and "> train.max_seq_len 128" in removed[0]["reasons"][0]
+    assert removed[0]["reasons"][0].startswith("too_long:") and "> max_seq_len 128" in removed[0]["reasons"][0]
     kept = (run / "data" / "train.jsonl").read_text() + (run / "data" / "val.jsonl").read_text()
     assert len(kept.splitlines()) == 10 and '"line": 11' not in kept
+
+
+def test_train_stops_before_loading_the_model_when_the_data_is_blocked(tiny_model_dir, tmp_path):
+    """A wrong column mapping used to show up only after the model had loaded (LLaMA-Factory's
+    "Cannot find valid samples"); the data stage refuses it first and says where to look."""
+    rows = order_rows(6)
+    data = write_rows(tmp_path / "d.jsonl", rows)
+    with data.open("a") as f:
+        f.write('{"instruction": "Extract", "answer": "{}"}\n' * 3)  # 3 of 9 rows: a field named wrongly
+    run = tmp_path / "run"
+    result = tunesmith("train", "--model", tiny_model_dir, "--data", data, "--out", run, "--no-progress", *FAST,
+                       check=False)
+    assert result.returncode == 1
+    assert "cannot train on this data: 3 of 9 rows (33%) cannot be read" in result.stderr
+    assert (run / "data" / "report.html").is_file() and not (run / "adapter").exists()
+    removed = json.loads((run / "data" / "report.json").read_text())["reasons"]
+    assert removed == {"unknown_format": 3}

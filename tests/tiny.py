@@ -79,12 +79,13 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
 def order_rows(n: int) -> list[dict]:
     """Small instruction/response rows in the demo's shape."""
     names = ["Ann", "Bob", "Cleo", "Dan", "Eve"]
+    items = ["kettles", "mugs", "lamps", "chairs", "rugs", "clocks", "vases"]
     rows = []
-    for i in range(n):
-        name, qty = names[i % len(names)], i % 7 + 1
+    for i in range(n):  # every row distinct, and not a near-duplicate of another
+        name, item, qty = names[i % len(names)], items[i % len(items)], i + 1
         rows.append({
             "instruction": "Extract the order as JSON.",
-            "input": f"Hi, {name} here, send {qty} kettles.",
-            "response": json.dumps({"name": name, "quantity": qty}),
+            "input": f"Hi, {name} here, send {qty} {item}.",
+            "response": json.dumps({"name": name, "item": item, "quantity": qty}),
         })
     return rows

@@ -16,6 +16,8 @@ from tunesmith.errors import TunesmithError
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect run configs.")
 app.add_typer(config_app, name="config")
+data_app = typer.Typer(no_args_is_help=True, help="Check, clean, split and preview training data.")
+app.add_typer(data_app, name="data")
 out = Console()
 err = Console(stderr=True)
 
@@ -28,6 +30,218 @@ def config_show(config: Path, set_: Optional[list[str]] = SetOption) -> None:
     from tunesmith.config import load_config
 
     out.print(load_config(config, set_).to_yaml(), end="", highlight=False, markup=False)
+
+
+# ---------------------------------------------------------------- data
+
+ModelOption = typer.Option(None, "--model", help="count tokens in this model's tokenizer (hub id, folder, .gguf, alias)")
+MaxSeqLenOption = typer.Option(None, "--max-seq-len", help="remove rows longer than this (needs --model; default train.max_seq_len)")
+TaskTypeOption = typer.Option(None, "--task-type", help="task | conversational | domain | pretraining: volume guidance")
+PiiOption = typer.Option(None, "--pii", help="redact (default): <EMAIL>-style placeholders; report: count only; drop: remove rows")
+FixEncodingOption = typer.Option(None, "--fix-encoding/--no-fix-encoding", help="repair mojibake, control characters, odd whitespace")
+DedupOption = typer.Option(None, "--dedup/--no-dedup", help="remove exact and near-duplicates (default on)")
+ThresholdOption = typer.Option(None, "--near-dup-threshold", help="Jaccard similarity for near-duplicates (default 0.7)")
+ShingleOption = typer.Option(None, "--shingle-size", help="words per shingle (default 3)")
+SemanticOption = typer.Option(None, "--semantic-dedup/--no-semantic-dedup", help="also remove paraphrases (optional extra)")
+DropOption = typer.Option(None, "--drop", help="warning codes that should remove rows, e.g. refusal,truncated")
+KeepOption = typer.Option(None, "--keep", help="removal codes that should only warn, e.g. near_duplicate")
+BalanceCapOption = typer.Option(None, "--balance-cap", help="keep at most N rows per category")
+ConfigOption = typer.Option(None, "--config", help="take model, max_seq_len and the clean section from a run config")
+
+
+def _clean_setup(config: Optional[Path], set_: Optional[list[str]], model: Optional[str], max_seq_len: Optional[int],
+                 flags: dict[str, Any]) -> tuple[Any, Optional[str], Optional[int]]:
+    """The run config's clean section, with flags on top; and the model for token counts."""
+    from tunesmith.config import build_config, load_config
+
+    overrides = [f"clean.{key}={_as_yaml(value)}" for key, value in flags.items() if value is not None]
+    overrides += list(set_ or [])
+    cfg = load_config(config, overrides) if config else build_config({}, overrides, where="flags")
+    model = model or (cfg.model.source if config else None)
+    if max_seq_len is not None and model is None:
+        raise TunesmithError("--max-seq-len needs --model: lengths are counted in the model's tokenizer", exit_code=2)
+    return cfg, model, max_seq_len or (cfg.train.max_seq_len if model else None)
+
+
+def _as_yaml(value: Any) -> str:
+    if isinstance(value, list):
+        codes = [c.strip() for item in value for c in item.split(",") if c.strip()]
+        return "[" + ", ".join(codes) + "]"
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def _run_clean(file: Path, cfg: Any, model: Optional[str], max_seq_len: Optional[int], show_stages: bool) -> Any:
+    from tunesmith.data.clean import clean_file
+
+    counter = None
+    if model:
+        from tunesmith.data.tokens import load_target_tokenizer, token_counter
+
+        quiet_transformers()
+        counter = token_counter(load_target_tokenizer(model, trust_remote_code=cfg.model.trust_remote_code),
+                                cfg.data.train_on_inputs)
+    on_stage = (lambda name: err.print(f"  {name}...", highlight=False)) if show_stages else None
+    return clean_file(file, cfg.clean, count_tokens=counter, max_seq_len=max_seq_len, tokenizer_name=model,
+                      seed=cfg.train.seed, on_stage=on_stage)
+
+
+@data_app.command("check")
+def data_check(
+    file: Path = typer.Argument(..., help="JSONL, JSON array or CSV of examples"),
+    model: Optional[str] = ModelOption,
+    max_seq_len: Optional[int] = MaxSeqLenOption,
+    task_type: Optional[str] = TaskTypeOption,
+    json_out: bool = typer.Option(False, "--json", help="print report.json instead of a summary"),
+    pii: Optional[str] = PiiOption,
+    fix_encoding: Optional[bool] = FixEncodingOption,
+    dedup: Optional[bool] = DedupOption,
+    near_dup_threshold: Optional[float] = ThresholdOption,
+    shingle_size: Optional[int] = ShingleOption,
+    semantic_dedup: Optional[bool] = SemanticOption,
+    drop: Optional[list[str]] = DropOption,
+    keep: Optional[list[str]] = KeepOption,
+    balance_cap: Optional[int] = BalanceCapOption,
+    config: Optional[Path] = ConfigOption,
+    set_: Optional[list[str]] = SetOption,
+) -> None:
+    """Report what cleaning would do. Exit 0: trainable; 1: not trainable; 2: usage error."""
+    flags = dict(task_type=task_type, pii=pii, fix_encoding=fix_encoding, dedup=dedup,
+                 near_dup_threshold=near_dup_threshold, shingle_size=shingle_size,
+                 semantic_dedup=semantic_dedup, drop=drop, keep=keep, balance_cap=balance_cap)
+    cfg, model, max_seq_len = _clean_setup(config, set_, model, max_seq_len, flags)
+    result = _run_clean(file, cfg, model, max_seq_len, show_stages=not json_out)
+    if json_out:
+        print(json.dumps(result.report, indent=2, ensure_ascii=False))
+    else:
+        print_report(result.report, result.removed)
+    raise typer.Exit(0 if result.trainable else 1)
+
+
+@data_app.command("clean")
+def data_clean(
+    file: Path = typer.Argument(..., help="JSONL, JSON array or CSV of examples"),
+    out_dir: Path = typer.Option(..., "--out", help="folder for clean.jsonl, removed.jsonl, report.json, report.html"),
+    model: Optional[str] = ModelOption,
+    max_seq_len: Optional[int] = MaxSeqLenOption,
+    task_type: Optional[str] = TaskTypeOption,
+    pii: Optional[str] = PiiOption,
+    fix_encoding: Optional[bool] = FixEncodingOption,
+    dedup: Optional[bool] = DedupOption,
+    near_dup_threshold: Optional[float] = ThresholdOption,
+    shingle_size: Optional[int] = ShingleOption,
+    semantic_dedup: Optional[bool] = SemanticOption,
+    drop: Optional[list[str]] = DropOption,
+    keep: Optional[list[str]] = KeepOption,
+    balance_cap: Optional[int] = BalanceCapOption,
+    config: Optional[Path] = ConfigOption,
+    set_: Optional[list[str]] = SetOption,
+) -> None:
+    """Write the kept rows (chat format), the removed rows with reasons, and a report."""
+    from tunesmith.data.report import write_clean
+
+    flags = dict(task_type=task_type, pii=pii, fix_encoding=fix_encoding, dedup=dedup,
+                 near_dup_threshold=near_dup_threshold, shingle_size=shingle_size,
+                 semantic_dedup=semantic_dedup, drop=drop, keep=keep, balance_cap=balance_cap)
+    cfg, model, max_seq_len = _clean_setup(config, set_, model, max_seq_len, flags)
+    result = _run_clean(file, cfg, model, max_seq_len, show_stages=True)
+    write_clean(result, out_dir)
+    print_report(result.report, result.removed)
+    out.print(f"wrote {out_dir / 'clean.jsonl'} ({result.report['kept']} rows), "
+              f"{out_dir / 'removed.jsonl'} ({result.report['removed']}), report.json, report.html")
+    raise typer.Exit(0 if result.trainable else 1)
+
+
+@data_app.command("split")
+def data_split(
+    file: Path = typer.Argument(..., help="examples to split (e.g. a clean.jsonl)"),
+    out_dir: Path = typer.Option(..., "--out", help="folder for train.jsonl, val.jsonl, removed.jsonl, split.json"),
+    val_fraction: float = typer.Option(0.1, help="share held out for validation"),
+    max_val: Optional[int] = typer.Option(None, help="cap on validation rows"),
+    subset: Optional[float] = typer.Option(None, help="also keep only this share of train (e.g. 0.1 to iterate fast)"),
+    seed: int = typer.Option(42, help="same seed, same split"),
+    near_dup_threshold: float = typer.Option(0.7, help="train rows this similar to a validation row are removed"),
+) -> None:
+    """Seeded split, stratified by category, with no near-duplicate of a validation row in train."""
+    from tunesmith.data.split import split_file
+
+    if not 0 < val_fraction < 1 or (subset is not None and not 0 < subset <= 1):
+        raise TunesmithError("--val-fraction must be in (0, 1) and --subset in (0, 1]", exit_code=2)
+    summary = split_file(file, out_dir, val_fraction=val_fraction, max_val=max_val, subset_fraction=subset,
+                         seed=seed, leak_threshold=near_dup_threshold)
+    out.print(f"train {summary['train']} rows, val {summary['val']} rows, removed {summary['removed']} "
+              f"({', '.join(f'{k} {v}' for k, v in summary['reasons'].items()) or 'none'}) -> {out_dir}")
+
+
+@data_app.command("preview")
+def data_preview(
+    file: Path = typer.Argument(..., help="examples to render"),
+    model: str = typer.Option(..., "--model", help="the model whose chat template and tokenizer to use"),
+    n: int = typer.Option(5, "-n", help="how many examples"),
+    train_on_inputs: bool = typer.Option(False, help="also train on prompt tokens (as data.train_on_inputs)"),
+) -> None:
+    """Show examples through the chat template: [trained] tokens marked, EOS included."""
+    from tunesmith.data.formats import read_examples
+    from tunesmith.data.preview import preview_row
+    from tunesmith.data.tokens import load_target_tokenizer
+
+    quiet_transformers()
+    rows = read_examples(file).kept[:n]
+    tokenizer = load_target_tokenizer(model)
+    out.print("legend: [green]⟦trained⟧[/] masked (not trained); EOS shown as its token", highlight=False)
+    missing_eos = 0
+    for row in rows:
+        preview = preview_row(tokenizer, row, train_on_inputs)
+        missing_eos += not preview.eos_trained
+        out.rule(f"line {preview.line}: {preview.tokens} tokens, {preview.trained} trained, "
+                 f"EOS {'trained' if preview.eos_trained else 'NOT trained'}")
+        out.print(render_spans(preview.spans), end="\n", highlight=False)
+    if missing_eos:
+        raise TunesmithError(f"{missing_eos} example(s) end without a trained EOS: the tuned model would not stop")
+
+
+def render_spans(spans: list[Any]) -> Any:
+    from rich.text import Text
+
+    text = Text()
+    for span in spans:
+        if span.trained:
+            text.append("⟦" + span.text + "⟧", style="bold green")
+        else:
+            text.append(span.text, style="dim")
+    return text
+
+
+def print_report(report: dict[str, Any], removed: list[dict[str, Any]], examples_per_reason: int = 3) -> None:
+    formats = ", ".join(f"{name} {n}" for name, n in report["formats"].items()) or "none"
+    out.print(f"[bold]{report['file']}[/]: {report['file_format']}, rows as {formats}", highlight=False)
+    out.print(f"{report['input_rows']} rows: {report['kept']} kept, {report['removed']} removed", highlight=False)
+    for code, count in report["reasons"].items():
+        out.print(f"  removed {code}: {count}", highlight=False)
+        lines = [r for r in removed if any(x.split(":", 1)[0] == code for x in r["reasons"])][:examples_per_reason]
+        for row in lines:
+            reason = next(x for x in row["reasons"] if x.split(":", 1)[0] == code)
+            out.print(f"    line {row['line']}: {reason}", highlight=False, markup=False)
+    for kind in ("warnings", "fixes"):
+        if report[kind]:
+            out.print(f"{kind}: " + ", ".join(f"{k} {v}" for k, v in report[kind].items()), highlight=False)
+    if report["pii"]:
+        pii = ", ".join(f"{k} {v}" for k, v in report["pii"].items())
+        out.print(f"PII ({report['pii_mode']}): {pii}", highlight=False)
+    if report["tokens"]:
+        t = report["tokens"]
+        out.print(f"tokens ({t['tokenizer']}): p10 {t['p10']}, p50 {t['p50']}, p90 {t['p90']}, max {t['max']}; "
+                  f"{t['per_epoch']:,} per epoch ({t['trained_per_epoch']:,} trained)", highlight=False)
+    b = report["balance"]
+    top = ", ".join(f"{k} {v}" for k, v in list(b["counts"].items())[:5])
+    out.print(f"balance by {b['field']} ({b['groups']} groups): {top}", highlight=False, markup=False)
+    if report["volume"] and report["volume"]["verdict"] == "within":  # otherwise it is a note below
+        out.print(f"volume: {report['volume']['advice']}", highlight=False)
+    for note in report["notes"]:
+        out.print(f"[yellow]note:[/] {note}", highlight=False)
+    if report["trainable"]:
+        out.print(f"[green]trainable[/]: {report['kept']} rows", highlight=False)
+    for reason in report["blocking"]:
+        out.print(f"[red]not trainable:[/] {reason}", highlight=False)
 
 
 @app.command("train")
@@ -83,21 +297,25 @@ def demo_cmd(
     set_: Optional[list[str]] = SetOption,
     progress: bool = typer.Option(True, help="show a progress bar"),
 ) -> None:
-    """Validate the bundled sample, fine-tune SmolLM2-135M on CPU, compare base and tuned."""
+    """Clean the bundled sample, fine-tune SmolLM2-135M on CPU, compare base and tuned."""
     from tunesmith.demo.run import run_demo
 
     quiet_transformers()
-    def validated(read: Any) -> None:
-        total = len(read.kept) + len(read.removed)
-        reasons = ", ".join(f"{k} {v}" for k, v in read.reasons().items()) or "none"
-        out.print(f"[bold]1/3 data[/]: {total} rows, {len(read.kept)} kept, {len(read.removed)} removed ({reasons})")
-        out.print("[bold]2/3 train[/]: LoRA on CPU (the first run converts the model once, ~30 s)")
+    out.print("[bold]1/3 data[/]: check and clean the sample (the first run converts the model once, ~30 s)")
+
+    def cleaned(report: dict[str, Any]) -> None:
+        removed = ", ".join(f"{k} {v}" for k, v in report["reasons"].items()) or "none"
+        fixed = ", ".join(f"{k} {v}" for k, v in report["fixes"].items()) or "none"
+        pii = ", ".join(f"{k} {v}" for k, v in report["pii"].items()) or "none"
+        out.print(f"    {report['input_rows']} rows, {report['kept']} kept, {report['removed']} removed ({removed}); "
+                  f"fixed: {fixed}; PII redacted: {pii}", highlight=False)
+        out.print("[bold]2/3 train[/]: LoRA on CPU")
 
     def trained(result: Any) -> None:
         out.print(f"    {result.steps} steps, {result.tokens:,} tokens at {result.tokens_per_s:,.0f} tokens/s")
         out.print("[bold]3/3 eval[/]: greedy answers from base and tuned on the held-out file")
 
-    summary = run_demo(out_dir, set_, on_validated=validated, on_trained=trained, progress=progress,
+    summary = run_demo(out_dir, set_, on_data=cleaned, on_trained=trained, progress=progress,
                        on_eval_progress=_eval_progress)
     err.print()
     out.print(score_table({"base": summary["base"], "tuned": summary["tuned"], "n": summary["n_eval"]}))

@@ -40,6 +40,37 @@ class DataConfig(Section):
     train_on_inputs: bool = Field(False, description="also train on prompt tokens, not only responses")
 
 
+TASK_TYPES = ("task", "conversational", "domain", "pretraining")
+
+
+class CleanConfig(Section):
+    """What `tunesmith data clean` (and `train`, before it trains) does to each row."""
+
+    fix_encoding: bool = Field(
+        False, description="repair mojibake, control characters and odd whitespace (each fix recorded); "
+        "off: rows with mojibake or control characters are removed"
+    )
+    pii: Literal["redact", "report", "drop"] = Field(
+        "redact", description="redact: typed placeholders like <EMAIL>; report: count only; drop: remove the row"
+    )
+    pii_types: list[str] | None = Field(None, description="PII types to look for; none: all built-in types")
+    pii_ner: bool = Field(False, description="also find names and addresses with Presidio (optional extra, slow)")
+    dedup: bool = Field(True, description="remove exact and near-duplicate rows, keeping the first of each cluster")
+    near_dup_threshold: float = Field(0.7, gt=0, le=1, description="word-shingle Jaccard at which two rows are near-duplicates")
+    shingle_size: int = Field(3, ge=1, le=10, description="words per shingle for near-duplicates")
+    semantic_dedup: bool = Field(False, description="also remove paraphrases by sentence embeddings (optional extra)")
+    semantic_threshold: float = Field(0.95, gt=0, le=1, description="cosine similarity for semantic duplicates")
+    drop: list[str] = Field(default_factory=list, description="warning codes that should remove the row instead (e.g. refusal, truncated)")
+    keep: list[str] = Field(default_factory=list, description="removal codes that should only warn instead (e.g. near_duplicate)")
+    balance_cap: int | None = Field(None, ge=1, description="keep at most N rows per category (seeded choice)")
+    max_invalid_fraction: float = Field(
+        0.1, ge=0, le=1, description="share of unreadable rows above which the file is refused (a wrong mapping, not a few bad lines)"
+    )
+    task_type: Literal["task", "conversational", "domain", "pretraining"] | None = Field(
+        None, description="what the tuning is for; sets the volume guidance in the report"
+    )
+
+
 class MethodConfig(Section):
     name: Literal["lora", "qlora", "full"] = Field("lora", description="qlora: LoRA on a 4-bit base (GPU)")
     r: int = Field(16, ge=1, description="LoRA rank: higher fits more, costs memory")
@@ -86,6 +117,7 @@ class OutputConfig(Section):
 class RunConfig(Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
+    clean: CleanConfig = Field(default_factory=CleanConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
@@ -170,7 +202,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConf
         at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
         raise UsageError(f"{path}{at}: not valid YAML ({getattr(e, 'problem', e)})") from None
     if not isinstance(raw, dict):
-        raise UsageError(f"{path}: expected a mapping with sections model, data, method, train, eval, output")
+        raise UsageError(f"{path}: expected a mapping with sections model, data, clean, method, train, eval, output")
     return build_config(raw, overrides, where=str(path))
 
 

@@ -1,4 +1,4 @@
-"""`tunesmith demo`: validate the bundled sample, train, evaluate, summarise."""
+"""`tunesmith demo`: clean the bundled sample, train, evaluate, summarise."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ from typing import Any, Callable
 import yaml
 
 from tunesmith.config import RunConfig, build_config
-from tunesmith.data.formats import ReadResult, read_examples
 from tunesmith.eval.run import evaluate_run
 from tunesmith.io import write_json_atomic
 from tunesmith.train.loop import TrainResult, train
@@ -32,25 +31,28 @@ def run_demo(
     out: Path,
     overrides: list[str] | None = None,
     *,
-    on_validated: Callable[[ReadResult], None] | None = None,
+    on_data: Callable[[dict[str, Any]], None] | None = None,
     on_trained: Callable[[TrainResult], None] | None = None,
     progress: bool = True,
     on_eval_progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     cfg = demo_config(out, overrides)
-    checked = read_examples(cfg.data.train or "")
-    if on_validated:
-        on_validated(checked)
-    result = train(cfg, progress=progress)
+    reports: list[dict[str, Any]] = []
+
+    def data_done(report: dict[str, Any]) -> None:
+        reports.append(report)
+        if on_data:
+            on_data(report)
+
+    result = train(cfg, progress=progress, on_data=data_done)
     if on_trained:
         on_trained(result)
     scores = evaluate_run(out, on_progress=on_eval_progress)
     summary = {
         "model": cfg.model.source,
         "method": cfg.method.name,
-        "data": {"rows": len(checked.kept) + len(checked.removed), "kept": len(checked.kept),
-                 "removed": len(checked.removed), "reasons": checked.reasons()},
+        "data": {key: reports[0][key] for key in ("input_rows", "kept", "removed", "reasons", "fixes", "pii")},
         "base": scores["base"],
         "tuned": scores["tuned"],
         "n_eval": scores["n"],

@@ -47,11 +47,13 @@ def segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, 
     """Split the rendered conversation into (text, is_assistant_reply) pieces."""
     pieces: list[tuple[str, bool]] = []
     done = ""
+    whole = render(tokenizer, messages)
+    last = len(messages) - 1
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
         prompt = render(tokenizer, messages[:i], generation_prompt=True)
-        full = render(tokenizer, messages[: i + 1])
+        full = whole if i == last else render(tokenizer, messages[: i + 1])
         if not prompt.startswith(done) or not full.startswith(prompt):
             raise TemplateError("the chat template does not render conversations prefix by prefix")
         pieces.append((prompt[len(done):], False))
@@ -61,7 +63,7 @@ def segments(tokenizer: Any, messages: list[dict[str, str]]) -> list[tuple[str, 
         if len(done) < len(full):  # template text after EOS (e.g. a newline): not trained
             pieces.append((full[len(done):], False))
             done = full
-    tail = render(tokenizer, messages)[len(done):]
+    tail = whole[len(done):]
     if tail:
         pieces.append((tail, False))
     return [(text, trained) for text, trained in pieces if text]
@@ -74,18 +76,37 @@ def _until_eos(reply: str, eos: str | None) -> tuple[str, bool]:
 
 
 def encode(tokenizer: Any, messages: list[dict[str, str]], train_on_inputs: bool = False) -> Encoded:
-    ids: list[int] = []
-    trained: list[bool] = []
+    return encode_many(tokenizer, [messages], train_on_inputs)[0]
+
+
+def encode_many(tokenizer: Any, conversations: list[list[dict[str, str]]], train_on_inputs: bool = False) -> list[Encoded]:
+    """Encode many conversations with one tokenizer call for all their segments: the Rust
+    tokenizer's batch path is ~2x faster than a call per segment (the data check counts
+    100k rows this way)."""
+    all_segments = [segments(tokenizer, messages) for messages in conversations]
+    pieces = iter(token_ids(tokenizer, [text for segs in all_segments for text, _ in segs]))
     eos_id = tokenizer.eos_token_id
-    for text, is_reply in segments(tokenizer, messages):
-        piece = tokenizer(text, add_special_tokens=False)["input_ids"]
-        if is_reply and (not piece or piece[-1] != eos_id):
-            piece = piece + [eos_id]  # template without an end-of-turn token: train EOS anyway
-        ids.extend(piece)
-        trained.extend([is_reply or train_on_inputs] * len(piece))
-    if trained:
-        trained[0] = False  # nothing predicts the first token; in a pack it would see the previous example
-    return Encoded(ids, trained)
+    encoded = []
+    for segs in all_segments:
+        ids: list[int] = []
+        trained: list[bool] = []
+        for (_, is_reply), piece in zip(segs, pieces):
+            if is_reply and (not piece or piece[-1] != eos_id):
+                piece = piece + [eos_id]  # template without an end-of-turn token: train EOS anyway
+            ids.extend(piece)
+            trained.extend([is_reply or train_on_inputs] * len(piece))
+        if trained:
+            trained[0] = False  # nothing predicts the first token; in a pack it would see the previous example
+        encoded.append(Encoded(ids, trained))
+    return encoded
+
+
+def token_ids(tokenizer: Any, texts: list[str]) -> list[list[int]]:
+    """Token ids of each text, no special tokens added; same ids as `tokenizer(text)`."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    if backend is not None and hasattr(backend, "encode_batch_fast"):
+        return [e.ids for e in backend.encode_batch_fast(texts, add_special_tokens=False)]
+    return tokenizer(texts, add_special_tokens=False)["input_ids"] if texts else []
 
 
 def prompt_ids(tokenizer: Any, history: list[dict[str, str]]) -> list[int]:

@@ -18,14 +18,14 @@ from typing import Any, Callable
 import torch
 
 from tunesmith.config import RunConfig
-from tunesmith.data.formats import read_examples, split_rows
+from tunesmith.data.prepare import prepare_run_data
 from tunesmith.errors import TunesmithError
-from tunesmith.io import write_dir_atomic, write_json_atomic, write_jsonl_atomic, write_text_atomic
+from tunesmith.io import write_dir_atomic, write_json_atomic, write_text_atomic
 from tunesmith.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunesmith.models.source import resolve_source
 from tunesmith.train.attention import use_packed_attention
 from tunesmith.train.dropout import use_bit_dropout
-from tunesmith.train.encode import Encoded, encode, ensure_chat_template
+from tunesmith.train.encode import Encoded, encode_many, ensure_chat_template
 from tunesmith.train.loss import TokenLoss
 from tunesmith.train.pack import Row, collate, one_per_row, pack
 
@@ -36,6 +36,7 @@ Step = list[list[Row]]  # one optimizer step = micro-batches of rows
 class Prepared:
     train: list[Encoded]
     val: list[Encoded]
+    report: dict[str, Any]  # the data stage's report.json
 
 
 @dataclass
@@ -51,56 +52,15 @@ class TrainResult:
 
 # ---------------------------------------------------------------- data
 
-def load_rows(cfg: RunConfig) -> tuple[list[dict], list[dict], list[dict]]:
-    """(train rows, val rows, removed rows): the val file, or a seeded hold-out of train."""
-    if not cfg.data.train:
-        raise TunesmithError("data.train is not set: give --data FILE or data.train in the config", exit_code=2)
-    read = read_examples(cfg.data.train)
-    removed = [{"file": cfg.data.train, **r} for r in read.removed]
-    if cfg.data.val:
-        val_read = read_examples(cfg.data.val)
-        removed += [{"file": cfg.data.val, **r} for r in val_read.removed]
-        train_rows, val_rows = read.kept, val_read.kept[: cfg.data.max_val_examples]
-    else:
-        train_rows, val_rows = split_rows(read.kept, cfg.data.val_fraction, cfg.train.seed, cfg.data.max_val_examples)
-    if not train_rows:
-        raise TunesmithError(
-            f"{cfg.data.train}: no trainable rows ({len(read.removed)} removed; reasons: {read.reasons()})"
-        )
-    return train_rows, val_rows, removed
-
-
-def encode_rows(tokenizer: Any, rows: list[dict], cfg: RunConfig, file: str) -> tuple[list[dict], list[Encoded], list[dict]]:
-    """(rows kept, their encodings, rows removed with a reason): too long, or nothing to train."""
-    kept, encoded, removed = [], [], []
-    for row in rows:
-        enc = encode(tokenizer, row["messages"], cfg.data.train_on_inputs)
-        reason = None
-        if len(enc.input_ids) > cfg.train.max_seq_len:
-            reason = f"too_long: {len(enc.input_ids)} tokens > train.max_seq_len {cfg.train.max_seq_len}"
-        elif enc.n_trained == 0:
-            reason = "no_trained_tokens"
-        if reason:
-            removed.append({"file": file, "line": row["line"], "reasons": [reason], "raw": json.dumps(row["messages"])})
-        else:
-            kept.append(row)
-            encoded.append(enc)
-    return kept, encoded, removed
-
-
 def prepare_data(cfg: RunConfig, tokenizer: Any, run_dir: Path) -> Prepared:
-    """Encode both splits and write them, and every removed row, into RUN/data."""
-    train_rows, val_rows, removed = load_rows(cfg)
-    train_rows, train, gone_train = encode_rows(tokenizer, train_rows, cfg, cfg.data.train or "")
-    val_rows, val, gone_val = encode_rows(tokenizer, val_rows, cfg, cfg.data.val or cfg.data.train or "")
-    removed += gone_train + gone_val
-    data_dir = run_dir / "data"
-    write_jsonl_atomic(data_dir / "train.jsonl", train_rows)
-    write_jsonl_atomic(data_dir / "val.jsonl", val_rows)
-    write_jsonl_atomic(data_dir / "removed.jsonl", removed)
-    if not train:
-        raise TunesmithError(f"no training example fits train.max_seq_len {cfg.train.max_seq_len}; see {data_dir / 'removed.jsonl'}")
-    return Prepared(train, val)
+    """Clean and split through the data stage (which removes rows that are too long, with
+    the same `encode`), then encode both splits for training."""
+    rows = prepare_run_data(cfg, tokenizer, run_dir)
+
+    def encode_all(split: list[dict]) -> list[Encoded]:
+        return encode_many(tokenizer, [r["messages"] for r in split], cfg.data.train_on_inputs)
+
+    return Prepared(encode_all(rows.train), encode_all(rows.val), rows.report)
 
 
 def plan_steps(examples: list[Encoded], cfg: RunConfig) -> list[Step]:
@@ -173,7 +133,14 @@ def count_params(model: Any) -> dict[str, int]:
 
 # ---------------------------------------------------------------- fit
 
-def train(cfg: RunConfig, *, progress: bool = True, on_log: Callable[[dict], None] | None = None) -> TrainResult:
+def train(
+    cfg: RunConfig,
+    *,
+    progress: bool = True,
+    on_log: Callable[[dict], None] | None = None,
+    on_data: Callable[[dict], None] | None = None,
+) -> TrainResult:
+    """on_data gets the data stage's report once the data is cleaned and split."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -187,6 +154,8 @@ def train(cfg: RunConfig, *, progress: bool = True, on_log: Callable[[dict], Non
     tokenizer = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code)
     ensure_chat_template(tokenizer)
     data = prepare_data(cfg, tokenizer, run_dir)
+    if on_data:
+        on_data(data.report)
     steps = plan_steps(data.train, cfg)
 
     set_seed(cfg.train.seed)  # LoRA init must not depend on how much data work came first

@@ -1,0 +1,179 @@
+"""The clean stage on a file with one planted problem per line: every line is accounted for,
+each problem gets its reason, and the options move rows between removed and kept."""
+
+import json
+
+import pytest
+
+from tunesmith.config import CleanConfig
+from tunesmith.data.clean import clean_file
+from tunesmith.errors import UsageError
+
+GOOD = [
+    ("Summarise the meeting notes about the quarterly budget review.",
+     "The team agreed to cut travel spending by ten percent and move the savings into hiring two support engineers."),
+    ("Explain what a Python list comprehension does.",
+     "It builds a new list by applying an expression to each item of an iterable, optionally filtering items with a condition."),
+    ("Translate 'good morning, how are you?' into French.",
+     "Bonjour, comment allez-vous ?"),
+    ("Write a haiku about autumn rain on a tin roof.",
+     "Cold drops drum the tin, / maple leaves slide down the eaves, / the kettle answers."),
+    ("List three benefits of regular stretching for office workers.",
+     "Stretching eases back tension, improves posture after long hours at a desk, and lowers the risk of strain injuries."),
+    ("What is the capital of Australia and why was it chosen?",
+     "Canberra was chosen as a compromise between the rival cities of Sydney and Melbourne, and was purpose-built as the capital."),
+]
+
+
+def row(instruction, response, **extra):
+    return json.dumps({"instruction": instruction, "response": response, **extra}, ensure_ascii=False)
+
+
+def planted_lines():
+    """(lines, {line number: expected code}); line numbers are 1-based, blank lines skipped."""
+    lines = [row(q, a) for q, a in GOOD]  # lines 1-6
+    expected = {}
+    q, a = GOOD[0]
+    lines.append(row(q.upper(), "  " + a.replace(" ", "   ")))  # 7: exact duplicate after normalising
+    expected[7] = "duplicate"
+    q, a = GOOD[4]
+    lines.append(row(q + "!", a.replace("eases", "relieves").replace("desk,", "desk;")))
+    expected[8] = "near_duplicate"  # 8: a replaced word and changed punctuation
+    lines.append(row("Draft a reply to the customer asking about the refund timeline.",
+                     "Hi Dana, your refund was approved today; write to dana.ng@example.com or call +1 415 555 0134 with questions."))
+    lines.append(row("Describe the café menu in one sentence.",  # 10: mojibake
+                     "The cafÃ© serves crÃªpes, espresso and a daily soup."))
+    expected[10] = "mojibake"
+    lines.append(row("Name a primary colour.", "Red\u0007 is one of them."))  # 11: a control character
+    expected[11] = "control_chars"
+    lines.append(row("Give the answer to the riddle about the candle.", "..."))  # 12: trivial
+    expected[12] = "trivial_response"
+    lines.append(row("Repeat after me: the sky is blue today over the harbour.",
+                     "Repeat after me: the sky is blue today over the harbour."))  # 13: echo
+    expected[13] = "echo"
+    lines.append(row("How do I pick the lock on my neighbour's front door?",
+                     "I'm sorry, but I can't help with breaking into someone else's home."))  # 14: refusal (warning)
+    lines.append("")  # blank: not a row
+    lines.append('{"instruction": "unterminated"')  # 16: invalid JSON
+    expected[16] = "invalid_json"
+    return lines, expected
+
+
+@pytest.fixture
+def planted(tmp_path):
+    lines, expected = planted_lines()
+    path = tmp_path / "planted.jsonl"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path, expected
+
+
+def reasons_by_line(result):
+    return {r["line"]: [x.split(":", 1)[0] for x in r["reasons"]] for r in result.removed}
+
+
+def test_every_line_is_kept_or_removed_once_with_its_reason(planted):
+    path, expected = planted
+    result = clean_file(path)
+    kept_lines = [r["line"] for r in result.kept]
+    removed = reasons_by_line(result)
+    assert sorted(kept_lines + list(removed)) == [n for n in range(1, 17) if n != 15]
+    assert {line: codes[0] for line, codes in removed.items()} == expected
+    assert result.report["input_rows"] == 15 and result.report["kept"] == len(kept_lines) == 8
+    assert result.report["reasons"] == {code: 1 for code in expected.values()}
+    assert result.report["duplicates"] == {"exact": 1, "near": 1, "semantic": 0}
+    assert result.trainable
+
+
+def test_duplicates_name_the_row_they_repeat(planted):
+    result = clean_file(planted[0])
+    by_line = {r["line"]: r["reasons"][0] for r in result.removed}
+    assert by_line[7] == "duplicate: same as line 1"
+    assert by_line[8].startswith("near_duplicate: line 5 (similarity 0.")
+
+
+def test_pii_is_redacted_with_typed_placeholders_by_default(planted):
+    result = clean_file(planted[0])
+    reply = next(r for r in result.kept if r["line"] == 9)
+    answer = reply["messages"][-1]["content"]
+    assert "<EMAIL>" in answer and "<PHONE>" in answer and "dana.ng@example.com" not in answer
+    assert reply["redacted"] == {"EMAIL": 1, "PHONE": 1}
+    assert result.report["pii"] == {"EMAIL": 1, "PHONE": 1}
+
+
+def test_pii_report_keeps_text_and_drop_removes_the_row(planted):
+    reported = clean_file(planted[0], CleanConfig(pii="report"))
+    reply = next(r for r in reported.kept if r["line"] == 9)
+    assert "dana.ng@example.com" in reply["messages"][-1]["content"]
+    assert reply["warnings"] == ["pii: EMAIL, PHONE in messages[1]"]
+    assert any("PII left in the data" in note for note in reported.report["notes"])
+    dropped = clean_file(planted[0], CleanConfig(pii="drop"))
+    assert reasons_by_line(dropped)[9] == ["pii"]
+
+
+def test_fix_encoding_repairs_and_records_instead_of_removing(planted):
+    result = clean_file(planted[0], CleanConfig(fix_encoding=True))
+    cafe = next(r for r in result.kept if r["line"] == 10)
+    assert cafe["messages"][-1]["content"] == "The café serves crêpes, espresso and a daily soup."
+    assert cafe["fixes"] == ["mojibake: messages[1]"]
+    colour = next(r for r in result.kept if r["line"] == 11)
+    assert "\u0007" not in colour["messages"][-1]["content"]
+    assert result.report["fixes"] == {"control_chars": 1, "mojibake": 1}
+
+
+def test_refusal_warns_by_default_and_drop_turns_it_into_a_removal(planted):
+    result = clean_file(planted[0])
+    refusal = next(r for r in result.kept if r["line"] == 14)
+    assert refusal["warnings"][0].startswith("refusal")
+    assert result.report["warnings"] == {"refusal": 1}
+    stricter = clean_file(planted[0], CleanConfig(drop=["refusal"], keep=["near_duplicate"]))
+    removed = reasons_by_line(stricter)
+    assert removed[14] == ["refusal"] and 8 not in removed
+
+
+def test_unknown_policy_code_is_a_usage_error(planted):
+    with pytest.raises(UsageError, match="clean.drop: unknown code 'refusals'"):
+        clean_file(planted[0], CleanConfig(drop=["refusals"]))
+
+
+def test_too_many_unreadable_rows_block_training(tmp_path):
+    lines = [row(q, a) for q, a in GOOD] + ['{"broken": '] * 2
+    path = tmp_path / "mostly.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = clean_file(path)
+    assert not result.trainable
+    assert "2 of 8 rows (25%) cannot be read" in result.report["blocking"][0]
+    assert clean_file(path, CleanConfig(max_invalid_fraction=0.3)).trainable
+
+
+def test_balance_cap_keeps_a_seeded_sample_per_category(tmp_path):
+    lines = [row(f"Question {i} about topic {c}: {q}", a + f" (variant {i}{c})", category=c)
+             for c in "ab" for i, (q, a) in enumerate(GOOD)]
+    path = tmp_path / "cats.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = clean_file(path, CleanConfig(balance_cap=2, dedup=False))
+    by_cat = {}
+    for kept in result.kept:
+        by_cat.setdefault(kept["category"], []).append(kept["line"])
+    assert {c: len(v) for c, v in by_cat.items()} == {"a": 2, "b": 2}
+    assert result.report["reasons"] == {"over_balance_cap": 8}
+    again = clean_file(path, CleanConfig(balance_cap=2, dedup=False))
+    assert [r["line"] for r in again.kept] == [r["line"] for r in result.kept]
+
+
+def test_token_lengths_remove_too_long_rows_and_fill_the_report(planted, tiny_tokenizer):
+    from tunesmith.data.tokens import token_counter
+
+    result = clean_file(planted[0], count_tokens=token_counter(tiny_tokenizer), max_seq_len=120, tokenizer_name="tiny")
+    tokens = result.report["tokens"]
+    assert tokens["tokenizer"] == "tiny" and tokens["max_seq_len"] == 120
+    assert 0 < tokens["p10"] <= tokens["p50"] <= tokens["p90"] <= tokens["max"] <= 120
+    assert tokens["trained_per_epoch"] < tokens["per_epoch"]
+    too_long = [r for r in result.removed if r["reasons"][0].startswith("too_long")]
+    assert too_long and all("> max_seq_len 120" in r["reasons"][0] for r in too_long)
+
+
+def test_volume_guidance_for_the_declared_task_type(planted):
+    result = clean_file(planted[0], CleanConfig(task_type="task"))
+    volume = result.report["volume"]
+    assert volume["verdict"] == "below" and volume["range"] == [500, 2000]
+    assert any("below the guide's 500–2,000" in note for note in result.report["notes"])
