@@ -177,3 +177,19 @@ def test_volume_guidance_for_the_declared_task_type(planted):
     volume = result.report["volume"]
     assert volume["verdict"] == "below" and volume["range"] == [500, 2000]
     assert any("below the guide's 500–2,000" in note for note in result.report["notes"])
+
+
+@pytest.mark.slow
+def test_semantic_dedup_removes_a_paraphrase_that_shares_few_words(tmp_path):
+    """Word shingles miss paraphrases (Jaccard 0.16 here); sentence embeddings catch them.
+    Needs the optional extra `semantic`, which `make test` installs."""
+    lines = [row(q, a) for q, a in GOOD]
+    lines.append(row("How do I reset my password?", "Open Settings, choose Account, then press Reset password."))
+    lines.append(row("How can I reset my password?", "Go to Settings, pick Account and press Reset password."))
+    path = tmp_path / "para.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    assert clean_file(path).report["removed"] == 0
+    result = clean_file(path, CleanConfig(semantic_dedup=True))
+    assert [r["line"] for r in result.removed] == [8]
+    assert result.removed[0]["reasons"][0].startswith("semantic_duplicate: line 7 (similarity 0.9")
+    assert result.report["duplicates"] == {"exact": 0, "near": 0, "semantic": 1}

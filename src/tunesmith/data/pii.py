@@ -435,7 +435,9 @@ _CARD = re.compile(
 _NON_DIGITS = re.compile(r"\D")
 # (lowest prefix, highest prefix, allowed lengths): the IIN ranges of the major networks.
 _CARD_ISSUERS: tuple[tuple[str, str, frozenset[int]], ...] = (
-    ("4", "4", frozenset({13, 16, 19})),  # Visa
+    # Visa: 13-digit cards are no longer issued, and a 13-digit number starting with 4 is
+    # far more often an EAN-13 barcode (German prefixes 400-440), ~1 in 10 of which pass Luhn.
+    ("4", "4", frozenset({16, 19})),  # Visa
     ("51", "55", frozenset({16})),  # Mastercard
     ("2221", "2720", frozenset({16})),  # Mastercard 2-series
     ("34", "34", frozenset({15})),  # American Express
