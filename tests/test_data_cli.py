@@ -2,6 +2,8 @@
 
 import json
 
+import pytest
+
 from test_clean import planted_lines
 from test_train_cli import tunesmith
 
@@ -76,3 +78,23 @@ def test_preview_marks_trained_tokens(tmp_path, tiny_model_dir):
     assert result.stdout.count("EOS trained") == 2
     assert "⟦Bonjour" not in result.stdout  # only the first two rows are shown
     assert "⟦The team agreed" in result.stdout and "<|im_end|>⟧" in result.stdout
+
+
+@pytest.mark.slow
+def test_clean_with_pii_ner_redacts_names_and_addresses(tmp_path):
+    """Names need NER (the optional extra `ner`, which make test installs); structured PII does not."""
+    path = tmp_path / "names.jsonl"
+    path.write_text(
+        json.dumps({"instruction": "Draft a note to the team.", "response": "Hi all, Maria Gonzalez will cover "
+                    "support while John Smith is away; ship returns to 221B Baker Street."}) + "\n"
+        + json.dumps({"instruction": "What is the capital of Australia?",
+                      "response": "Canberra is the capital of Australia."}) + "\n")
+    out = tmp_path / "out"
+    tunesmith("data", "clean", path, "--out", out, "--pii-ner")
+    kept = [json.loads(line) for line in (out / "clean.jsonl").read_text().splitlines()]
+    assert kept[0]["messages"][1]["content"] == (
+        "Hi all, <PERSON> will cover support while <PERSON> is away; ship returns to <LOCATION>.")
+    assert kept[1]["messages"][1]["content"] == "Canberra is the capital of Australia."
+    assert json.loads((out / "report.json").read_text())["pii"] == {"PERSON": 2, "LOCATION": 1}
+    refused = tunesmith("data", "check", path, "--set", "clean.pii_types=[PERSON]", check=False)
+    assert refused.returncode == 2 and "need clean.pii_ner: true" in refused.stderr

@@ -53,8 +53,8 @@ class CleanConfig(Section):
     pii: Literal["redact", "report", "drop"] = Field(
         "redact", description="redact: typed placeholders like <EMAIL>; report: count only; drop: remove the row"
     )
-    pii_types: list[str] | None = Field(None, description="PII types to look for; none: all built-in types")
-    pii_ner: bool = Field(False, description="also find names and addresses with Presidio (optional extra, slow)")
+    pii_types: list[str] | None = Field(None, description="PII types to look for; none: all built-in types, plus PERSON and LOCATION with pii_ner")
+    pii_ner: bool = Field(False, description="also find names and addresses with Presidio (optional extra `ner`, ~100 rows/s)")
     dedup: bool = Field(True, description="remove exact and near-duplicate rows, keeping the first of each cluster")
     near_dup_threshold: float = Field(0.7, gt=0, le=1, description="word-shingle Jaccard at which two rows are near-duplicates")
     shingle_size: int = Field(3, ge=1, le=10, description="words per shingle for near-duplicates")
