@@ -37,6 +37,9 @@ def trained_run(tiny_model_dir, tmp_path_factory):
 def test_train_writes_metrics_adapter_config_and_data(trained_run):
     run, result = trained_run
     assert "trained 4 steps" in result.stdout
+    printed = " ".join(result.stdout.split())
+    assert "data: 42 rows, 40 kept, 2 removed (empty_field 1, invalid_json 1)" in printed
+    assert (run / "data" / "report.html").is_file()
     records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in records] == [1, 2, 3, 4]
     for r in records:

@@ -271,7 +271,8 @@ def train_cmd(
         if not (model and data and out_dir):
             raise TunesmithError("give a CONFIG file, or all of --model, --data and --out", exit_code=2)
         cfg = build_config({}, overrides, where="flags")
-    result = train(cfg, progress=progress)
+    result = train(cfg, progress=progress, on_data=lambda report: out.print(
+        f"data: {data_summary(report)}; report: {Path(cfg.output.dir) / 'data' / 'report.html'}", highlight=False))
     eval_part = f", eval loss {result.final_eval_loss:.4f}" if result.final_eval_loss is not None else ""
     out.print(
         f"trained {result.steps} steps, {result.tokens:,} tokens at {result.tokens_per_s:,.0f} tokens/s; "
@@ -307,11 +308,7 @@ def demo_cmd(
     out.print("[bold]1/3 data[/]: check and clean the sample (the first run converts the model once, ~30 s)")
 
     def cleaned(report: dict[str, Any]) -> None:
-        removed = ", ".join(f"{k} {v}" for k, v in report["reasons"].items()) or "none"
-        fixed = ", ".join(f"{k} {v}" for k, v in report["fixes"].items()) or "none"
-        pii = ", ".join(f"{k} {v}" for k, v in report["pii"].items()) or "none"
-        out.print(f"    {report['input_rows']} rows, {report['kept']} kept, {report['removed']} removed ({removed}); "
-                  f"fixed: {fixed}; PII redacted: {pii}", highlight=False)
+        out.print(f"    {data_summary(report)}", highlight=False)
         out.print("[bold]2/3 train[/]: LoRA on CPU")
 
     def trained(result: Any) -> None:
@@ -323,6 +320,16 @@ def demo_cmd(
     err.print()
     out.print(score_table({"base": summary["base"], "tuned": summary["tuned"], "n": summary["n_eval"]}))
     out.print(f"done in {summary['wall_minutes']:.1f} min; run folder: {out_dir} (summary.json, metrics.jsonl, eval/)")
+
+
+def data_summary(report: dict[str, Any]) -> str:
+    """One line for a data report: what was kept, removed (why), fixed and redacted."""
+    def counts(d: dict[str, int]) -> str:
+        return ", ".join(f"{k} {v}" for k, v in d.items()) or "none"
+
+    return (f"{report['input_rows']} rows, {report['kept']} kept, {report['removed']} removed "
+            f"({counts(report['reasons'])}); fixed: {counts(report['fixes'])}; "
+            f"PII {'redacted' if report['pii_mode'] == 'redact' else 'found'}: {counts(report['pii'])}")
 
 
 def _eval_progress(name: str, done: int, total: int) -> None:
