@@ -182,7 +182,7 @@ def data_preview(
     n: int = typer.Option(5, "-n", help="how many examples"),
     train_on_inputs: bool = typer.Option(False, help="also train on prompt tokens (as data.train_on_inputs)"),
 ) -> None:
-    """Show examples through the chat template: [trained] tokens marked, EOS included."""
+    """Show examples through the chat template with the trained tokens marked ⟦so⟧, EOS included."""
     from tunesmith.data.formats import read_examples
     from tunesmith.data.preview import preview_row
     from tunesmith.data.tokens import load_target_tokenizer
