@@ -34,11 +34,11 @@ def test_check_json_and_exit_1_when_not_trainable(tmp_path):
     assert report["trainable"] is False and report["reasons"] == {"invalid_json": 2}
 
 
-def test_wholly_wrong_format_and_bad_flags_are_usage_errors(tmp_path):
+def test_wholly_wrong_format_is_one_error_and_bad_flags_are_usage_errors(tmp_path):
     path = tmp_path / "qa.jsonl"
     path.write_text("".join(json.dumps({"question": f"q{i}", "answer": f"a{i}"}) + "\n" for i in range(5)))
     result = tunesmith("data", "check", path, check=False)
-    assert result.returncode == 2 and result.stderr.count("error:") == 1
+    assert result.returncode == 1 and result.stderr.count("error:") == 1  # data, not usage: gates a pipeline
     assert "question" in result.stderr
     good, _ = write_planted(tmp_path)
     bad_flag = tunesmith("data", "check", good, "--pii", "hide", check=False)

@@ -4,7 +4,7 @@ import re
 import pytest
 
 from tunesmith.data.formats import read_examples
-from tunesmith.errors import UsageError
+from tunesmith.errors import DataError, UsageError
 
 
 def test_every_line_is_kept_or_removed_with_a_reason(tmp_path):
@@ -50,7 +50,7 @@ def test_missing_and_empty_files(tmp_path):
     with pytest.raises(UsageError, match="not found"):
         read_examples(tmp_path / "none.jsonl")
     (tmp_path / "empty.jsonl").write_text("\n\n")
-    with pytest.raises(UsageError, match="no examples"):
+    with pytest.raises(DataError, match="no examples"):
         read_examples(tmp_path / "empty.jsonl")
 
 
@@ -354,7 +354,7 @@ EXPECTED = ("Expected one of: instruction+response, instruction+output (alpaca),
 def test_file_wholly_in_another_format_gets_one_usage_error(tmp_path):
     jsonl = tmp_path / "qa.jsonl"
     jsonl.write_text("\n".join(json.dumps({"question": f"q{i}", "answer": "a"}) for i in range(5)) + "\n{broken\n")
-    with pytest.raises(UsageError) as e:
+    with pytest.raises(DataError) as e:
         read_examples(jsonl)
     assert str(e.value) == (
         f"{jsonl}: no row is in a known format; rows have keys answer, question. {EXPECTED}. "
@@ -362,11 +362,11 @@ def test_file_wholly_in_another_format_gets_one_usage_error(tmp_path):
     )
     csv_file = tmp_path / "qa.csv"
     csv_file.write_text("question,answer\nq,a\n")
-    with pytest.raises(UsageError, match="rows have keys answer, question"):
+    with pytest.raises(DataError, match="rows have keys answer, question"):
         read_examples(csv_file)
     wrapped = tmp_path / "wrapped.json"
     wrapped.write_text(json.dumps({"data": ROWS}, indent=2))
-    with pytest.raises(UsageError, match="rows have keys data.*If the rows are inside 'data'"):
+    with pytest.raises(DataError, match="rows have keys data.*If the rows are inside 'data'"):
         read_examples(wrapped)
 
 
@@ -381,7 +381,7 @@ def test_files_that_are_not_json_or_csv(tmp_path):
     }
     for name, (content, message) in cases.items():
         (tmp_path / name).write_bytes(content)
-        with pytest.raises(UsageError, match=re.escape(message)):
+        with pytest.raises(DataError, match=re.escape(message)):
             read_examples(tmp_path / name)
 
 

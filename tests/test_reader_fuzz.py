@@ -13,7 +13,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tunesmith.data.formats import ROLES, read_examples
-from tunesmith.errors import UsageError
+from tunesmith.errors import DataError
 
 # A few seconds per test in the suite; TUNESMITH_FUZZ_EXAMPLES=2000 for a deeper run.
 FUZZ = settings(max_examples=int(os.environ.get("TUNESMITH_FUZZ_EXAMPLES", "80")), deadline=None,
@@ -73,13 +73,13 @@ line = st.one_of(
 
 
 def read_bytes(data: bytes, name: str = "d.jsonl"):
-    """read_examples on `data`; None when it raised UsageError (the one allowed exception)."""
+    """read_examples on `data`; None when it raised DataError (the one allowed exception)."""
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / name
         path.write_bytes(data)
         try:
             return read_examples(path)
-        except UsageError:
+        except DataError:
             return None
 
 

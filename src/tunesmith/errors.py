@@ -18,3 +18,8 @@ class TunesmithError(Exception):
 class UsageError(TunesmithError):
     def __init__(self, message: str) -> None:
         super().__init__(message, exit_code=2)
+
+
+class DataError(TunesmithError):
+    """A data file that cannot be trained on as a whole (no rows, another format): exit 1,
+    so `tunesmith data check` can gate a pipeline on it."""

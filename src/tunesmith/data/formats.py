@@ -34,7 +34,7 @@ one-line array everything from the broken element on is that one removed row.
 Reason codes: invalid_utf8, invalid_json, invalid_csv, not_object, unknown_format,
 missing_field, empty_field, wrong_type, unknown_role, no_assistant_turn. Each reason reads
 "code: detail" and names the field. A file in which no row could be read at all (another
-format, other key names, not text) raises one UsageError that says what was found and
+format, other key names, not text) raises one DataError that says what was found and
 what is expected, instead of returning a removed row per line.
 """
 
@@ -51,7 +51,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Iterator
 
-from tunesmith.errors import UsageError
+from tunesmith.errors import DataError, UsageError
 
 ROLES = ("system", "user", "assistant")
 # Fields carried from the input row to the normalised one when present.
@@ -66,7 +66,7 @@ CSV_FIELDS = frozenset(
     {"instruction", "response", "output", "input", "system", "prompt", "completion", "category"}
 )
 # Reasons that say a row is not in any format we read, as opposed to a row in a known
-# format with a bad field. A file with only these gets one UsageError instead of rows.
+# format with a bad field. A file with only these gets one DataError instead of rows.
 UNREADABLE_CODES = frozenset({"invalid_utf8", "invalid_json", "invalid_csv", "not_object", "unknown_format"})
 
 _DECODER = json.JSONDecoder()
@@ -169,7 +169,7 @@ def _reject_known_binary(path: Path, data: bytes) -> None:
     )
     for magic, what, fix in signatures:
         if data.startswith(magic):
-            raise UsageError(f"{path}: the file is {what}, not JSONL, JSON or CSV text; {fix}")
+            raise DataError(f"{path}: the file is {what}, not JSONL, JSON or CSV text; {fix}")
 
 
 def _decode(data: bytes) -> tuple[str, bool]:
@@ -190,7 +190,7 @@ def _decode(data: bytes) -> tuple[str, bool]:
 def _read_text(path: Path, text: str, bad_bytes: bool) -> _Rows:
     first = re.search(r"\S", text)
     if first is None:
-        raise UsageError(f"{path}: the file has no examples")
+        raise DataError(f"{path}: the file has no examples")
     start = first.start()
     first_line = _line_from(text, start)
     suffix = path.suffix.lower()
@@ -258,15 +258,15 @@ def _raise_if_nothing_readable(path: Path, rows: _Rows) -> None:
     if result.kept:
         return
     if not result.removed:
-        raise UsageError(f"{path}: the file has no examples")
+        raise DataError(f"{path}: the file has no examples")
     codes = {row["reasons"][0].split(":", 1)[0] for row in result.removed}
     if not codes <= UNREADABLE_CODES:
         return  # rows in a known format with bad fields: the caller reports them
     if rows.unknown_keys:
-        raise UsageError(_unknown_format_message(path, rows.unknown_keys))
+        raise DataError(_unknown_format_message(path, rows.unknown_keys))
     first = result.removed[0]
     what = "the file is not UTF-8 text (save it as UTF-8) and " if rows.bad_bytes else ""
-    raise UsageError(
+    raise DataError(
         f"{path}: {what}no row could be read as {result.file_format.upper()}; line {first['line']}: "
         f"{_clip(first['reasons'][0], 200)}. Expected JSONL (one JSON object per line), a JSON array "
         f"of objects, or CSV with a header row such as instruction,response; rows in one of: {EXPECTED_FORMATS}"
@@ -519,7 +519,7 @@ def _read_csv(path: Path, text: str, bad_bytes: bool, delimiter: str) -> _Rows:
             raw = lines[begin - 1] if consumed == begin else "\n".join(lines[begin - 1:consumed])
             if error is not None:
                 if header is None:
-                    raise UsageError(f"{path}: line {begin}: the CSV header cannot be read: {error}")
+                    raise DataError(f"{path}: line {begin}: the CSV header cannot be read: {error}")
                 rows.remove(begin, f"invalid_csv: {error}", raw, syntax=True)
             elif all(not value.strip() for value in record):
                 continue  # a blank line, or the ",,," rows spreadsheets leave at the end
