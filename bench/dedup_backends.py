@@ -408,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = time.perf_counter() - t0
     found = planted.keys() & dups.keys()
     out["tunesmith_find_duplicates"] = {
-        "note": "rensa + exact Jaccard confirmation; includes shingling and exact dedup",
+        "note": "rensa MinHash, numpy LSH bands, exact Jaccard confirmation; includes shingling and exact dedup",
         "seconds": round(seconds, 3), "rows_per_s": round(len(rows) / seconds),
         "exact": sum(d.kind == "exact" for d in dups.values()),
         **precision_recall(dups.keys(), planted),

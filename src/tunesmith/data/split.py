@@ -72,8 +72,7 @@ def remove_leaks(
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Drop train rows that are near-duplicates of a validation row, with the reason."""
     index = NearDupIndex(threshold=threshold, shingle_size=shingle_size)
-    for i, row in enumerate(val):
-        index.add(i, conversation_text(row["messages"]))
+    index.add_many(range(len(val)), [conversation_text(row["messages"]) for row in val])
     kept, removed = [], []
     for row in train:
         hits = index.query(conversation_text(row["messages"]))
