@@ -1,0 +1,1 @@
+"""Facts as data files: model configs (models/*.json); GPUs and prices come with the planner."""

@@ -1,0 +1,1 @@
+"""Know before you rent: model facts, memory, time and cost of a run."""

@@ -1,0 +1,48 @@
+"""Parameter counts from config fields equal the real model's, family by family: each tiny
+config is built with transformers on the meta device (no memory) and counted."""
+
+import pytest
+import torch
+import transformers
+
+from tunesmith.errors import UsageError
+from tunesmith.plan.arch import ModelFacts, count_params
+
+SMALL = dict(vocab_size=1000, hidden_size=64, intermediate_size=176, num_hidden_layers=3,
+             num_attention_heads=8, num_key_value_heads=2)
+FAMILIES = {
+    "llama": dict(SMALL, model_type="llama"),
+    "llama_biases_tied": dict(SMALL, model_type="llama", attention_bias=True, mlp_bias=True, tie_word_embeddings=True),
+    "mistral": dict(SMALL, model_type="mistral", tie_word_embeddings=False),
+    "qwen2": dict(SMALL, model_type="qwen2", tie_word_embeddings=False),
+    "qwen2_tied": dict(SMALL, model_type="qwen2", tie_word_embeddings=True),
+    "mixtral": dict(SMALL, model_type="mixtral", num_local_experts=4, num_experts_per_tok=2),
+    "gemma2": dict(SMALL, model_type="gemma2", head_dim=16, num_attention_heads=4),
+}
+
+
+def real_count(config: dict) -> int:
+    cfg = transformers.AutoConfig.for_model(**config)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(cfg)
+    # tied weights are one tensor: parameters() yields it once
+    return sum(p.numel() for p in model.parameters())
+
+
+@pytest.mark.parametrize("name", sorted(FAMILIES))
+def test_count_matches_the_model_built_from_the_config(name):
+    config = FAMILIES[name]
+    assert count_params(ModelFacts.from_config(config))["total"] == real_count(config)
+
+
+def test_moe_active_params_use_the_experts_per_token():
+    facts = ModelFacts.from_config(FAMILIES["mixtral"])
+    counts = count_params(facts)
+    assert (facts.experts, facts.active_experts) == (4, 2)
+    per_expert = 3 * 64 * 176
+    assert counts["total"] - counts["active"] == 3 * 2 * per_expert
+
+
+def test_unknown_architecture_is_one_clear_error():
+    with pytest.raises(UsageError, match="'gpt_neox' is not supported by the planner; supported: llama"):
+        ModelFacts.from_config({"model_type": "gpt_neox"})
