@@ -193,3 +193,14 @@ def test_semantic_dedup_removes_a_paraphrase_that_shares_few_words(tmp_path):
     assert [r["line"] for r in result.removed] == [8]
     assert result.removed[0]["reasons"][0].startswith("semantic_duplicate: line 7 (similarity 0.9")
     assert result.report["duplicates"] == {"exact": 0, "near": 0, "semantic": 1}
+
+
+def test_pii_in_a_later_turn_is_found_whatever_an_earlier_turn_held(tmp_path):
+    """Regression: the per-message counts once shadowed the list of types to look for, so
+    after a turn with an e-mail, later turns were searched for e-mails only."""
+    path = tmp_path / "turns.jsonl"
+    path.write_text(row("Write to ana.silva@example.com about the invoice.",
+                        "Done; she can also call +44 20 7946 0958.") + "\n")
+    kept = clean_file(path).kept[0]
+    assert kept["redacted"] == {"EMAIL": 1, "PHONE": 1}
+    assert "<PHONE>" in kept["messages"][-1]["content"]

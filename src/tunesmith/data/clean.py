@@ -200,12 +200,12 @@ def check_pii(row: _Row, mode: str, types: list[str]) -> Counter:
         matches = find_pii(message["content"], types)
         if not matches:
             continue
-        types = Counter(m.type for m in matches)
-        found += types
-        where = f"{', '.join(sorted(types))} in messages[{i}]"
+        in_message = Counter(m.type for m in matches)
+        found += in_message
+        where = f"{', '.join(sorted(in_message))} in messages[{i}]"
         if mode == "redact":
             message["content"] = redact(message["content"], matches)
-            row.redacted += types
+            row.redacted += in_message
         elif mode == "drop":
             row.removes.append(f"pii: {where}")
         else:
