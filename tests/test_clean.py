@@ -59,12 +59,17 @@ def planted_lines():
     return lines, expected
 
 
-@pytest.fixture
-def planted(tmp_path):
+def write_planted(folder):
+    """planted_lines() as folder/planted.jsonl: (path, expected codes by line)."""
     lines, expected = planted_lines()
-    path = tmp_path / "planted.jsonl"
+    path = folder / "planted.jsonl"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path, expected
+
+
+@pytest.fixture
+def planted(tmp_path):
+    return write_planted(tmp_path)
 
 
 def reasons_by_line(result):
@@ -161,9 +166,9 @@ def test_balance_cap_keeps_a_seeded_sample_per_category(tmp_path):
 
 
 def test_token_lengths_remove_too_long_rows_and_fill_the_report(planted, tiny_tokenizer):
-    from tunesmith.data.tokens import token_counter
+    from tunesmith.data.tokens import token_encoder
 
-    result = clean_file(planted[0], count_tokens=token_counter(tiny_tokenizer), max_seq_len=120, tokenizer_name="tiny")
+    result = clean_file(planted[0], encode=token_encoder(tiny_tokenizer), max_seq_len=120, tokenizer_name="tiny")
     tokens = result.report["tokens"]
     assert tokens["tokenizer"] == "tiny" and tokens["max_seq_len"] == 120
     assert 0 < tokens["p10"] <= tokens["p50"] <= tokens["p90"] <= tokens["max"] <= 120

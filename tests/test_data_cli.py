@@ -4,15 +4,8 @@ import json
 
 import pytest
 
-from test_clean import planted_lines
+from test_clean import write_planted
 from test_train_cli import tunesmith
-
-
-def write_planted(tmp_path):
-    lines, expected = planted_lines()
-    path = tmp_path / "planted.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path, expected
 
 
 def test_check_prints_a_report_and_exits_0_when_trainable(tmp_path):

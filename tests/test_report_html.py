@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from test_clean import planted_lines
+from test_clean import write_planted
 from tunesmith.config import CleanConfig
 from tunesmith.data.clean import clean_file
 from tunesmith.data.report import write_clean
@@ -28,9 +28,7 @@ def browser():
 
 
 def test_report_page_shows_the_counts_and_filters_by_reason(tmp_path, browser):
-    lines, _ = planted_lines()
-    path = tmp_path / "planted.jsonl"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    path, _ = write_planted(tmp_path)
     result = clean_file(path, CleanConfig(pii="report"))
     write_clean(result, tmp_path / "out")
     report = json.loads((tmp_path / "out" / "report.json").read_text())

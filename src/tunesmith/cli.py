@@ -50,13 +50,19 @@ BalanceCapOption = typer.Option(None, "--balance-cap", help="keep at most N rows
 ConfigOption = typer.Option(None, "--config", help="take model, max_seq_len and the clean section from a run config")
 
 
-def _clean_setup(config: Optional[Path], set_: Optional[list[str]], model: Optional[str], max_seq_len: Optional[int],
-                 flags: dict[str, Any]) -> tuple[Any, Optional[str], Optional[int]]:
-    """The run config's clean section, with flags on top; and the model for token counts."""
+# The options of `data check` and `data clean` that set a field of the config's clean section.
+CLEAN_FLAGS = ("task_type", "pii", "pii_ner", "fix_encoding", "dedup", "near_dup_threshold", "shingle_size",
+               "semantic_dedup", "drop", "keep", "balance_cap")
+
+
+def _clean_setup(args: dict[str, Any]) -> tuple[Any, Optional[str], Optional[int]]:
+    """From a command's arguments: the run config (--config, then the clean flags and --set on
+    top), and the model and max_seq_len for token counts."""
     from tunesmith.config import build_config, load_config
 
-    overrides = [f"clean.{key}={_as_yaml(value)}" for key, value in flags.items() if value is not None]
-    overrides += list(set_ or [])
+    overrides = [f"clean.{key}={_as_yaml(args[key])}" for key in CLEAN_FLAGS if args[key] is not None]
+    overrides += list(args["set_"] or [])
+    config, model, max_seq_len = args["config"], args["model"], args["max_seq_len"]
     cfg = load_config(config, overrides) if config else build_config({}, overrides, where="flags")
     model = model or (cfg.model.source if config else None)
     if max_seq_len is not None and model is None:
@@ -74,15 +80,15 @@ def _as_yaml(value: Any) -> str:
 def _run_clean(file: Path, cfg: Any, model: Optional[str], max_seq_len: Optional[int], show_stages: bool) -> Any:
     from tunesmith.data.clean import clean_file
 
-    counter = None
+    encoder = None
     if model:
-        from tunesmith.data.tokens import load_target_tokenizer, token_counter
+        from tunesmith.data.tokens import load_target_tokenizer, token_encoder
 
         quiet_transformers()
-        counter = token_counter(load_target_tokenizer(model, trust_remote_code=cfg.model.trust_remote_code),
+        encoder = token_encoder(load_target_tokenizer(model, trust_remote_code=cfg.model.trust_remote_code),
                                 cfg.data.train_on_inputs)
     on_stage = (lambda name: err.print(f"  {name}...", highlight=False)) if show_stages else None
-    return clean_file(file, cfg.clean, count_tokens=counter, max_seq_len=max_seq_len, tokenizer_name=model,
+    return clean_file(file, cfg.clean, encode=encoder, max_seq_len=max_seq_len, tokenizer_name=model,
                       seed=cfg.train.seed, on_stage=on_stage)
 
 
@@ -107,10 +113,7 @@ def data_check(
     set_: Optional[list[str]] = SetOption,
 ) -> None:
     """Report what cleaning would do. Exit 0: trainable; 1: not trainable; 2: usage error."""
-    flags = dict(task_type=task_type, pii=pii, pii_ner=pii_ner, fix_encoding=fix_encoding, dedup=dedup,
-                 near_dup_threshold=near_dup_threshold, shingle_size=shingle_size,
-                 semantic_dedup=semantic_dedup, drop=drop, keep=keep, balance_cap=balance_cap)
-    cfg, model, max_seq_len = _clean_setup(config, set_, model, max_seq_len, flags)
+    cfg, model, max_seq_len = _clean_setup(locals())
     result = _run_clean(file, cfg, model, max_seq_len, show_stages=not json_out)
     if json_out:
         print(json.dumps(result.report, indent=2, ensure_ascii=False))
@@ -142,10 +145,7 @@ def data_clean(
     """Write the kept rows (chat format), the removed rows with reasons, and a report."""
     from tunesmith.data.report import write_clean
 
-    flags = dict(task_type=task_type, pii=pii, pii_ner=pii_ner, fix_encoding=fix_encoding, dedup=dedup,
-                 near_dup_threshold=near_dup_threshold, shingle_size=shingle_size,
-                 semantic_dedup=semantic_dedup, drop=drop, keep=keep, balance_cap=balance_cap)
-    cfg, model, max_seq_len = _clean_setup(config, set_, model, max_seq_len, flags)
+    cfg, model, max_seq_len = _clean_setup(locals())
     result = _run_clean(file, cfg, model, max_seq_len, show_stages=True)
     write_clean(result, out_dir)
     print_report(result.report, result.removed)
@@ -172,7 +172,7 @@ def data_split(
     summary = split_file(file, out_dir, val_fraction=val_fraction, max_val=max_val, subset_fraction=subset,
                          seed=seed, leak_threshold=near_dup_threshold)
     out.print(f"train {summary['train']} rows, val {summary['val']} rows, removed {summary['removed']} "
-              f"({', '.join(f'{k} {v}' for k, v in summary['reasons'].items()) or 'none'}) -> {out_dir}")
+              f"({counts(summary['reasons'])}) -> {out_dir}")
 
 
 @data_app.command("preview")
@@ -215,27 +215,32 @@ def render_spans(spans: list[Any]) -> Any:
 
 
 def print_report(report: dict[str, Any], removed: list[dict[str, Any]], examples_per_reason: int = 3) -> None:
-    formats = ", ".join(f"{name} {n}" for name, n in report["formats"].items()) or "none"
-    out.print(f"[bold]{report['file']}[/]: {report['file_format']}, rows as {formats}", highlight=False)
+    from tunesmith.data.formats import reason_code
+
+    out.print(f"[bold]{report['file']}[/]: {report['file_format']}, rows as {counts(report['formats'])}",
+              highlight=False)
     out.print(f"{report['input_rows']} rows: {report['kept']} kept, {report['removed']} removed", highlight=False)
+    examples: dict[str, list[str]] = {}
+    for row in removed:
+        for reason in row["reasons"]:
+            shown = examples.setdefault(reason_code(reason), [])
+            if len(shown) < examples_per_reason:
+                shown.append(f"    line {row['line']}: {reason}")
     for code, count in report["reasons"].items():
         out.print(f"  removed {code}: {count}", highlight=False)
-        lines = [r for r in removed if any(x.split(":", 1)[0] == code for x in r["reasons"])][:examples_per_reason]
-        for row in lines:
-            reason = next(x for x in row["reasons"] if x.split(":", 1)[0] == code)
-            out.print(f"    line {row['line']}: {reason}", highlight=False, markup=False)
+        for line in examples[code]:
+            out.print(line, highlight=False, markup=False)
     for kind in ("warnings", "fixes"):
         if report[kind]:
-            out.print(f"{kind}: " + ", ".join(f"{k} {v}" for k, v in report[kind].items()), highlight=False)
+            out.print(f"{kind}: {counts(report[kind])}", highlight=False)
     if report["pii"]:
-        pii = ", ".join(f"{k} {v}" for k, v in report["pii"].items())
-        out.print(f"PII ({report['pii_mode']}): {pii}", highlight=False)
+        out.print(f"PII ({report['pii_mode']}): {counts(report['pii'])}", highlight=False)
     if report["tokens"]:
         t = report["tokens"]
         out.print(f"tokens ({t['tokenizer']}): p10 {t['p10']}, p50 {t['p50']}, p90 {t['p90']}, max {t['max']}; "
                   f"{t['per_epoch']:,} per epoch ({t['trained_per_epoch']:,} trained)", highlight=False)
     b = report["balance"]
-    top = ", ".join(f"{k} {v}" for k, v in list(b["counts"].items())[:5])
+    top = counts(dict(list(b["counts"].items())[:5]))
     out.print(f"balance by {b['field']} ({b['groups']} groups): {top}", highlight=False, markup=False)
     if report["volume"] and report["volume"]["verdict"] == "within":  # otherwise it is a note below
         out.print(f"volume: {report['volume']['advice']}", highlight=False)
@@ -324,12 +329,14 @@ def demo_cmd(
 
 def data_summary(report: dict[str, Any]) -> str:
     """One line for a data report: what was kept, removed (why), fixed and redacted."""
-    def counts(d: dict[str, int]) -> str:
-        return ", ".join(f"{k} {v}" for k, v in d.items()) or "none"
-
     return (f"{report['input_rows']} rows, {report['kept']} kept, {report['removed']} removed "
             f"({counts(report['reasons'])}); fixed: {counts(report['fixes'])}; "
             f"PII {'redacted' if report['pii_mode'] == 'redact' else 'found'}: {counts(report['pii'])}")
+
+
+def counts(by_name: dict[str, int]) -> str:
+    """{"duplicate": 6, "near_duplicate": 2} -> "duplicate 6, near_duplicate 2"."""
+    return ", ".join(f"{name} {n}" for name, n in by_name.items()) or "none"
 
 
 def _eval_progress(name: str, done: int, total: int) -> None:

@@ -21,20 +21,16 @@ from typing import Any, Callable
 
 from tunesmith.config import CleanConfig
 from tunesmith.data import stats
-from tunesmith.data.dedup import find_duplicates
+from tunesmith.data.dedup import Duplicate, find_duplicates
 from tunesmith.data.encoding import repair_text, scan_text
-from tunesmith.data.formats import ReadResult, read_examples
+from tunesmith.data.formats import ReadResult, count_reasons, read_examples
 from tunesmith.data.pii import PII_TYPES, find_pii, redact
 from tunesmith.data.pii_ner import NER_TYPES, enable_ner
 from tunesmith.data.quality import quality_issues
-from tunesmith.data.tokens import TokenCounter
+from tunesmith.data.tokens import Encoder
 from tunesmith.errors import UsageError
+from tunesmith.train.encode import Encoded
 
-# Codes the reader gives: the row could not be read as an example at all.
-READ_CODES = frozenset({
-    "invalid_utf8", "invalid_json", "invalid_csv", "not_object", "unknown_format", "missing_field",
-    "empty_field", "wrong_type", "unknown_role", "no_assistant_turn",
-})
 # Codes on readable rows, and whether each removes the row by default.
 REMOVE_BY_DEFAULT = frozenset({
     "mojibake", "control_chars", "trivial_response", "echo", "duplicate", "near_duplicate",
@@ -52,6 +48,9 @@ class CleanResult:
     kept: list[dict[str, Any]]
     removed: list[dict[str, Any]]
     report: dict[str, Any]
+    # line -> encoding of each kept row, when asked for (`keep_encodings`): training reuses
+    # them instead of encoding every row a second time
+    encodings: dict[int, Encoded] = field(default_factory=dict)
 
     @property
     def trainable(self) -> bool:
@@ -71,6 +70,7 @@ class _Row:
     fixes: list[str] = field(default_factory=list)
     redacted: Counter = field(default_factory=Counter)
     tokens: tuple[int, int] | None = None  # (all tokens, trained tokens) in the target tokenizer
+    encoded: Encoded | None = None  # only with keep_encodings
 
     def out(self) -> dict[str, Any]:
         row: dict[str, Any] = {"line": self.line, "messages": self.messages}
@@ -83,9 +83,6 @@ class _Row:
         if self.redacted:
             row["redacted"] = dict(sorted(self.redacted.items()))
         return row
-
-    def text(self) -> str:
-        return conversation_text(self.messages)
 
 
 def conversation_text(messages: list[dict[str, str]]) -> str:
@@ -123,13 +120,16 @@ def clean_file(
     path: str | Path,
     opts: CleanConfig | None = None,
     *,
-    count_tokens: TokenCounter | None = None,
+    encode: Encoder | None = None,
+    keep_encodings: bool = False,
     max_seq_len: int | None = None,
     tokenizer_name: str | None = None,
     seed: int = 0,
     on_stage: Callable[[str], None] | None = None,
 ) -> CleanResult:
-    """Read FILE and run every check; the result says what to keep, what to remove and why."""
+    """Read FILE and run every check; the result says what to keep, what to remove and why.
+    With `encode`, rows are measured in the target tokenizer; `keep_encodings` keeps the
+    encodings of the kept rows (for training; a check keeps only the counts)."""
     start = time.perf_counter()
     opts = opts or CleanConfig()
     policy = Policy(opts)
@@ -151,9 +151,9 @@ def clean_file(
         stage("duplicates")
         duplicates = mark_duplicates(live, opts, policy)
         live = [r for r in live if not r.removes]
-    if count_tokens is not None:
+    if encode is not None:
         stage("tokens")
-        check_tokens(live, count_tokens, max_seq_len, policy)
+        check_tokens(live, encode, max_seq_len, policy, keep_encodings)
         live = [r for r in live if not r.removes]
     if opts.balance_cap:
         cap_categories(live, opts.balance_cap, seed, policy)
@@ -167,7 +167,8 @@ def clean_file(
         path, read, rows, kept, removed, opts, pii_found, duplicates, max_seq_len, tokenizer_name
     )
     report["seconds"] = round(time.perf_counter() - start, 2)
-    return CleanResult(kept, removed, report)
+    encodings = {r.line: r.encoded for r in rows if r.encoded is not None and not r.removes}
+    return CleanResult(kept, removed, report, encodings)
 
 
 def row_json(row: dict[str, Any]) -> str:
@@ -215,14 +216,14 @@ def check_pii(row: _Row, mode: str, types: list[str]) -> Counter:
 
 def mark_duplicates(rows: list[_Row], opts: CleanConfig, policy: Policy) -> dict[str, int]:
     """Mark every row but the first of each cluster; returns counts by kind."""
-    texts = [r.text() for r in rows]
+    texts = [conversation_text(r.messages) for r in rows]
     found = find_duplicates(texts, threshold=opts.near_dup_threshold, shingle_size=opts.shingle_size)
     if opts.semantic_dedup:
         from tunesmith.data.dedup import find_semantic_duplicates
 
         remaining = [i for i in range(len(rows)) if i not in found]
         semantic = find_semantic_duplicates([texts[i] for i in remaining], threshold=opts.semantic_threshold)
-        found.update({remaining[i]: dup.__class__(remaining[dup.of], dup.kind, dup.similarity)
+        found.update({remaining[i]: Duplicate(remaining[dup.of], dup.kind, dup.similarity)
                       for i, dup in semantic.items()})
     counts: Counter = Counter()
     for index, dup in sorted(found.items()):
@@ -236,12 +237,13 @@ def mark_duplicates(rows: list[_Row], opts: CleanConfig, policy: Policy) -> dict
     return {"exact": counts["exact"], "near": counts["near"], "semantic": counts["semantic"]}
 
 
-def check_tokens(rows: list[_Row], count: TokenCounter, max_seq_len: int | None, policy: Policy) -> None:
+def check_tokens(rows: list[_Row], encode: Encoder, max_seq_len: int | None, policy: Policy, keep: bool) -> None:
     """Token counts of every row, exactly as training encodes it (template included)."""
     for start in range(0, len(rows), TOKEN_CHUNK):
         chunk = rows[start : start + TOKEN_CHUNK]
-        for row, tokens in zip(chunk, count([r.messages for r in chunk])):
-            _judge_length(row, tokens, max_seq_len, policy)
+        for row, encoded in zip(chunk, encode([r.messages for r in chunk])):
+            row.encoded = encoded if keep else None
+            _judge_length(row, (len(encoded.input_ids), encoded.n_trained), max_seq_len, policy)
 
 
 def _judge_length(row: _Row, tokens: tuple[int, int], max_seq_len: int | None, policy: Policy) -> None:
@@ -285,14 +287,14 @@ def build_report(
     kept_rows = [r for r in rows if not r.removes]
     report: dict[str, Any] = {
         "file": str(path),
-        "file_format": getattr(read, "file_format", "jsonl"),
+        "file_format": read.file_format,
         "formats": read.formats,
         "input_rows": input_rows,
         "kept": len(kept),
         "removed": len(removed),
-        "reasons": _count_codes(r["reasons"] for r in removed),
-        "warnings": _count_codes(r.warns for r in kept_rows),
-        "fixes": _count_codes(r.fixes for r in kept_rows),
+        "reasons": count_reasons(r["reasons"] for r in removed),
+        "warnings": count_reasons(r.warns for r in kept_rows),
+        "fixes": count_reasons(r.fixes for r in kept_rows),
         "pii_mode": opts.pii,
         "pii": {t: pii_found[t] for t in PII_TYPES + NER_TYPES if pii_found[t]},
         "duplicates": duplicates,
@@ -306,13 +308,6 @@ def build_report(
     report["blocking"] = blocking(report, read, opts)
     report["trainable"] = not report["blocking"]
     return report
-
-
-def _count_codes(groups: Any) -> dict[str, int]:
-    counts: Counter = Counter()
-    for findings in groups:
-        counts.update({f.split(":", 1)[0] for f in findings})  # a row counts once per code
-    return dict(sorted(counts.items()))
 
 
 def _token_stats(rows: list[_Row], max_seq_len: int | None, tokenizer_name: str | None) -> dict[str, Any] | None:
@@ -352,7 +347,7 @@ def notes(report: dict[str, Any]) -> list[str]:
 def blocking(report: dict[str, Any], read: ReadResult, opts: CleanConfig) -> list[str]:
     """Why the data cannot be trained on; empty when it can."""
     out = []
-    unreadable = sum(1 for r in read.removed if r["reasons"][0].split(":", 1)[0] in READ_CODES)
+    unreadable = len(read.removed)  # the reader removes only rows it cannot read as examples
     share = unreadable / max(1, report["input_rows"])
     if report["kept"] == 0:
         out.append("no row is left to train on: see the reasons above")

@@ -49,7 +49,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from tunesmith.errors import DataError, UsageError
 
@@ -85,17 +85,25 @@ class ReadResult:
     kept_raw: list[str] = field(default_factory=list)
 
     def reasons(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for row in self.removed:
-            for reason in row["reasons"]:
-                code = reason.split(":", 1)[0]
-                counts[code] = counts.get(code, 0) + 1
-        return dict(sorted(counts.items()))
+        return count_reasons(row["reasons"] for row in self.removed)
 
     def describe(self) -> str:
         """One line for the user: the file format, the row formats found, what was removed."""
         formats = ", ".join(f"{name} {n}" for name, n in sorted(self.formats.items())) or "none"
         return f"{self.file_format}: {len(self.kept)} rows kept ({formats}), {len(self.removed)} removed"
+
+
+def reason_code(reason: str) -> str:
+    """"near_duplicate: line 5 (similarity 0.81)" -> "near_duplicate"."""
+    return reason.split(":", 1)[0]
+
+
+def count_reasons(reason_lists: Iterable[list[str]]) -> dict[str, int]:
+    """Rows per code, sorted by code; a row with one code twice counts once."""
+    counts: Counter[str] = Counter()
+    for reasons in reason_lists:
+        counts.update({reason_code(r) for r in reasons})
+    return dict(sorted(counts.items()))
 
 
 class RowError(ValueError):

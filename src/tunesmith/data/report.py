@@ -9,6 +9,7 @@ from typing import Any
 import jinja2
 
 from tunesmith.data.clean import CleanResult
+from tunesmith.data.formats import reason_code
 from tunesmith.io import write_json_atomic, write_jsonl_atomic, write_text_atomic
 
 # The HTML lists removed rows for review; beyond this many it points at removed.jsonl, so a
@@ -37,7 +38,7 @@ def render_html(report: dict[str, Any], removed: list[dict[str, Any]]) -> str:
         {
             "line": row["line"],
             "reasons": row["reasons"],
-            "codes": " ".join(reason.split(":", 1)[0] for reason in row["reasons"]),
+            "codes": " ".join(reason_code(reason) for reason in row["reasons"]),
             "raw": _excerpt(row["raw"]),
         }
         for row in removed[:HTML_ROW_LIMIT]

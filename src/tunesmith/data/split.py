@@ -11,9 +11,9 @@ from typing import Any, Sequence
 
 from tunesmith.data.clean import conversation_text, row_json
 from tunesmith.data.dedup import NearDupIndex
-from tunesmith.data.formats import read_examples
-from tunesmith.io import write_json_atomic, write_jsonl_atomic
+from tunesmith.data.formats import count_reasons, read_examples
 from tunesmith.data.stats import group_key
+from tunesmith.io import write_json_atomic, write_jsonl_atomic
 
 
 @dataclass
@@ -87,8 +87,12 @@ def remove_leaks(
 
 def subset(rows: Sequence[dict[str, Any]], fraction: float, seed: int) -> list[dict[str, Any]]:
     """The guide's "iterate on 10% of your data first": a stratified, seeded share."""
-    chosen, _ = stratified_sample(rows, max(1, round(len(rows) * fraction)), seed)
-    return [rows[i] for i in chosen]
+    return subset_and_rest(rows, fraction, seed)[0]
+
+
+def subset_and_rest(rows: Sequence[dict[str, Any]], fraction: float, seed: int) -> tuple[list, list]:
+    chosen, rest = stratified_sample(rows, max(1, round(len(rows) * fraction)), seed)
+    return [rows[i] for i in chosen], [rows[i] for i in rest]
 
 
 def split_file(
@@ -107,10 +111,8 @@ def split_file(
     result = split_examples(read.kept, val_fraction=val_fraction, seed=seed, max_val=max_val,
                             leak_threshold=leak_threshold)
     train, rest = result.train, []
-    if subset_fraction:
-        train = subset(result.train, subset_fraction, seed)
-        chosen = {id(r) for r in train}
-        rest = [r for r in result.train if id(r) not in chosen]  # written out: nothing is lost
+    if subset_fraction:  # the rest is written out too: nothing is lost
+        train, rest = subset_and_rest(result.train, subset_fraction, seed)
     removed = sorted(read.removed + result.removed, key=lambda r: r["line"])
     summary = {
         "file": str(path),
@@ -121,7 +123,7 @@ def split_file(
         "val": len(result.val),
         "not_in_subset": len(rest),
         "removed": len(removed),
-        "reasons": _reason_counts(removed),
+        "reasons": count_reasons(r["reasons"] for r in removed),
         "train_by_group": dict(Counter(group_key(r) for r in train).most_common()),
         "val_by_group": dict(Counter(group_key(r) for r in result.val).most_common()),
     }
@@ -132,7 +134,3 @@ def split_file(
         write_jsonl_atomic(out_dir / "rest.jsonl", rest)
     write_json_atomic(out_dir / "split.json", summary)
     return summary
-
-
-def _reason_counts(removed: list[dict[str, Any]]) -> dict[str, int]:
-    return dict(sorted(Counter(r["reasons"][0].split(":", 1)[0] for r in removed).items()))

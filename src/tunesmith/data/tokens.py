@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable
 
-from tunesmith.train.encode import encode_many, ensure_chat_template
+from tunesmith.train.encode import Encoded, encode_many, ensure_chat_template
 
 Conversation = list[dict[str, str]]
-# conversations -> (tokens, trained tokens) of each; called on chunks, so memory stays flat
-TokenCounter = Callable[[list[Conversation]], list[tuple[int, int]]]
+# conversations -> their encodings; the clean stage calls it on chunks of rows
+Encoder = Callable[[list[Conversation]], list[Encoded]]
 
 
 def load_target_tokenizer(model: str, *, trust_remote_code: bool = False) -> Any:
@@ -22,11 +23,7 @@ def load_target_tokenizer(model: str, *, trust_remote_code: bool = False) -> Any
     return tokenizer
 
 
-def token_counter(tokenizer: Any, train_on_inputs: bool = False) -> TokenCounter:
-    """Counts through `encode_many`, as training encodes, so `too_long` here means the same
-    as at training time (template and EOS included)."""
-
-    def count(conversations: list[Conversation]) -> list[tuple[int, int]]:
-        return [(len(e.input_ids), e.n_trained) for e in encode_many(tokenizer, conversations, train_on_inputs)]
-
-    return count
+def token_encoder(tokenizer: Any, train_on_inputs: bool = False) -> Encoder:
+    """Encodes through `encode_many`, as training does, so `too_long` here means the same
+    as at training time (template and EOS included), and training can reuse the result."""
+    return functools.partial(encode_many, tokenizer, train_on_inputs=train_on_inputs)

@@ -38,21 +38,14 @@ def run_demo(
 ) -> dict[str, Any]:
     start = time.perf_counter()
     cfg = demo_config(out, overrides)
-    reports: list[dict[str, Any]] = []
-
-    def data_done(report: dict[str, Any]) -> None:
-        reports.append(report)
-        if on_data:
-            on_data(report)
-
-    result = train(cfg, progress=progress, on_data=data_done)
+    result = train(cfg, progress=progress, on_data=on_data)
     if on_trained:
         on_trained(result)
     scores = evaluate_run(out, on_progress=on_eval_progress)
     summary = {
         "model": cfg.model.source,
         "method": cfg.method.name,
-        "data": {key: reports[0][key] for key in ("input_rows", "kept", "removed", "reasons", "fixes", "pii")},
+        "data": {key: result.data[key] for key in ("input_rows", "kept", "removed", "reasons", "fixes", "pii")},
         "base": scores["base"],
         "tuned": scores["tuned"],
         "n_eval": scores["n"],

@@ -25,18 +25,11 @@ from tunesmith.models.load import load_model, load_tokenizer, pick_device, pick_
 from tunesmith.models.source import resolve_source
 from tunesmith.train.attention import use_packed_attention
 from tunesmith.train.dropout import use_bit_dropout
-from tunesmith.train.encode import Encoded, encode_many, ensure_chat_template
+from tunesmith.train.encode import Encoded, ensure_chat_template
 from tunesmith.train.loss import TokenLoss
 from tunesmith.train.pack import Row, collate, one_per_row, pack
 
 Step = list[list[Row]]  # one optimizer step = micro-batches of rows
-
-
-@dataclass
-class Prepared:
-    train: list[Encoded]
-    val: list[Encoded]
-    report: dict[str, Any]  # the data stage's report.json
 
 
 @dataclass
@@ -48,19 +41,7 @@ class TrainResult:
     tokens_per_s: float
     final_loss: float | None
     final_eval_loss: float | None
-
-
-# ---------------------------------------------------------------- data
-
-def prepare_data(cfg: RunConfig, tokenizer: Any, run_dir: Path) -> Prepared:
-    """Clean and split through the data stage (which removes rows that are too long, with
-    the same `encode`), then encode both splits for training."""
-    rows = prepare_run_data(cfg, tokenizer, run_dir)
-
-    def encode_all(split: list[dict]) -> list[Encoded]:
-        return encode_many(tokenizer, [r["messages"] for r in split], cfg.data.train_on_inputs)
-
-    return Prepared(encode_all(rows.train), encode_all(rows.val), rows.report)
+    data: dict[str, Any]  # the data stage's report for the training file
 
 
 def plan_steps(examples: list[Encoded], cfg: RunConfig) -> list[Step]:
@@ -153,7 +134,7 @@ def train(
     path = resolve_source(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
     tokenizer = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code)
     ensure_chat_template(tokenizer)
-    data = prepare_data(cfg, tokenizer, run_dir)
+    data = prepare_run_data(cfg, tokenizer, run_dir)  # clean, split, encode; stops on blocked data
     if on_data:
         on_data(data.report)
     steps = plan_steps(data.train, cfg)
@@ -212,6 +193,7 @@ def train(
         tokens_per_s=tokens / train_seconds if train_seconds else 0.0,
         final_loss=last_loss,
         final_eval_loss=last_eval,
+        data=data.report,
     )
 
 
