@@ -96,6 +96,10 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, ~30% slower")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of steps spent warming up")
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="lr schedule after warmup")
+    optimizer: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit"] = Field(
+        "adamw", description="8bit: 2 B of state per trained parameter instead of 8 (bitsandbytes, GPU); "
+        "paged: state in memory the driver can move to the host instead of running out"
+    )
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
     seed: int = Field(42, description="one seed for split, shuffle, init and dropout")

@@ -34,6 +34,8 @@ class ModelFacts:
     o_bias: bool = False
     mlp_bias: bool = False
     norms_per_layer: int = 2
+    attention_softcap: float | None = None  # Gemma 2: tanh-capped scores need eager attention
+    logit_softcap: float | None = None  # Gemma 2: tanh-capped final logits
 
     @classmethod
     def from_config(cls, config: dict[str, Any]) -> "ModelFacts":
@@ -61,6 +63,9 @@ class ModelFacts:
             o_bias=attention_bias,
             mlp_bias=bool(config.get("mlp_bias", False)),
             norms_per_layer=4 if model_type == "gemma2" else 2,
+            # transformers' Gemma 2 defaults when the config leaves them out
+            attention_softcap=config.get("attn_logit_softcapping", 50.0 if model_type == "gemma2" else None),
+            logit_softcap=config.get("final_logit_softcapping", 30.0 if model_type == "gemma2" else None),
         )
 
     def to_dict(self) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import torch
 
 from tunesmith.config import RunConfig
 from tunesmith.data.prepare import prepare_run_data
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import TunesmithError, UsageError
 from tunesmith.io import write_dir_atomic, write_json_atomic, write_text_atomic
 from tunesmith.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunesmith.models.source import resolve_source
@@ -80,6 +80,13 @@ def build_model(cfg: RunConfig, path: str, device: torch.device) -> Any:
         quantize_4bit=cfg.method.name == "qlora",
         trust_remote_code=cfg.model.trust_remote_code,
     )
+    return prepare_model(model, cfg, device)
+
+
+def prepare_model(model: Any, cfg: RunConfig, device: torch.device) -> Any:
+    """Make a loaded model trainable the way the config says: packed attention, gradient
+    checkpointing, adapters. The planner's memory tests build models from configs and run
+    them through this too, so what they measure is what training runs."""
     model.config.use_cache = False
     use_packed_attention(model)  # falls back to the model's own masked attention if refused
     if cfg.train.gradient_checkpointing:
@@ -122,7 +129,6 @@ def train(
     on_data: Callable[[dict], None] | None = None,
 ) -> TrainResult:
     """on_data gets the data stage's report once the data is cleaned and split."""
-    from accelerate import Accelerator
     from accelerate.utils import set_seed
 
     run_dir = Path(cfg.output.dir)
@@ -141,10 +147,8 @@ def train(
 
     set_seed(cfg.train.seed)  # LoRA init must not depend on how much data work came first
     model = build_model(cfg, path, device)
-    mixed = "bf16" if device.type == "cuda" and cfg.method.name == "full" else "no"
-    accelerator = Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    accelerator = make_accelerator(cfg, device)
+    optimizer = make_optimizer(cfg, model, device)
     scheduler = make_scheduler(cfg, optimizer, len(steps))
     loss_fn, optimizer = accelerator.prepare(TokenLoss(model), optimizer)
 
@@ -195,6 +199,31 @@ def train(
         final_eval_loss=last_eval,
         data=data.report,
     )
+
+
+def make_accelerator(cfg: RunConfig, device: torch.device) -> Any:
+    from accelerate import Accelerator
+
+    # Full fine-tuning keeps fp32 master weights and runs matmuls in bf16 on a GPU.
+    mixed = "bf16" if device.type == "cuda" and cfg.method.name == "full" else "no"
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
+
+
+def make_optimizer(cfg: RunConfig, model: Any, device: torch.device) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    name = cfg.train.optimizer
+    kwargs = dict(lr=cfg.train.lr, weight_decay=cfg.train.weight_decay)
+    if name == "adamw":
+        return torch.optim.AdamW(params, **kwargs)
+    if device.type != "cuda":
+        raise UsageError(f"train.optimizer = {name!r} needs a CUDA GPU (bitsandbytes); on CPU use adamw")
+    try:
+        import bitsandbytes as bnb
+    except ImportError:
+        raise UsageError(f"train.optimizer = {name!r} needs bitsandbytes: pip install bitsandbytes") from None
+    cls = {"adamw_8bit": bnb.optim.AdamW8bit, "paged_adamw": bnb.optim.PagedAdamW,
+           "paged_adamw_8bit": bnb.optim.PagedAdamW8bit}[name]
+    return cls(params, **kwargs)
 
 
 def make_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer, total: int) -> Any:

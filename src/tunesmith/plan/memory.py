@@ -1,0 +1,417 @@
+"""Peak memory of a training step, tensor by tensor, for tunesmith's own training loop.
+
+The model follows what the loop really keeps alive, not a rule of thumb:
+
+- **Weights.** LoRA: the base in bf16 on a GPU (the config's dtype on CPU). QLoRA: the
+  decoder's linear layers in NF4, 4 bits plus one fp32 absmax per 64 weights (4.5 bits), or
+  4.127 bits with double quantisation (the absmax in 8 bits, QLoRA paper); peft's
+  `prepare_model_for_kbit_training` casts everything else (embeddings, head, norms) to fp32.
+  Full: fp32 master weights, with bf16 autocast on a GPU, whose cached bf16 copies of
+  the weights live until backward has used them (2 bytes per parameter).
+- **Adapters.** peft keeps LoRA weights in fp32 even on a bf16 base (`autocast_adapter_dtype`),
+  so each adapted layer also keeps an fp32 copy of its input for backward: on a bf16 base
+  that doubles the input's bytes. Measured on CPU, this is the largest LoRA activation term.
+- **Optimizer.** AdamW: m and v in fp32 (8 B/param), plus one parameter-sized temporary in
+  `step()` (torch's foreach `_foreach_sqrt`). 8-bit AdamW: 2 B/param plus an fp32 absmax per
+  2,048 values; tensors under 4,096 values stay 32-bit (bitsandbytes `min_8bit_size`).
+  Paged variants hold the same bytes in managed memory the driver may evict to the host.
+- **Activations.** Per decoder layer, per token, each tensor autograd saves: the fp32 copies
+  RMSNorm makes, the inputs adapted layers keep (one per adapter, in fp32, plus a dropout
+  mask), q/k/v/out and the fp32 logsumexp of SDPA/flash attention (no s x s matrix), the
+  SwiGLU gate, activation and up projection. With gradient checkpointing only each layer's
+  input stays, plus one layer recomputed during backward.
+- **Logits.** The loss runs the head only on trained positions and upcasts those to fp32:
+  the log-softmax output is saved and its gradient is the same size (8 B x V per position).
+
+`tests/test_plan_memory.py` measures every activation and peak on CPU against real models;
+`bench/gpu_memory_check.py` does the same on a GPU.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from tunesmith.plan.arch import ModelFacts, count_params
+
+GB = 1e9
+ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit")
+STRATEGIES = ("ddp", "zero2", "fsdp", "fsdp_offload")
+
+# pytorch#107667: ~300 MB with lazy module loading (CUDA >= 11.7); cuBLAS and NCCL handles
+# add more. The GPU bench measures it; this is the default until then.
+CUDA_CONTEXT_BYTES = 0.5 * 2**30
+# Reserved over allocated: the caching allocator rounds blocks and keeps split blocks. No
+# published typical figure; this is a guess for the GPU bench to replace.
+ALLOCATOR_OVERHEAD = 0.05
+# A CPU process with torch and transformers imported, before any tensor (measured RSS ~0.7 GB).
+CPU_PROCESS_BYTES = 1.0e9
+
+
+@dataclass(frozen=True)
+class Setup:
+    """What is trained, how, and on what. Defaults are tunesmith's run-config defaults."""
+
+    method: Literal["lora", "qlora", "full"] = "lora"
+    seq_len: int = 512
+    micro_batch: int = 4
+    gradient_checkpointing: bool = False
+    lora_r: int = 16
+    lora_dropout: float = 0.05
+    target_modules: tuple[str, ...] = ALL_LINEAR
+    optimizer: str = "adamw"
+    device: Literal["cuda", "cpu"] = "cuda"
+    dtype: Literal["bf16", "fp32"] = "bf16"  # the base weights of LoRA; CPU runs use fp32
+    double_quant: bool = True
+    trained_fraction: float = 1.0  # share of positions with a loss; 1.0 plans for the worst case
+    gpus: int = 1
+    strategy: str = "ddp"
+
+    @property
+    def tokens(self) -> int:
+        return self.seq_len * self.micro_batch
+
+
+@dataclass(frozen=True)
+class Precision:
+    """Bytes per element of each kind of tensor, for a method on a device."""
+
+    residual: int  # the hidden states between layers
+    linear_out: int  # what the projections return (attention and MLP run in it)
+    norm_trainable: bool
+    weights_trainable: bool  # full fine-tuning: every linear keeps its input
+    autocast: bool  # fp32 weights, bf16 matmuls: each linear keeps a bf16 copy of its input
+    mask: int  # dropout mask per element: bool on CUDA, fp32 for tunesmith's CPU dropout
+
+
+def precision(s: Setup) -> Precision:
+    if s.method == "full":
+        # fp32 master weights; on a GPU under bf16 autocast, on CPU plain fp32.
+        gpu = s.device == "cuda"
+        return Precision(residual=4, linear_out=2 if gpu else 4, norm_trainable=True, weights_trainable=True,
+                         autocast=gpu, mask=0)
+    mask = 0 if s.lora_dropout == 0 else (1 if s.device == "cuda" else 4)
+    if s.method == "qlora":
+        # prepare_model_for_kbit_training casts embeddings and norms to fp32 and bitsandbytes
+        # returns each 4-bit layer's output in its input's dtype: activations stay fp32.
+        return Precision(residual=4, linear_out=4, norm_trainable=False, weights_trainable=False,
+                         autocast=False, mask=mask)
+    e = 4 if s.dtype == "fp32" else 2
+    return Precision(residual=e, linear_out=e, norm_trainable=False, weights_trainable=False, autocast=False, mask=mask)
+
+
+# ---------------------------------------------------------------- parameters
+
+def module_shapes(f: ModelFacts) -> dict[str, tuple[int, int]]:
+    """(in, out) features of each linear layer in a decoder layer."""
+    q, kv = f.heads * f.head_dim, f.kv_heads * f.head_dim
+    return {
+        "q_proj": (f.hidden, q), "k_proj": (f.hidden, kv), "v_proj": (f.hidden, kv), "o_proj": (q, f.hidden),
+        "gate_proj": (f.hidden, f.intermediate), "up_proj": (f.hidden, f.intermediate),
+        "down_proj": (f.intermediate, f.hidden),
+    }
+
+
+MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
+
+
+def adapted_modules(f: ModelFacts, s: Setup) -> list[str]:
+    """The targets LoRA attaches to. MoE experts are fused 3-D weights in transformers, not
+    linear layers, so MLP targets match nothing there."""
+    names = [m for m in module_shapes(f) if m in s.target_modules]
+    return [m for m in names if not (f.experts > 1 and m in MLP_MODULES)]
+
+
+def lora_params(f: ModelFacts, s: Setup) -> int:
+    shapes = module_shapes(f)
+    return f.layers * sum(s.lora_r * sum(shapes[m]) for m in adapted_modules(f, s))
+
+
+def trainable_params(f: ModelFacts, s: Setup) -> int:
+    return count_params(f)["total"] if s.method == "full" else lora_params(f, s)
+
+
+def nf4_bits(double_quant: bool) -> float:
+    """4-bit values plus their fp32 absmax per block of 64; double quantisation stores the
+    absmax in 8 bits with one fp32 scale per 256 blocks."""
+    return 4 + (8 / 64 + 32 / (64 * 256) if double_quant else 32 / 64)
+
+
+def weight_bytes(f: ModelFacts, s: Setup) -> float:
+    counts = count_params(f)
+    if s.method == "full":
+        return 4.0 * counts["total"]
+    if s.method == "qlora":
+        linear = f.layers * counts["linear_per_layer"]
+        return linear * nf4_bits(s.double_quant) / 8 + 4.0 * (counts["total"] - linear)
+    return (4.0 if s.dtype == "fp32" else 2.0) * counts["total"]
+
+
+def optimizer_bytes_per_param(optimizer: str) -> float:
+    if optimizer not in OPTIMIZERS:
+        from tunesmith.errors import UsageError
+
+        raise UsageError(f"optimizer {optimizer!r} is not known; choose one of {', '.join(OPTIMIZERS)}")
+    return 2 + 2 * 4 / 2048 if optimizer.endswith("8bit") else 8.0
+
+
+def optimizer_state_bytes(f: ModelFacts, s: Setup) -> float:
+    per_param = optimizer_bytes_per_param(s.optimizer)
+    if s.optimizer.endswith("8bit") and s.method != "full":
+        # LoRA matrices are r x features: all above min_8bit_size (4,096) for real models.
+        small = f.layers * sum(s.lora_r * sum(module_shapes(f)[m]) for m in adapted_modules(f, s)
+                               if s.lora_r * min(module_shapes(f)[m]) < 4096)
+        return per_param * (trainable_params(f, s) - small) + 8.0 * small
+    return per_param * trainable_params(f, s)
+
+
+# ---------------------------------------------------------------- activations
+
+def _input_group(width: int, consumers: list[str], adapted: list[str], p: Precision, e_in: int,
+                 requires_grad: bool) -> float:
+    """Bytes per token saved for the input of linear layers that share it (q/k/v read the same
+    normed input). A trained weight keeps its input (a bf16 copy per layer under autocast);
+    an adapter keeps an fp32 copy (shared with the input when that is already fp32), or its
+    dropout's output plus the mask."""
+    shared = 0
+    saved = 0.0
+    for name in consumers:
+        if p.weights_trainable:
+            if p.autocast:
+                saved += 2 * width
+            else:
+                shared = e_in
+        if name in adapted:
+            if p.mask:
+                saved += 4 * width + (p.mask * width if requires_grad else 0)
+            elif e_in == 4:
+                shared = 4
+            else:
+                saved += 4 * width
+    return saved + shared * width
+
+
+def layer_activation_bytes(f: ModelFacts, s: Setup, first: bool = False) -> dict[str, float]:
+    """Bytes per token autograd saves in one decoder layer, by part. `first`: the first layer of
+    a frozen model, whose input (the embedding output) needs no gradient."""
+    p = precision(s)
+    adapted = adapted_modules(f, s)
+    q, kv = f.heads * f.head_dim, f.kv_heads * f.head_dim
+    e = p.linear_out
+    input_grad = not first or p.weights_trainable
+    # RMSNorm saves its input in fp32 (the input itself when it already is), 1/rms, and the
+    # normalised value when its weight trains.
+    norm_one = 4 * f.hidden + 4 + (4 * f.hidden if p.norm_trainable else 0)
+    norms = f.norms_per_layer * norm_one - (0 if input_grad else 4 * f.hidden + 4)
+    attention_in = _input_group(f.hidden, ["q_proj", "k_proj", "v_proj"], adapted, p, 4 if p.autocast else p.residual,
+                                input_grad)
+    e_sdpa = 2 if p.autocast else e
+    if f.attention_softcap:
+        # Eager attention (SDPA cannot cap scores): q and the key/value heads repeated for
+        # every query head, then per query head and key position the tanh-capped scores,
+        # the fp32 softmax and its cast back. Quadratic in the row length.
+        sdpa = e_sdpa * 3 * q + f.heads * s.seq_len * (e_sdpa + 4 + (e_sdpa if e_sdpa != 4 else 0))
+    else:
+        # SDPA/flash keeps q, k, v and its output (bf16 copies under autocast) and an fp32
+        # logsumexp per head; no s x s matrix.
+        sdpa = e_sdpa * (2 * q + 2 * kv) + 4 * f.heads
+    out_proj = _input_group(q, ["o_proj"], adapted, p, e_sdpa, True)
+    mlp_in = _input_group(f.hidden, ["gate_proj", "up_proj"], adapted, p, 4 if p.autocast else p.residual, True)
+    # SwiGLU: the activation keeps its input (gate), the product keeps both factors.
+    mlp_inner = 3 * e * f.intermediate
+    mlp_out = _input_group(f.intermediate, ["down_proj"], adapted, p, e, True)
+    lora_hidden = 4 * s.lora_r * len(adapted)  # each adapter's A output, kept for B's gradient
+    if f.experts > 1:
+        # Each token passes through `active_experts` experts; the router weights multiply
+        # each expert's output (kept), and the expert inputs are gathered copies.
+        per_expert = mlp_inner + mlp_out + e * f.hidden + (e * f.hidden if p.weights_trainable else 0)
+        mlp_inner, mlp_out = f.active_experts * per_expert, 0.0
+        mlp_in += 4 * f.experts  # router probabilities
+    parts = {
+        "norms": norms,
+        "attention_inputs": attention_in,
+        "attention": sdpa,
+        "attention_output": out_proj,
+        "mlp_inputs": mlp_in,
+        "mlp": mlp_inner + mlp_out,
+        "lora": lora_hidden,
+    }
+    return parts
+
+
+def outside_activation_bytes(f: ModelFacts, s: Setup) -> float:
+    """Bytes per token saved outside the decoder layers, except the logits: the final norm,
+    the rotary cos/sin tables, and for full fine-tuning the head's input."""
+    p = precision(s)
+    final_norm = 4 * f.hidden + 4 + (4 * f.hidden if p.norm_trainable else 0)
+    rope = 2 * f.head_dim * p.residual
+    head_input = (2 if p.autocast else p.residual) * f.hidden * s.trained_fraction if p.weights_trainable else 0
+    return final_norm + rope + head_input
+
+
+def logits_bytes(f: ModelFacts, s: Setup) -> float:
+    """Peak bytes of the loss on one micro-batch, over the trained positions only: in
+    log-softmax's backward its saved fp32 output, the gradient arriving from the loss and the
+    gradient it returns are alive together (3 x 4 B x V); Gemma 2's soft-capping keeps one more."""
+    per_position = 12 * f.vocab + (4 * f.vocab if f.logit_softcap else 0)
+    return per_position * s.tokens * s.trained_fraction
+
+
+def saved_logits_bytes(f: ModelFacts, s: Setup) -> float:
+    """What the loss keeps at the end of the forward pass: the log-softmax output (and the
+    soft-capping tanh)."""
+    return logits_bytes(f, s) * (2 / 4 if f.logit_softcap else 1 / 3)
+
+
+def activation_bytes(f: ModelFacts, s: Setup) -> float:
+    """Bytes autograd holds at the end of the forward pass for one micro-batch, logits aside.
+    With gradient checkpointing each layer keeps only its input."""
+    outside = outside_activation_bytes(f, s)
+    if s.gradient_checkpointing:
+        return s.tokens * (f.layers * precision(s).residual * f.hidden + outside)
+    layer = sum(layer_activation_bytes(f, s).values())
+    first = sum(layer_activation_bytes(f, s, first=True).values())
+    return s.tokens * ((f.layers - 1) * layer + first + outside)
+
+
+def recompute_bytes(f: ModelFacts, s: Setup) -> float:
+    """With gradient checkpointing, one layer's activations rebuilt during its backward."""
+    return s.tokens * sum(layer_activation_bytes(f, s).values()) if s.gradient_checkpointing else 0.0
+
+
+# ---------------------------------------------------------------- the peak
+
+def transient_bytes(f: ModelFacts, s: Setup) -> float:
+    """Gradients in flight inside one layer's backward: two intermediate-sized tensors beside
+    what the layer saved (measured on CPU), in fp32 where an adapter or fp32 weights make them."""
+    p = precision(s)
+    g = 4 if ("down_proj" in adapted_modules(f, s) or not p.autocast and p.linear_out == 4) else p.linear_out
+    moe = 0.0
+    if f.experts > 1 and p.weights_trainable:
+        # Fused expert weights are indexed per expert: each index's backward allocates a
+        # zero gradient the size of the whole gate+up tensor before adding it in.
+        moe = 4.0 * f.experts * 2 * f.intermediate * f.hidden
+    return 2 * g * f.intermediate * s.tokens + moe
+
+
+def step_temp_bytes(f: ModelFacts, s: Setup) -> float:
+    """AdamW's temporaries in `step()`: torch's foreach path (the CUDA default) takes one
+    parameter-sized buffer for all parameters at once; on CPU it runs tensor by tensor, and
+    `exp_avg_sq.sqrt() / c` holds two copies of the largest one; 8-bit optimizers update in
+    place."""
+    if s.optimizer.endswith("8bit"):
+        return 0.0
+    if s.device == "cuda":
+        return 4.0 * trainable_params(f, s)
+    if s.method != "full":
+        return 8.0 * max(s.lora_r * max(module_shapes(f)[m]) for m in adapted_modules(f, s))
+    return 8.0 * max(f.vocab * f.hidden, f.hidden * f.intermediate)
+
+
+@dataclass(frozen=True)
+class Memory:
+    """Bytes per GPU (or for the CPU process), by component, and the peak.
+
+    `phases` is what each moment of a step adds to the resident bytes (weights, adapters,
+    optimizer state); the largest sets the peak."""
+
+    components: dict[str, float]
+    phases: dict[str, float]
+    allocated: float  # resident + the largest phase: what the allocator hands out at the peak
+    peak: float  # plus the allocator's slack and the CUDA context (or the CPU process)
+    cpu_bytes: float = 0.0  # host memory needed for offloaded state
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def peak_phase(self) -> str:
+        return max(self.phases, key=self.phases.get)
+
+    def gb(self) -> dict[str, float]:
+        return {name: round(value / GB, 3) for name, value in self.components.items()}
+
+
+def estimate(f: ModelFacts, s: Setup) -> Memory:
+    """Peak memory per device for one training step of `s` on the model `f`.
+
+    peak = resident (weights, adapters, optimizer state)
+         + max(backward start: activations + logits or a recomputed layer [+ autocast copies],
+               backward end, full fine-tuning: gradients + the first layer's activations,
+               optimizer step: gradients + the optimizer's temporary [+ DDP buckets])
+         + the allocator's slack and the CUDA context.
+    """
+    if s.strategy not in STRATEGIES:
+        from tunesmith.errors import UsageError
+
+        raise UsageError(f"strategy {s.strategy!r} is not known; choose one of {', '.join(STRATEGIES)}")
+    n = max(1, s.gpus)
+    counts = count_params(f)
+    trainable = trainable_params(f, s)
+    weights = weight_bytes(f, s)
+    adapters = 4.0 * trainable if s.method != "full" else 0.0
+    grads = 4.0 * trainable
+    optimizer = optimizer_state_bytes(f, s)
+    step_temp = step_temp_bytes(f, s)
+    copies = 0.0
+    if precision(s).autocast:
+        copies = 2.0 * (f.layers * counts["linear_per_layer"] + (counts["lm_head"] or counts["embedding"]))
+    buckets = 0.0
+    cpu = 0.0
+    notes: list[str] = []
+    if n > 1 and s.strategy == "ddp":
+        buckets = grads  # DDP's flat all-reduce buckets: one more copy of the gradients
+    if n > 1 and s.strategy != "ddp":
+        grads, optimizer, step_temp = grads / n, optimizer / n, step_temp / n
+        if s.strategy in ("fsdp", "fsdp_offload"):
+            # Parameters sharded; each layer is gathered (bf16) for its forward and backward,
+            # with the next one prefetched; FSDP casts, so no autocast copies stay alive.
+            layer_bf16 = 2.0 * counts["per_layer"]
+            weights, adapters = weights / n + 2 * layer_bf16, adapters / n
+            copies = 0.0
+        if s.strategy == "fsdp_offload":
+            cpu = weights + adapters + grads * n + optimizer * n
+            weights = 2 * 2.0 * counts["per_layer"]
+            adapters, optimizer, step_temp = 0.0, 0.0, 0.0
+            grads = 2.0 * counts["per_layer"]  # one layer's gradients in flight to the host
+            notes.append("optimizer state, master weights and gradients live in host memory")
+    activations = activation_bytes(f, s)
+    logits = logits_bytes(f, s)
+    recompute = recompute_bytes(f, s)
+    transient = transient_bytes(f, s)
+    layer = s.tokens * sum(layer_activation_bytes(f, s).values())
+    # Checkpointed layers are rebuilt after the loss's buffers are gone: the two never overlap.
+    phases = {"backward": activations + max(logits, recompute + transient) + copies,
+              "optimizer_step": grads + step_temp + buckets}
+    if s.method == "full":
+        # Weight gradients pile up while activations are released: when the first layer
+        # starts its backward it still holds its activations and every later gradient exists
+        # (fused MoE experts get their whole gradient at the first expert's backward).
+        shard = n if n > 1 and s.strategy != "ddp" else 1
+        first_layer = counts["per_layer"] if f.experts == 1 else 0
+        not_yet = 4.0 * (first_layer + (counts["embedding"] if counts["lm_head"] else 0)) / shard
+        phases["backward_end"] = grads - not_yet + layer + transient
+    resident = weights + adapters + optimizer
+    allocated = resident + max(phases.values())
+    components = {
+        "weights": weights,
+        "adapters": adapters,
+        "optimizer": optimizer,
+        "activations": activations,
+        "logits": logits,
+        "recompute": recompute,
+        "backward_transient": transient,
+        "autocast_copies": copies,
+        "gradients": grads,
+        "optimizer_step": step_temp,
+        "ddp_buckets": buckets,
+    }
+    if s.device == "cuda":
+        components["allocator"] = ALLOCATOR_OVERHEAD * allocated
+        components["cuda_context"] = CUDA_CONTEXT_BYTES
+        peak = allocated * (1 + ALLOCATOR_OVERHEAD) + CUDA_CONTEXT_BYTES
+    else:
+        components["process"] = CPU_PROCESS_BYTES
+        peak = allocated + CPU_PROCESS_BYTES
+    if s.optimizer.startswith("paged"):
+        notes.append("paged optimizer state can spill to host memory under pressure (slower, not an OOM)")
+    return Memory(components=components, phases=phases, allocated=allocated, peak=peak, cpu_bytes=cpu, notes=notes)
