@@ -327,6 +327,39 @@ def demo_cmd(
     out.print(f"done in {summary['wall_minutes']:.1f} min; run folder: {out_dir} (summary.json, metrics.jsonl, eval/)")
 
 
+@app.command("gpus")
+def gpus_cmd(
+    prices_file: Optional[Path] = typer.Option(None, "--prices", help="your own prices: a CSV with the header "
+                                               "provider,gpu,on_demand,spot,as_of,source[,region]"),
+    json_out: bool = typer.Option(False, "--json", help="print every GPU with all its prices as JSON"),
+) -> None:
+    """List the GPU catalog with the cheapest on-demand and spot $/GPU-hour and their dates."""
+    from rich import box
+    from rich.markup import escape
+
+    from tunesmith.catalog.gpu import load_gpus
+    from tunesmith.catalog.prices import cheapest, format_range, gpu_price_catalog, load_prices
+
+    prices = load_prices(prices_file)
+    if json_out:
+        print(json.dumps(gpu_price_catalog(prices), indent=2, ensure_ascii=False))
+        return
+    table = Table(title="cheapest $ per GPU-hour (ranges compared by midpoint)", box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("GPU", "mem GB", "bf16 TFLOP/s", "GB/s", "on-demand", "spot", "as of"):
+        table.add_column(column, justify="right" if column in ("mem GB", "bf16 TFLOP/s", "GB/s") else "left")
+    for g in load_gpus():
+        best = cheapest(prices, g.name)
+        on_demand, spot = best["on_demand"], best["spot"]
+        table.add_row(
+            g.name, f"{g.memory_gb:g}", f"{g.bf16_tflops:g}", f"{g.bandwidth_gbps:g}",
+            f"{format_range(on_demand.on_demand)} {escape(on_demand.provider)}" if on_demand
+            else "no price (use --prices FILE.csv)",
+            f"{format_range(spot.spot)} {escape(spot.provider)}" if spot else "",
+            ", ".join(sorted({p.as_of for p in (on_demand, spot) if p})),
+        )
+    out.print(table)
+
+
 def data_summary(report: dict[str, Any]) -> str:
     """One line for a data report: what was kept, removed (why), fixed and redacted."""
     return (f"{report['input_rows']} rows, {report['kept']} kept, {report['removed']} removed "

@@ -1,0 +1,284 @@
+"""The price catalog: the guide's ranges ship with their source, your own CSV is read or refused
+line by line, SkyPilot's offline catalog is read from disk in its real format, and
+`tunesmith gpus` lists all of it."""
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from tunesmith.catalog.gpu import load_gpus
+from tunesmith.catalog.prices import (
+    CSV_HEADER, Price, builtin_prices, cheapest, csv_prices, format_range, load_prices, mid, resolve_gpu,
+    skypilot_catalog_dir, skypilot_prices,
+)
+from tunesmith.cli import app
+from tunesmith.errors import UsageError
+
+GUIDE = "market range (guide)"
+
+
+@pytest.fixture(autouse=True)
+def no_real_skypilot(tmp_path, monkeypatch):
+    """A HOME without ~/.sky, so a SkyPilot install on the test machine changes nothing here,
+    and a wide terminal, so Rich does not wrap table cells."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    monkeypatch.setenv("COLUMNS", "200")
+
+
+def write(path: Path, text: str) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text, encoding="utf-8")
+    return path
+
+
+# ---------------------------------------------------------------- built-in
+
+
+def test_guide_ranges_ship_with_gpu_names_numbers_and_source():
+    by_gpu = {p.gpu: p for p in builtin_prices()}
+    assert set(by_gpu) == {"A100-80GB", "H100-SXM", "L40S"}
+    assert (by_gpu["A100-80GB"].on_demand, by_gpu["A100-80GB"].spot) == ((2.5, 3.5), (1.5, 2.5))
+    assert (by_gpu["H100-SXM"].on_demand, by_gpu["H100-SXM"].spot) == ((3.0, 4.0), (2.0, 3.0))
+    # The guide gives the L40S one range, not split: on-demand, no spot, and a note saying so.
+    assert (by_gpu["L40S"].on_demand, by_gpu["L40S"].spot) == ((1.0, 1.5), None)
+    assert "not split" in by_gpu["L40S"].note
+    catalog = {g.name for g in load_gpus()}
+    for p in by_gpu.values():
+        assert p.gpu in catalog and p.provider == GUIDE and p.as_of == "2026-06"
+        assert "guide to fine-tuning on cloud GPUs" in p.source and "mid-2026" in p.source
+    assert by_gpu["H100-SXM"].on_demand_mid == 3.5 and mid(None) is None
+    assert (format_range((2.5, 3.5)), format_range((2.99, 2.99)), format_range(None)) == ("$2.50-3.50", "$2.99", "")
+
+
+# ---------------------------------------------------------------- GPU names
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("H100", "H100-SXM"), ("H100-SXM5", "H100-SXM"), ("h100 sxm5", "H100-SXM"), ("h100_sxm", "H100-SXM"),
+    ("H100 PCIe", "H100-PCIe"), ("a100-80gb", "A100-80GB"), ("A100 40GB", "A100-40GB"),
+    ("A6000", "RTX-A6000"), ("rtx 4090", "RTX-4090"), ("H200-SXM", "H200"), ("l40s", "L40S"), ("A10", "A10"),
+])
+def test_gpu_aliases(name, expected):
+    assert resolve_gpu(name) == expected
+
+
+@pytest.mark.parametrize("name, message", [
+    ("A100", "'A100': ambiguous: write A100-40GB or A100-80GB"),
+    ("A10G", "'A10G': the A10G (AWS g5) is a different part from the A10"),
+    ("B300", "'B300': unknown GPU; the catalog has H200, H100-SXM, H100-PCIe"),
+])
+def test_names_that_are_not_catalog_gpus_are_refused_with_the_reason(name, message):
+    with pytest.raises(UsageError, match=re.escape(message)):
+        resolve_gpu(name)
+
+
+# ---------------------------------------------------------------- --prices FILE.csv
+
+
+def test_csv_round_trip(tmp_path):
+    prices = [
+        Price("my-cloud", "H100-SXM", (2.8, 3.2), None, "2026-05-01", "our contract, 2026-04", "us-east"),
+        Price("my-cloud", "A100-80GB", (2.1, 2.1), (1.2, 1.2), "2026-05", "price page checked 2026-05-02"),
+        Price("other", "L4", None, (0.3, 0.4), "2026-04-30", "quote #12", note="spot only"),
+    ]
+    path = tmp_path / "prices.csv"
+    with path.open("w", newline="", encoding="utf-8") as f:
+        writer = csv.writer(f)
+        writer.writerow(["provider", "gpu", "on_demand", "spot", "as_of", "source", "region", "note"])
+        for p in prices:
+            writer.writerow([p.provider, p.gpu, format_range(p.on_demand), format_range(p.spot), p.as_of, p.source,
+                             p.region or "", p.note or ""])
+    assert csv_prices(path) == prices
+
+
+def test_csv_accepts_aliases_spreadsheet_bom_and_upper_case_header(tmp_path):
+    path = tmp_path / "prices.csv"
+    path.write_bytes("\ufeffProvider,GPU,On_Demand,Spot,As_Of,Source\r\nx,h100 sxm5, 3 - 3.5 ,,2026-05,\"a, b\"\r\n"
+                     .encode("utf-8"))
+    assert csv_prices(path) == [Price("x", "H100-SXM", (3.0, 3.5), None, "2026-05", "a, b")]
+
+
+GOOD = "my-cloud,H100,3.00,2.00,2026-05-01,quote"
+
+
+@pytest.mark.parametrize("row, message", [
+    ("my-cloud,H100,abc,,2026-05-01,quote", "column on_demand = 'abc' is not a price; expected $ per GPU-hour"),
+    ("my-cloud,H100,-2.5,,2026-05-01,quote", "column on_demand = '-2.5' is negative; expected $ per GPU-hour"),
+    ("my-cloud,H100,3.00,0,2026-05-01,quote", "column spot = '0' is zero; expected $ per GPU-hour above 0"),
+    ("my-cloud,H100,4-3,,2026-05-01,quote", "column on_demand = '4-3': the low end is above the high end"),
+    ("my-cloud,,3.00,,2026-05-01,quote", "column gpu is empty"),
+    ("my-cloud,B300,3.00,,2026-05-01,quote", "column gpu = 'B300': unknown GPU; the catalog has H200, H100-SXM"),
+    ("my-cloud,A10G,1.00,,2026-05-01,quote", "column gpu = 'A10G': the A10G (AWS g5) is a different part"),
+    ("my-cloud,A100,1.00,,2026-05-01,quote", "column gpu = 'A100': ambiguous: write A100-40GB or A100-80GB"),
+    ("my-cloud,H100,3.00,,June 2026,quote", "column as_of = 'June 2026' is not a date; expected YYYY-MM-DD or YYYY-MM"),
+    ("my-cloud,H100,3.00,,2026-13,quote", "column as_of = '2026-13' is not a date"),
+    ("my-cloud,H100,3.00,,2026-05-01,", "column source is empty"),
+    ("my-cloud,H100,,,2026-05-01,quote", "columns on_demand and spot are both empty"),
+    ("my-cloud,H100,3.00,,2026-05-01,quote,us,note,extra", "1 value(s) more than the header's columns"),
+])
+def test_each_bad_row_names_file_line_column_and_what_is_expected(tmp_path, row, message):
+    path = write(tmp_path / "prices.csv", f"provider,gpu,on_demand,spot,as_of,source,region,note\n{GOOD}\n{row}\n")
+    with pytest.raises(UsageError) as caught:
+        csv_prices(path)
+    assert str(caught.value).startswith(f"{path}:3: ")
+    assert message in str(caught.value)
+
+
+def test_bad_header_and_missing_file_say_what_is_expected(tmp_path):
+    missing_column = write(tmp_path / "a.csv", "provider,gpu,on_demand,spot,as_of\nx,H100,3,,2026-05\n")
+    with pytest.raises(UsageError, match=re.escape(f"a.csv:1: missing column(s) source; expected the header {CSV_HEADER}")):
+        csv_prices(missing_column)
+    typo = write(tmp_path / "b.csv", "provider,gpu,ondemand,spot,as_of,source\n")
+    with pytest.raises(UsageError, match=r"b.csv:1: missing column\(s\) on_demand"):
+        csv_prices(typo)
+    extra = write(tmp_path / "c.csv", "provider,gpu,on_demand,spot,as_of,source,zone\n")
+    with pytest.raises(UsageError, match=r"c.csv:1: unknown column\(s\) 'zone'"):
+        csv_prices(extra)
+    with pytest.raises(UsageError, match="none.csv: prices file not found"):
+        csv_prices(tmp_path / "none.csv")
+
+
+def test_a_quoted_value_over_two_lines_does_not_shift_line_numbers(tmp_path):
+    path = write(tmp_path / "p.csv", 'provider,gpu,on_demand,spot,as_of,source\nx,H100,3,,2026-05,"two\nlines"\n'
+                                     "x,H100,oops,,2026-05,s\n")
+    with pytest.raises(UsageError, match=r"p.csv:4: column on_demand = 'oops'"):
+        csv_prices(path)
+
+
+# ---------------------------------------------------------------- SkyPilot
+
+
+# Headers exactly as SkyPilot writes them (column order differs by cloud): AWS and GCP from
+# skypilot-org/skypilot-catalog catalogs/v7/{aws,gcp}/vms.csv, Lambda from fetch_lambda_cloud.py,
+# Azure from fetch_azure.py USEFUL_COLUMNS. The prices are made up for the test.
+AWS = """InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,GpuInfo,Price,SpotPrice,Region,AvailabilityZone
+p4de.24xlarge,A100-80GB,8.0,96.0,1152.0,"{'Gpus': [{'Name': 'A100-80GB', 'Manufacturer': 'NVIDIA', 'Count': 8}]}",40.0,16.0,us-east-1,use1-az1
+p4de.24xlarge,A100-80GB,8.0,96.0,1152.0,,40.0,12.0,us-east-1,use1-az2
+p4de.24xlarge,A100-80GB,8.0,96.0,1152.0,,32.0,20.0,us-west-2,usw2-az1
+g5.xlarge,A10G,1.0,4.0,16.0,,1.0,0.4,us-east-1,use1-az1
+m5.large,,,2.0,8.0,,0.1,0.04,us-east-1,use1-az1
+"""
+LAMBDA = """InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,Price,Region,GpuInfo,SpotPrice
+gpu_1x_h100_pcie,H100,1.0,26.0,200.0,2.5,us-east-1,,
+gpu_8x_h100_sxm5,H100,8.0,208.0,1800.0,24.0,us-east-1,,
+gpu_8x_h100_sxm5,H100,8.0,208.0,1800.0,28.0,us-west-1,,
+"""
+AZURE = """InstanceType,AcceleratorName,AcceleratorCount,vCPUs,MemoryGiB,GpuInfo,Price,SpotPrice,Region,Generation
+Standard_ND96isr_H100_v5,H100,8,96.0,1900.0,H100,0.0,0.0,eastus,V2
+Standard_NC40ads_H100_v5,H100,1,40.0,320.0,H100,7.0,3.0,eastus,V2
+Standard_NV6ads_A10_v5,A10,0.167,6.0,55.0,A10,0.5,0.1,eastus,V2
+Standard_NV36ads_A10_v5,A10,1,36.0,440.0,A10,3.0,,eastus,V2
+"""
+GCP = """InstanceType,vCPUs,MemoryGiB,AcceleratorName,AcceleratorCount,GpuInfo,Region,AvailabilityZone,Price,SpotPrice
+a2-highgpu-1g,12.0,85.0,,,,us-central1,us-central1-a,0.7,0.3
+,,,A100,1,A100,us-central1,us-central1-a,2.9,1.1
+"""
+
+
+def write_catalog(root: Path) -> Path:
+    catalog = root / "v8"
+    for cloud, text in (("aws", AWS), ("lambda", LAMBDA), ("azure", AZURE), ("gcp", GCP)):
+        path = write(catalog / cloud / "vms.csv", text)
+        stamp = datetime(2026, 3, 4, 12).timestamp()
+        os.utime(path, (stamp, stamp))
+    return catalog
+
+
+def test_skypilot_catalog_per_gpu_cheapest_region_and_names(tmp_path):
+    catalog = write_catalog(tmp_path)
+    found = {(p.provider, p.gpu): p for p in skypilot_prices(catalog)}
+    # AWS: instance price / 8 GPUs; on-demand cheapest in us-west-2, spot cheapest in us-east-1
+    # (another zone than the first row); the A10G is not an A10 and the CPU VM has no GPU.
+    a100 = found[("aws", "A100-80GB")]
+    assert (a100.on_demand, a100.spot) == ((4.0, 4.0), (1.5, 1.5))
+    assert a100.region == "us-west-2; spot: us-east-1"
+    assert a100.as_of == "2026-03-04" and a100.source == f"SkyPilot catalog {catalog / 'aws' / 'vms.csv'}"
+    # Lambda names its PCIe and SXM cards both "H100": the instance type tells them apart. No spot.
+    assert found[("lambda", "H100-PCIe")].on_demand == (2.5, 2.5)
+    assert (found[("lambda", "H100-SXM")].on_demand, found[("lambda", "H100-SXM")].spot) == ((3.0, 3.0), None)
+    assert found[("lambda", "H100-SXM")].region == "us-east-1"
+    # Azure: an H100 NVL (NC series) is not an SXM, $0 means "no price", 1/6 of an A10 is not an A10.
+    assert found[("azure", "A10")].on_demand == (3.0, 3.0) and found[("azure", "A10")].spot is None
+    assert not {key for key in found if key[0] == "azure" and key[1] != "A10"}
+    # GCP prices its GPUs apart from the VM they attach to: such rows would understate the cost.
+    assert set(found) == {("aws", "A100-80GB"), ("lambda", "H100-PCIe"), ("lambda", "H100-SXM"), ("azure", "A10")}
+
+
+def test_skypilot_default_location_is_the_newest_schema_under_home(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    write_catalog(home / ".sky" / "catalogs")
+    write(home / ".sky" / "catalogs" / "v10" / "lambda" / "vms.csv", LAMBDA)  # newer than v8 (not by string order)
+    assert skypilot_catalog_dir() == home / ".sky" / "catalogs" / "v10"
+    assert {p.provider for p in load_prices()} == {GUIDE, "lambda"}
+    assert {p.provider for p in load_prices(skypilot=False)} == {GUIDE}
+
+
+def test_no_skypilot_catalog_means_no_skypilot_prices_and_no_error(tmp_path):
+    assert skypilot_catalog_dir() is None  # HOME has no ~/.sky
+    assert skypilot_prices() == [] and skypilot_prices(tmp_path / "nowhere") == []
+    assert load_prices() == builtin_prices()
+
+
+# ---------------------------------------------------------------- cheapest
+
+
+def test_cheapest_compares_ranges_by_midpoint_and_keeps_spot_apart(tmp_path):
+    path = write(tmp_path / "p.csv", "provider,gpu,on_demand,spot,as_of,source\n"
+                                     "firm,H100,3.40,,2026-05,q\nsteep,H100,3.60,2.60,2026-05,q\n")
+    best = cheapest(load_prices(path), "h100")
+    # 3.40 beats the guide's 3.00-4.00 (mid 3.50); 3.60 would not. The guide's spot (mid 2.50) beats 2.60.
+    assert best["on_demand"].provider == "firm" and best["spot"].provider == GUIDE
+    assert cheapest(load_prices(), "L40S")["spot"] is None
+    assert cheapest(load_prices(), "H200") == {"on_demand": None, "spot": None}
+
+
+# ---------------------------------------------------------------- tunesmith gpus
+
+
+def test_gpus_json_lists_every_gpu_with_its_prices(tmp_path):
+    path = write(tmp_path / "p.csv", "provider,gpu,on_demand,spot,as_of,source,region\nmine,L4,0.50,,2026-05-02,q,eu\n")
+    result = CliRunner().invoke(app, ["gpus", "--json", "--prices", str(path)])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    gpus = {g["name"]: g for g in data["gpus"]}
+    assert list(gpus) == [g.name for g in load_gpus()] and data["as_of"]
+    assert gpus["H100-SXM"]["bf16_tflops"] == 989 and "datasheet" in gpus["H100-SXM"]["source"]
+    assert gpus["H100-SXM"]["prices"][0] == {
+        "provider": GUIDE, "on_demand": [3.0, 4.0], "spot": [2.0, 3.0], "as_of": "2026-06",
+        "source": builtin_prices()[1].source, "region": None, "note": None}
+    assert gpus["L4"]["prices"] == [{"provider": "mine", "on_demand": [0.5, 0.5], "spot": None, "as_of": "2026-05-02",
+                                     "source": "q", "region": "eu", "note": None}]
+    assert gpus["H200"]["prices"] == []
+
+
+def test_gpus_table_shows_cheapest_offers_and_where_prices_are_missing(tmp_path):
+    path = write(tmp_path / "p.csv", "provider,gpu,on_demand,spot,as_of,source\nmine,A100-80GB,2.10,1.20,2026-05-02,q\n")
+    result = CliRunner().invoke(app, ["gpus", "--prices", str(path)])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line for line in result.stdout.splitlines() if line.strip()}
+    assert "$2.10 mine" in rows["A100-80GB"] and "$1.20 mine" in rows["A100-80GB"]
+    assert "$3.00-4.00 market range (guide)" in rows["H100-SXM"] and "2026-06" in rows["H100-SXM"]
+    assert "$1.00-1.50 market range (guide)" in rows["L40S"]
+    assert "no price (use --prices FILE.csv)" in rows["H200"]
+    bad = CliRunner().invoke(app, ["gpus", "--prices", str(tmp_path / "none.csv")])
+    assert isinstance(bad.exception, UsageError) and "prices file not found" in str(bad.exception)
+
+
+def test_gpus_through_the_installed_command(tmp_path):
+    env = {**os.environ, "HOME": str(tmp_path), "COLUMNS": "200"}
+    command = Path(sys.executable).parent / "tunesmith"
+    ok = subprocess.run([command, "gpus"], capture_output=True, text=True, env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert "H100-SXM" in ok.stdout and "$2.00-3.00 market range (guide)" in ok.stdout
+    bad_csv = write(tmp_path / "bad.csv", "provider,gpu,on_demand,spot,as_of,source\nx,H100,free,,2026-05,q\n")
+    bad = subprocess.run([command, "gpus", "--prices", bad_csv], capture_output=True, text=True, env=env)
+    assert bad.returncode == 2
+    assert f"{bad_csv}:2: column on_demand = 'free' is not a price" in " ".join(bad.stderr.split())
