@@ -261,6 +261,7 @@ def train_cmd(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder"),
     set_: Optional[list[str]] = SetOption,
     progress: bool = typer.Option(True, help="show a progress bar"),
+    preflight: bool = typer.Option(True, help="refuse a run the planner predicts will not fit this machine"),
 ) -> None:
     """Fine-tune a model: LoRA, QLoRA or full, into a run folder."""
     from tunesmith.config import build_config, load_config
@@ -276,13 +277,23 @@ def train_cmd(
         if not (model and data and out_dir):
             raise TunesmithError("give a CONFIG file, or all of --model, --data and --out", exit_code=2)
         cfg = build_config({}, overrides, where="flags")
-    result = train(cfg, progress=progress, on_data=lambda report: out.print(
+    result = train(cfg, progress=progress, preflight=preflight, on_preflight=print_preflight, on_data=lambda report: out.print(
         f"data: {data_summary(report)}; report: {Path(cfg.output.dir) / 'data' / 'report.html'}", highlight=False))
     eval_part = f", eval loss {result.final_eval_loss:.4f}" if result.final_eval_loss is not None else ""
     out.print(
         f"trained {result.steps} steps, {result.tokens:,} tokens at {result.tokens_per_s:,.0f} tokens/s; "
         f"final loss {result.final_loss:.4f}{eval_part} -> {result.run_dir}"
     )
+
+
+def print_preflight(check: dict[str, Any]) -> None:
+    d = check["device"]
+    if check["fits"] is None:
+        out.print(f"[dim]{check['reason']}[/]", highlight=False)
+        return
+    verdict = "fits" if check["fits"] else "[red]predicted not to fit; training anyway (--no-preflight)[/]"
+    out.print(f"pre-flight: peak ~{check['peak_gb']:.1f} GB of {d['available_gb']:.1f} GB free on {d['name']}: {verdict}",
+              highlight=False)
 
 
 @app.command("eval")
@@ -325,6 +336,132 @@ def demo_cmd(
     err.print()
     out.print(score_table({"base": summary["base"], "tuned": summary["tuned"], "n": summary["n_eval"]}))
     out.print(f"done in {summary['wall_minutes']:.1f} min; run folder: {out_dir} (summary.json, metrics.jsonl, eval/)")
+
+
+# ---------------------------------------------------------------- plan
+
+# `tunesmith plan` flags that set a run-config field.
+PLAN_FLAGS = {"model": "model.source", "method": "method.name", "seq_len": "train.max_seq_len",
+              "batch": "train.micro_batch", "grad_accum": "train.grad_accum", "lora_r": "method.r",
+              "gradient_checkpointing": "train.gradient_checkpointing", "optimizer": "train.optimizer",
+              "epochs": "train.epochs"}
+
+
+@app.command("plan")
+def plan_cmd(
+    config: Optional[Path] = typer.Argument(None, help="run config (YAML); flags below override it"),
+    model: Optional[str] = typer.Option(None, help="catalog alias, folder with config.json, .gguf, or a cached hub id"),
+    method: Optional[str] = typer.Option(None, help="lora | qlora | full"),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="tokens per packed row (train.max_seq_len)"),
+    batch: Optional[int] = typer.Option(None, "--batch", help="rows per micro-batch per GPU"),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="micro-batches per optimizer step"),
+    lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank"),
+    gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
+    optimizer: Optional[str] = typer.Option(None, help="adamw | adamw_8bit | paged_adamw | paged_adamw_8bit"),
+    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs per node (default: the fewest of 1, 2, 4, 8 that fit)"),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="plan for this GPU type only (see `tunesmith gpus`)"),
+    strategy: Optional[str] = typer.Option(None, help="with several GPUs: ddp | zero2 | fsdp | fsdp_offload"),
+    tokens: Optional[str] = typer.Option(None, help="training tokens per epoch, e.g. 20M (or use --dataset)"),
+    dataset: Optional[Path] = typer.Option(None, help="count tokens per epoch in this file with the model's tokenizer"),
+    epochs: Optional[float] = typer.Option(None, help="passes over the data"),
+    prices_file: Optional[Path] = typer.Option(None, "--prices", help="your own prices CSV (see `tunesmith gpus --help`)"),
+    calibrate: Optional[Path] = typer.Option(None, help="a run folder whose measured tokens/s replaces the MFU default"),
+    json_out: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+    set_: Optional[list[str]] = SetOption,
+) -> None:
+    """Memory, time and cost of a fine-tuning run on every GPU in the catalog, before renting one.
+    Exit 0 when some option fits, 1 when none does (the advice says what would)."""
+    from tunesmith.catalog.gpu import load_gpus
+    from tunesmith.catalog.prices import load_prices
+    from tunesmith.config import build_config, load_config
+    from tunesmith.plan.device import visible_device
+    from tunesmith.plan.planner import calibrate as read_calibration
+    from tunesmith.plan.planner import local_option, make_plan, on_device, run_from_config
+
+    args = locals()
+    overrides = [f"{field}={_as_yaml(args[flag])}" for flag, field in PLAN_FLAGS.items() if args[flag] is not None]
+    overrides += list(set_ or [])
+    cfg = load_config(config, overrides) if config else build_config({}, overrides, where="flags")
+    if config is None and model is None:
+        raise TunesmithError("give a CONFIG file or --model (see `tunesmith plan --help`)", exit_code=2)
+    catalog = load_gpus()
+    run = run_from_config(cfg, tokens=tokens, dataset=str(dataset) if dataset else None, gpus=gpus or 1,
+                          strategy=strategy)
+    mfu, rate, calibration = read_calibration(calibrate, catalog) if calibrate else (None, None, None)
+    plan = make_plan(run, catalog, load_prices(prices_file), mfu=mfu, count=gpus, strategy=strategy, only_gpu=gpu)
+    device = visible_device()
+    plan["this_machine"] = local_option(on_device(run, cfg, device.type), device, rate_flops=rate)
+    if calibration:
+        plan["calibration"] = calibration
+    if json_out:
+        print(json.dumps(plan, indent=2, ensure_ascii=False))
+    else:
+        print_plan(plan)
+    if plan["recommendation"] is None:
+        raise typer.Exit(1)
+
+
+def print_plan(plan: dict[str, Any]) -> None:
+    from rich import box
+
+    s, p, t = plan["setup"], plan["params"], plan["tokens"]
+    out.print(f"[bold]{plan['model']['config_from']}[/]: {p['total'] / 1e9:.2f}B parameters, "
+              f"{p['trainable']:,} trained ({s['method']}"
+              + (f", r={s['lora_r']}" if s["method"] != "full" else "") + ")", highlight=False)
+    out.print(f"micro-batch {s['micro_batch']} x {s['seq_len']} tokens, grad-accum {s['grad_accum']}, "
+              f"gradient checkpointing {'on' if s['gradient_checkpointing'] else 'off'}, {s['optimizer']}; "
+              + (f"{t['total']:,.0f} tokens ({t['per_epoch']:,} x {t['epochs']:g} epoch"
+                 f"{'' if t['epochs'] == 1 else 's'}, {t['from']})"
+                 if t["total"] else "no token count"), highlight=False)
+    m = plan["memory_gb"]
+    parts = sorted(((value, name) for name, value in m.items() if name not in ("peak", "phase") and value >= 0.005),
+                   reverse=True)
+    out.print(f"memory on one GPU: [bold]{m['peak']:.1f} GB[/] peak, at the {m['phase'].replace('_', ' ')}", highlight=False)
+    out.print("  GB: " + ", ".join(f"{name.replace('_', ' ')} {value:.2f}" for value, name in parts), highlight=False)
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
+    for column in ("GPU", "n", "peak/GPU", "fits", "hours", "on-demand $", "spot $"):
+        table.add_column(column, justify="left" if column in ("GPU", "fits") else "right")
+    for o in plan["options"]:
+        fit = "yes" if o["headroom_ok"] else "tight" if o["fits"] else "no"
+        color = {"yes": "green", "tight": "yellow", "no": "red"}[fit]
+        table.add_row(o["gpu"], str(o["count"]), f"{o['peak_gb']:.1f}/{o['memory_gb']:g}", f"[{color}]{fit}[/]",
+                      _hours(o["hours"]), _money(o["cost_on_demand"]), _money(o["cost_spot"]))
+    out.print(table)
+    sources = sorted({(o["provider_spot"] or o["provider_on_demand"], o["price_as_of"]) for o in plan["options"]
+                      if o["price_as_of"]})
+    unpriced = [o["gpu"] for o in plan["options"] if not o["price_as_of"]]
+    out.print("[dim]$: midpoint of each price range; prices from "
+              + ("; ".join(f"{who} as of {when}" for who, when in sources) or "nowhere")
+              + (f"; no price for {', '.join(unpriced)} (add yours: --prices FILE.csv)" if unpriced else "") + "[/]",
+              highlight=False)
+    r = plan["recommendation"]
+    if r:
+        cost = f" for ${r['cost']:,.2f}" if r["cost"] is not None else ""
+        out.print(f"[bold green]recommended:[/] {r['count']} x {r['gpu']}{cost}, {_hours(r['hours'])} h "
+                  f"({r['why']})", highlight=False)
+    else:
+        out.print("[bold red]nothing fits[/] with 10% headroom. What would:", highlight=False)
+        for a in plan["advice"]:
+            out.print(f"  {a['change']}: peak {a['peak_gb']:.1f} GB -> {a['fits'] or 'still too big'}", highlight=False)
+    here = plan.get("this_machine")
+    if here:
+        d = here["device"]
+        verdict = "[green]fits[/]" if here["fits"] else "[red]does not fit[/]"
+        when = f", ~{_hours(here['hours'])} h" if here["hours"] is not None else ""
+        out.print(f"this machine: {d['name']}, {d['available_gb']:.1f} GB free: {verdict} "
+                  f"(peak {here['peak_gb']:.1f} GB{when})", highlight=False)
+    mfu = plan["mfu"]
+    out.print(f"[dim]time at {mfu['value']:.0%} MFU: {plan.get('calibration') or mfu['source']}[/]", highlight=False)
+    for note in plan["notes"]:
+        out.print(f"[dim]note: {note}[/]", highlight=False)
+
+
+def _hours(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:.2f}" if value < 10 else f"{value:,.1f}"
+
+
+def _money(value: Optional[float]) -> str:
+    return "" if value is None else f"{value:,.2f}" if value < 1000 else f"{value:,.0f}"
 
 
 @app.command("gpus")

@@ -27,7 +27,10 @@ def pick_dtype(name: str, device: torch.device) -> torch.dtype:
 def load_tokenizer(path: str, *, trust_remote_code: bool = False) -> Any:
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except OSError as e:
+        raise UsageError(f"model.source: cannot load the tokenizer of {path}: {e}".splitlines()[0]) from None
     if tokenizer.pad_token_id is None:
         # Padding positions are never trained or attended to, so reusing EOS is safe.
         tokenizer.pad_token = tokenizer.eos_token

@@ -1,6 +1,7 @@
 """Turn what the user wrote in `model.source` into a folder or hub id transformers loads.
 
-Accepted: a built-in alias, a `.gguf` file, a local folder with `config.json`, or a hub id.
+Accepted: a built-in alias, a `.gguf` file, a local folder with `config.json`, a hub id, or
+a planner catalog alias (`tunesmith plan --model llama-3.1-8b`), which names its hub id.
 GGUF files are converted once to a plain safetensors folder under $TUNESMITH_HOME:
 transformers de-quantises GGUF on load but refuses to train a model that still carries the
 GGUF quantisation config, and converting once saves ~30 s on every later load.
@@ -42,6 +43,10 @@ def resolve_source(source: str, *, trust_remote_code: bool = False) -> str:
     """Return a local folder or hub id that `from_pretrained` can load without `gguf_file`."""
     if source in ALIASES:
         return str(convert_gguf(alias_gguf_path(source), trust_remote_code=trust_remote_code))
+    from tunesmith.plan.facts import catalog_aliases, catalog_entry
+
+    if source in catalog_aliases():
+        return catalog_entry(source)["hub_id"]  # the planner's aliases name real hub models
     path = Path(source).expanduser()
     if source.endswith(".gguf"):
         if not path.is_file():

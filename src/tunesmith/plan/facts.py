@@ -58,7 +58,10 @@ def model_facts(source: str) -> tuple[ModelFacts, str]:
 def _cached_hub_config(repo_id: str) -> str | None:
     from huggingface_hub import try_to_load_from_cache
 
-    found = try_to_load_from_cache(repo_id, "config.json")
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json")
+    except ValueError:  # not a valid hub id (a path that does not exist, say)
+        return None
     return found if isinstance(found, str) else None
 
 

@@ -305,7 +305,7 @@ def step_temp_bytes(f: ModelFacts, s: Setup) -> float:
     if s.device == "cuda":
         return 4.0 * trainable_params(f, s)
     if s.method != "full":
-        return 8.0 * max(s.lora_r * max(module_shapes(f)[m]) for m in adapted_modules(f, s))
+        return 8.0 * max((s.lora_r * max(module_shapes(f)[m]) for m in adapted_modules(f, s)), default=0)
     return 8.0 * max(f.vocab * f.hidden, f.hidden * f.intermediate)
 
 

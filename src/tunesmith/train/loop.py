@@ -127,8 +127,12 @@ def train(
     progress: bool = True,
     on_log: Callable[[dict], None] | None = None,
     on_data: Callable[[dict], None] | None = None,
+    preflight: bool = True,
+    on_preflight: Callable[[dict], None] | None = None,
 ) -> TrainResult:
-    """on_data gets the data stage's report once the data is cleaned and split."""
+    """on_data gets the data stage's report once the data is cleaned and split; on_preflight
+    the planner's verdict for this machine. `preflight=False` trains even when the planner
+    predicts the run does not fit."""
     from accelerate.utils import set_seed
 
     run_dir = Path(cfg.output.dir)
@@ -136,6 +140,9 @@ def train(
     write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
     set_seed(cfg.train.seed)
 
+    check = check_fit(cfg, enforce=preflight)  # before anything is loaded: an OOM costs the most
+    if on_preflight:
+        on_preflight(check)
     device = pick_device()
     path = resolve_source(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
     tokenizer = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code)
@@ -143,6 +150,7 @@ def train(
     data = prepare_run_data(cfg, tokenizer, run_dir)  # clean, split, encode; stops on blocked data
     if on_data:
         on_data(data.report)
+    write_json_atomic(run_dir / "plan.json", run_plan(cfg, check, data.report))
     steps = plan_steps(data.train, cfg)
 
     set_seed(cfg.train.seed)  # LoRA init must not depend on how much data work came first
@@ -199,6 +207,40 @@ def train(
         final_eval_loss=last_eval,
         data=data.report,
     )
+
+
+def check_fit(cfg: RunConfig, *, enforce: bool) -> dict[str, Any]:
+    """The planner's pre-flight for this machine; refuses (exit 1) a run predicted not to fit,
+    naming what would, unless `enforce` is off."""
+    from tunesmith.plan.device import visible_device
+    from tunesmith.plan.planner import preflight, refusal
+
+    check = preflight(cfg, visible_device())
+    check["enforced"] = enforce
+    if check["fits"] is False and enforce:
+        from tunesmith.catalog.gpu import load_gpus
+        from tunesmith.catalog.prices import load_prices
+
+        raise TunesmithError(refusal(check, cfg, load_gpus(), load_prices()), exit_code=1)
+    return check
+
+
+def run_plan(cfg: RunConfig, check: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """RUN/plan.json: the plan for the cleaned data's token count, what this machine was
+    predicted to need, and the device (so `tunesmith plan --calibrate RUN` knows what ran)."""
+    here = {"device": check["device"], "peak_gb": check["peak_gb"], "fits": check["fits"],
+            "preflight": "enforced" if check["enforced"] else "overridden (--no-preflight)"}
+    if check["run"] is None:
+        return {"this_machine": {**here, "skipped": check["reason"]}}
+    from tunesmith.catalog.gpu import load_gpus
+    from tunesmith.catalog.prices import load_prices
+    from tunesmith.plan.planner import make_plan, run_from_config
+
+    per_epoch = (report.get("tokens") or {}).get("per_epoch")
+    run = run_from_config(cfg, tokens=str(per_epoch) if per_epoch else None)
+    plan = make_plan(run, load_gpus(), load_prices())
+    plan["this_machine"] = {**here, "memory_gb": check["memory_gb"]}
+    return plan
 
 
 def make_accelerator(cfg: RunConfig, device: torch.device) -> Any:

@@ -1,0 +1,72 @@
+"""The device this process would train on: a CUDA GPU (matched to the catalog by name) or the
+CPU with the memory the system can still give it."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from tunesmith.plan.memory import GB
+
+# Substrings of torch.cuda.get_device_name() -> catalog name; first match wins.
+CUDA_NAMES = [
+    ("h200", "H200"), ("h100 pcie", "H100-PCIe"), ("h100", "H100-SXM"),
+    ("a100-sxm4-40gb", "A100-40GB"), ("a100-pcie-40gb", "A100-40GB"), ("a100", "A100-80GB"),
+    ("l40s", "L40S"), ("a10g", None), ("a10", "A10"), ("l4", "L4"), ("4090", "RTX-4090"), ("a6000", "RTX-A6000"),
+]
+
+
+@dataclass(frozen=True)
+class Device:
+    type: str  # "cuda" or "cpu"
+    name: str
+    memory_gb: float  # total
+    available_gb: float  # what a new training process can use
+    count: int = 1
+    catalog_gpu: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def catalog_name(cuda_name: str) -> str | None:
+    lowered = cuda_name.lower()
+    for needle, name in CUDA_NAMES:
+        if needle in lowered:
+            return name
+    return None
+
+
+def visible_device() -> Device:
+    import torch
+
+    if torch.cuda.is_available():
+        props = torch.cuda.get_device_properties(0)
+        free, total = torch.cuda.mem_get_info(0)
+        return Device(type="cuda", name=props.name, memory_gb=round(total / GB, 2), available_gb=round(free / GB, 2),
+                      count=torch.cuda.device_count(), catalog_gpu=catalog_name(props.name))
+    total, available = system_memory()
+    return Device(type="cpu", name=cpu_name(), memory_gb=round(total / GB, 2), available_gb=round(available / GB, 2))
+
+
+def system_memory() -> tuple[float, float]:
+    """(total, available) bytes; available is what the kernel can hand out without swapping."""
+    try:
+        text = open("/proc/meminfo", encoding="ascii").read()
+        fields = {m.group(1): int(m.group(2)) * 1024 for m in re.finditer(r"^(\w+):\s+(\d+) kB", text, re.M)}
+        return float(fields["MemTotal"]), float(fields.get("MemAvailable", fields["MemTotal"]))
+    except (OSError, KeyError):
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        return float(total), float(total)
+
+
+def cpu_name() -> str:
+    try:
+        for line in open("/proc/cpuinfo", encoding="utf-8", errors="replace"):
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({os.cpu_count()} cores)"
+    except OSError:
+        pass
+    return f"CPU ({os.cpu_count()} cores)"
