@@ -198,3 +198,13 @@ def test_train_refuses_a_run_that_cannot_fit_before_loading_anything(tmp_path):
     assert not (tmp_path / "run" / "data").exists()  # stopped before cleaning or loading
     forced = tunesmith(*args, "--no-preflight", check=False)
     assert forced.returncode == 2 and "pre-flight" not in forced.stderr
+
+
+@pytest.mark.parametrize("config", ["configs/smollm2-lora-cpu.yaml", "configs/llama-3.1-8b-qlora-gpu.yaml"])
+def test_example_configs_plan(config):
+    from pathlib import Path
+
+    path = Path(__file__).parent.parent / config
+    plan, code = plan_json(path, "--tokens", "1M")
+    assert code == 0 and plan["recommendation"] is not None
+    assert plan["setup"]["method"] in ("lora", "qlora")

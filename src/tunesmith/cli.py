@@ -437,8 +437,8 @@ def print_plan(plan: dict[str, Any]) -> None:
     r = plan["recommendation"]
     if r:
         cost = f" for ${r['cost']:,.2f}" if r["cost"] is not None else ""
-        out.print(f"[bold green]recommended:[/] {r['count']} x {r['gpu']}{cost}, {_hours(r['hours'])} h "
-                  f"({r['why']})", highlight=False)
+        took = f", {_hours(r['hours'])} h" if r["hours"] is not None else ""
+        out.print(f"[bold green]recommended:[/] {r['count']} x {r['gpu']}{cost}{took} ({r['why']})", highlight=False)
     else:
         out.print("[bold red]nothing fits[/] with 10% headroom. What would:", highlight=False)
         for a in plan["advice"]:

@@ -317,7 +317,13 @@ def run_from_config(cfg: Any, *, tokens: str | None = None, dataset: str | None 
     facts, config_from = model_facts(cfg.model.source)
     setup = setup_from_config(cfg, device=device, gpus=gpus, strategy=strategy)
     per_epoch, tokens_from = None, None
-    dataset = dataset or (cfg.data.train if tokens is None and count_data else None)
+    if dataset is None and tokens is None and count_data and cfg.data.train:
+        from pathlib import Path
+
+        if Path(cfg.data.train).is_file():
+            dataset = cfg.data.train
+        else:
+            tokens_from = f"data.train {cfg.data.train} not found: not counted"
     if tokens is not None:
         per_epoch, tokens_from = parse_tokens(tokens), "--tokens"
     elif dataset:
