@@ -12,7 +12,8 @@ from tunesmith.catalog.prices import load_prices
 from tunesmith.plan.arch import count_params
 from tunesmith.plan.facts import model_facts
 from tunesmith.plan.memory import Setup
-from tunesmith.plan.planner import Run, advice, make_plan, parse_tokens
+from tunesmith.plan.inputs import Run, parse_tokens
+from tunesmith.plan.planner import advice, make_plan
 from tunesmith.plan.throughput import Mfu, flops_per_token, hours
 
 SCHEMA_OPTION = {"gpu", "count", "fits", "peak_gb", "hours", "cost_on_demand", "cost_spot"}

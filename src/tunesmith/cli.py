@@ -375,8 +375,9 @@ def plan_cmd(
     from tunesmith.catalog.prices import load_prices
     from tunesmith.config import build_config, load_config
     from tunesmith.plan.device import visible_device
-    from tunesmith.plan.planner import calibrate as read_calibration
-    from tunesmith.plan.planner import local_option, make_plan, on_device, run_from_config
+    from tunesmith.plan.inputs import calibrate as read_calibration
+    from tunesmith.plan.inputs import on_device, run_from_config
+    from tunesmith.plan.planner import local_option, make_plan
 
     args = locals()
     overrides = [f"{field}={_as_yaml(args[flag])}" for flag, field in PLAN_FLAGS.items() if args[flag] is not None]

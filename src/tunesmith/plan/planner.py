@@ -13,57 +13,13 @@ from typing import Any
 
 from tunesmith.catalog.gpu import Gpu
 from tunesmith.catalog.prices import Price, cheapest, mid
-from tunesmith.plan.arch import ModelFacts, count_params
+from tunesmith.plan.arch import count_params
+from tunesmith.plan.inputs import Run, default_strategy
 from tunesmith.plan.memory import GB, Memory, Setup, estimate, trainable_params
 from tunesmith.plan.throughput import Mfu, assumptions, default_mfu, flops_per_token, hours
 
 COUNTS = (1, 2, 4, 8)  # GPUs per node the planner tries
 HEADROOM = 0.10  # keep 10% of the GPU free: fragmentation spikes and longer-than-planned rows
-
-
-def setup_from_config(cfg: Any, *, device: str = "cuda", gpus: int = 1, strategy: str | None = None) -> Setup:
-    """The Setup a run config trains with on `device` (the dtype `auto` resolves there)."""
-    dtype = "fp32" if cfg.model.dtype == "float32" or (device == "cpu" and cfg.model.dtype == "auto") else "bf16"
-    return Setup(
-        method=cfg.method.name,
-        seq_len=cfg.train.max_seq_len,
-        micro_batch=cfg.train.micro_batch,
-        gradient_checkpointing=cfg.train.gradient_checkpointing,
-        lora_r=cfg.method.r,
-        lora_dropout=cfg.method.dropout,
-        target_modules=tuple(cfg.method.target_modules),
-        optimizer=cfg.train.optimizer,
-        device=device,  # type: ignore[arg-type]
-        dtype=dtype,  # type: ignore[arg-type]
-        gpus=gpus,
-        strategy=strategy or default_strategy(cfg.method.name, gpus),
-    )
-
-
-def default_strategy(method: str, gpus: int) -> str:
-    """One GPU: nothing to split. Several: full fine-tuning shards (FSDP), adapters replicate
-    (DDP: a LoRA replica is the frozen base, which each GPU needs whole anyway)."""
-    if gpus == 1:
-        return "ddp"
-    return "fsdp" if method == "full" else "ddp"
-
-
-@dataclass(frozen=True)
-class Run:
-    """What is being planned: the model, the setup, and how many tokens it trains on."""
-
-    facts: ModelFacts
-    config_from: str
-    setup: Setup
-    tokens_per_epoch: int | None
-    epochs: float
-    tokens_from: str | None
-    grad_accum: int = 1
-    save_every: int = 200
-
-    @property
-    def total_tokens(self) -> float | None:
-        return None if self.tokens_per_epoch is None else self.tokens_per_epoch * self.epochs
 
 
 @dataclass(frozen=True)
@@ -105,17 +61,10 @@ def option_for(run: Run, gpu: Gpu, count: int, strategy: str | None, prices: lis
     od, spot = offers["on_demand"], offers["spot"]
     od_hours = spot_hours = None
     if train_hours is not None:
-        od_hours = train_hours + checkpoint_hours(run, setup, train_hours)
+        od_hours = train_hours + checkpoint_hours(run, setup)
         spot_hours = spot_wall_hours(run, setup, train_hours)
-
-    def cost(offer: Price | None, price_range: Any, wall: float | None) -> tuple[float | None, tuple[float, float] | None]:
-        if offer is None or price_range is None or wall is None:
-            return None, None
-        low, high = price_range
-        return round(mid(price_range) * count * wall, 2), (round(low * count * wall, 2), round(high * count * wall, 2))
-
-    cost_od, cost_od_range = cost(od, od.on_demand if od else None, od_hours)
-    cost_spot, cost_spot_range = cost(spot, spot.spot if spot else None, spot_hours)
+    cost_od, cost_od_range = _cost(od.on_demand if od else None, count, od_hours)
+    cost_spot, cost_spot_range = _cost(spot.spot if spot else None, count, spot_hours)
     return Option(
         gpu=gpu.name, count=count, strategy=setup.strategy, memory_gb=gpu.memory_gb,
         peak_gb=round(memory.peak / GB, 2), fits=fits(memory, gpu), headroom_ok=fits(memory, gpu, HEADROOM),
@@ -128,13 +77,21 @@ def option_for(run: Run, gpu: Gpu, count: int, strategy: str | None, prices: lis
     )
 
 
+def _cost(price_range: tuple[float, float] | None, count: int, wall: float | None) -> tuple[float | None, tuple[float, float] | None]:
+    """$ at the midpoint of a price range, and the range, for `count` GPUs over `wall` hours."""
+    if price_range is None or wall is None:
+        return None, None
+    low, high = price_range
+    return round(mid(price_range) * count * wall, 2), (round(low * count * wall, 2), round(high * count * wall, 2))
+
+
 def steps(run: Run, setup: Setup) -> float:
     """Optimizer steps for all epochs, assuming packed rows (full to max_seq_len)."""
     per_step = setup.micro_batch * run.grad_accum * setup.seq_len * setup.gpus
     return (run.total_tokens or 0) / per_step
 
 
-def checkpoint_hours(run: Run, setup: Setup, train_hours: float) -> float:
+def checkpoint_hours(run: Run, setup: Setup) -> float:
     """Time spent writing checkpoints: adapters (fp32) or the full fp32 weights."""
     params = count_params(run.facts)["total"] if setup.method == "full" else trainable_params(run.facts, setup)
     seconds_each = 4 * params / GB / assumptions()["checkpoint_write_gb_per_s"]["value"]
@@ -147,7 +104,7 @@ def spot_wall_hours(run: Run, setup: Setup, train_hours: float) -> float:
     spot = assumptions()["spot"]
     total_steps = max(steps(run, setup), 1)
     interval_hours = train_hours * min(run.save_every / total_steps, 1.0)
-    base = train_hours + checkpoint_hours(run, setup, train_hours)
+    base = train_hours + checkpoint_hours(run, setup)
     preemptions = spot["preemptions_per_hour"] * base
     return base + preemptions * (interval_hours / 2 + spot["restart_minutes"] / 60)
 
@@ -272,81 +229,6 @@ def _option_dict(o: Option) -> dict[str, Any]:
     return d
 
 
-# ---------------------------------------------------------------- inputs
-
-def parse_tokens(text: str) -> int:
-    """"20M", "1.5B", "350k" or "2000000" -> tokens."""
-    from tunesmith.errors import UsageError
-
-    scale = {"k": 1e3, "m": 1e6, "b": 1e9}
-    t = text.strip().lower().replace(",", "").replace("_", "")
-    try:
-        value = float(t[:-1]) * scale[t[-1]] if t and t[-1] in scale else float(t)
-    except ValueError:
-        raise UsageError(f"--tokens {text!r}: expected a number of tokens like 2000000, 350k, 20M or 1.5B") from None
-    if value <= 0:
-        raise UsageError(f"--tokens {text!r}: must be above 0")
-    return int(value)
-
-
-def dataset_tokens(path: str, cfg: Any) -> dict[str, Any]:
-    """Tokens per epoch of a data file as training would see it: cleaned with the run's
-    clean settings and counted with the model's own tokenizer and chat template."""
-    from tunesmith.data.clean import clean_file
-    from tunesmith.data.tokens import load_target_tokenizer, token_encoder
-    from tunesmith.errors import UsageError
-
-    try:
-        tokenizer = load_target_tokenizer(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"--dataset needs {cfg.model.source}'s tokenizer, which is not available here "
-                         f"({str(e).splitlines()[0]}); give --tokens N instead") from None
-    result = clean_file(path, cfg.clean, encode=token_encoder(tokenizer, cfg.data.train_on_inputs),
-                        max_seq_len=cfg.train.max_seq_len, tokenizer_name=cfg.model.source, seed=cfg.train.seed)
-    tokens = result.report["tokens"]
-    return {"per_epoch": tokens["per_epoch"], "trained_per_epoch": tokens["trained_per_epoch"],
-            "rows": result.report["kept"]}
-
-
-def run_from_config(cfg: Any, *, tokens: str | None = None, dataset: str | None = None, device: str = "cuda",
-                    gpus: int = 1, strategy: str | None = None, count_data: bool = True) -> Run:
-    """What to plan, from a run config and the plan command's token flags. Without either,
-    the config's training file is counted, unless `count_data` is off."""
-    from tunesmith.plan.facts import model_facts
-
-    facts, config_from = model_facts(cfg.model.source)
-    setup = setup_from_config(cfg, device=device, gpus=gpus, strategy=strategy)
-    per_epoch, tokens_from = None, None
-    if dataset is None and tokens is None and count_data and cfg.data.train:
-        from pathlib import Path
-
-        if Path(cfg.data.train).is_file():
-            dataset = cfg.data.train
-        else:
-            tokens_from = f"data.train {cfg.data.train} not found: not counted"
-    if tokens is not None:
-        per_epoch, tokens_from = parse_tokens(tokens), "--tokens"
-    elif dataset:
-        counted = dataset_tokens(dataset, cfg)
-        per_epoch, tokens_from = counted["per_epoch"], f"{dataset}: {counted['rows']:,} rows after cleaning"
-        if counted["per_epoch"]:
-            # A packed micro-batch mixes many examples, so its share of trained positions stays
-            # near the file's; a quarter more covers uneven batches.
-            share = counted["trained_per_epoch"] / counted["per_epoch"]
-            setup = replace(setup, trained_fraction=min(1.0, 1.25 * share))
-    return Run(facts=facts, config_from=config_from, setup=setup, tokens_per_epoch=per_epoch,
-               epochs=cfg.train.epochs, tokens_from=tokens_from, grad_accum=cfg.train.grad_accum,
-               save_every=cfg.train.save_every)
-
-
-# ---------------------------------------------------------------- this machine
-
-def on_device(run: Run, cfg: Any, device_type: str) -> Run:
-    """The same run on another kind of device (a config's dtype `auto` means fp32 on CPU)."""
-    setup = setup_from_config(cfg, device=device_type)
-    return replace(run, setup=replace(setup, trained_fraction=run.setup.trained_fraction))
-
-
 def local_option(run: Run, device: Any, rate_flops: float | None = None) -> dict[str, Any]:
     """Does the run (set up for `device.type`, see `on_device`) fit the device this process
     sees, and how long would it take there? `rate_flops`: model FLOP/s a run measured on this kind of device (calibration); without
@@ -364,102 +246,3 @@ def local_option(run: Run, device: Any, rate_flops: float | None = None) -> dict
     return {"device": device.to_dict(), "peak_gb": round(memory.peak / GB, 2),
             "fits": memory.peak <= device.available_gb * GB, "hours": None if wall is None else round(wall, 3),
             "memory_gb": memory.gb()}
-
-
-def calibrate(run_dir: Any, gpus: list[Gpu]) -> tuple[Mfu | None, float | None, str]:
-    """From a finished or running run folder: (MFU on its catalog GPU, or None on CPU; model
-    FLOP/s it achieved; one line saying what was measured)."""
-    import json
-    from pathlib import Path
-
-    from tunesmith.config import load_config
-    from tunesmith.errors import UsageError
-    from tunesmith.plan.facts import model_facts
-
-    run_dir = Path(run_dir)
-    metrics, plan_file, config_file = run_dir / "metrics.jsonl", run_dir / "plan.json", run_dir / "config.yaml"
-    for needed in (metrics, plan_file, config_file):
-        if not needed.is_file():
-            raise UsageError(f"--calibrate {run_dir}: no {needed.name} there (is it a run folder written by `tunesmith train`?)")
-    last = None
-    for number, line in enumerate(metrics.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                last = json.loads(line)
-            except json.JSONDecodeError:
-                raise UsageError(f"{metrics}:{number}: not valid JSON") from None
-    if not last or not last.get("tokens_per_s"):
-        raise UsageError(f"{metrics}: no step with tokens_per_s logged yet")
-    device = json.loads(plan_file.read_text(encoding="utf-8")).get("this_machine", {}).get("device", {})
-    cfg = load_config(config_file)
-    facts, _ = model_facts(cfg.model.source)
-    setup = setup_from_config(cfg, device=device.get("type", "cuda"))
-    tokens_per_s = float(last["tokens_per_s"])
-    rate = tokens_per_s * flops_per_token(facts, setup)["model"]
-    where = device.get("catalog_gpu") or device.get("name") or device.get("type", "?")
-    line = f"calibrated from {run_dir}: {tokens_per_s:,.0f} tokens/s of {cfg.model.source} {setup.method} on {where}"
-    gpu = next((g for g in gpus if g.name == device.get("catalog_gpu")), None)
-    if device.get("type") != "cuda" or gpu is None:
-        return None, rate, line
-    value = rate / (gpu.bf16_tflops * 1e12)
-    return Mfu(round(value, 4), line + f" = {value:.1%} MFU", calibrated=True), rate, line + f" = {value:.1%} MFU"
-
-
-# ---------------------------------------------------------------- pre-flight
-
-def preflight(cfg: Any, device: Any) -> dict[str, Any]:
-    """Will this config's training fit the device this process sees? Asked before anything
-    is loaded. {"fits": bool | None (None: could not plan), "peak_gb", "device", "reason",
-    "run": Run | None}."""
-    from tunesmith.errors import UsageError
-    from tunesmith.plan.facts import model_facts
-
-    try:
-        model_facts(cfg.model.source)
-    except UsageError as e:
-        return {"fits": None, "peak_gb": None, "device": device.to_dict(), "run": None,
-                "reason": f"pre-flight skipped: {e}"}
-    run = run_from_config(cfg, device=device.type, count_data=False)  # memory needs no token count
-    here = local_option(run, device)
-    return {"fits": here["fits"], "peak_gb": here["peak_gb"], "device": device.to_dict(), "run": run,
-            "memory_gb": here["memory_gb"], "reason": None}
-
-
-def refusal(check: dict[str, Any], cfg: Any, gpus: list[Gpu], prices: list[Price]) -> str:
-    """Why a run is refused, and what would fit instead: GPUs from the catalog and the guide's
-    remedies on this device."""
-    d = check["device"]
-    top = sorted(((v, k) for k, v in check["memory_gb"].items()), reverse=True)[:3]
-    lines = [f"pre-flight: this run needs ~{check['peak_gb']:.1f} GB at its peak ("
-             + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for v, k in top)
-             + f") but {d['name']} has {d['available_gb']:.1f} GB free."]
-    run = replace(check["run"], setup=setup_from_config(cfg))
-    ranked = [o for o in options(run, gpus, prices, None) if o.headroom_ok][:3]
-    if ranked:
-        lines.append("GPUs that would fit: " + "; ".join(
-            f"{o.count} x {o.gpu} ({o.peak_gb:.1f} of {o.memory_gb:g} GB"
-            + (f", ~${o.best_cost:,.2f}" if o.best_cost is not None else "") + ")" for o in ranked) + ".")
-    else:
-        fix = _first_fix(advice(run, gpus), lambda step: step["fits"] is not None)
-        if fix:
-            where = fix[1]["fits"] if " x " in fix[1]["fits"] else f"1 x {fix[1]['fits']}"
-            lines.append(f"As configured it fits no GPU in the catalog; with {fix[0]} it fits {where} "
-                         f"({fix[1]['peak_gb']:.1f} GB).")
-    fix = _first_fix(advice(check["run"], gpus), lambda step: step["peak_gb"] <= d["available_gb"] * (1 - HEADROOM))
-    if fix:
-        lines.append(f"Here, {fix[0]} brings it to {fix[1]['peak_gb']:.1f} GB.")
-    lines.append("See `tunesmith plan` for the whole table; to try anyway, run train with --no-preflight.")
-    return " ".join(lines)
-
-
-def _first_fix(steps: list[dict[str, Any]], good: Any) -> tuple[str, dict[str, Any]] | None:
-    """The config changes (as --set flags, cumulative) up to the first advice step that is good,
-    and that step; None when no step is, or the first good one needs more GPUs."""
-    fields: list[str] = []
-    for step in steps:
-        if not step["set"]:
-            return None
-        fields += step["set"]
-        if good(step):
-            return " ".join("--set " + f for f in fields), step
-    return None

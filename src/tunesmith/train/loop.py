@@ -213,7 +213,7 @@ def check_fit(cfg: RunConfig, *, enforce: bool) -> dict[str, Any]:
     """The planner's pre-flight for this machine; refuses (exit 1) a run predicted not to fit,
     naming what would, unless `enforce` is off."""
     from tunesmith.plan.device import visible_device
-    from tunesmith.plan.planner import preflight, refusal
+    from tunesmith.plan.preflight import preflight, refusal
 
     check = preflight(cfg, visible_device())
     check["enforced"] = enforce
@@ -234,7 +234,8 @@ def run_plan(cfg: RunConfig, check: dict[str, Any], report: dict[str, Any]) -> d
         return {"this_machine": {**here, "skipped": check["reason"]}}
     from tunesmith.catalog.gpu import load_gpus
     from tunesmith.catalog.prices import load_prices
-    from tunesmith.plan.planner import make_plan, run_from_config
+    from tunesmith.plan.inputs import run_from_config
+    from tunesmith.plan.planner import make_plan
 
     per_epoch = (report.get("tokens") or {}).get("per_epoch")
     run = run_from_config(cfg, tokens=str(per_epoch) if per_epoch else None)
