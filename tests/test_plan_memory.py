@@ -146,8 +146,9 @@ def test_sharding_divides_state_and_ddp_adds_gradient_buckets():
     fsdp = estimate(facts, Setup(method="full", gradient_checkpointing=True, gpus=4, strategy="fsdp"))
     offload = estimate(facts, Setup(method="full", gradient_checkpointing=True, gpus=4, strategy="fsdp_offload"))
     assert ddp.components["ddp_buckets"] == one.components["gradients"]
-    assert zero2.components["optimizer"] == one.components["optimizer"] / 4
-    assert zero2.components["weights"] == one.components["weights"]
+    # ZeRO-2: bf16 weights on every GPU; fp32 master, m and v partitioned.
+    assert zero2.components["weights"] == one.components["weights"] / 2
+    assert zero2.components["optimizer"] == (one.components["optimizer"] + one.components["weights"]) / 4
     assert fsdp.components["weights"] < one.components["weights"] / 3
     assert offload.peak < fsdp.peak < zero2.peak < one.peak < ddp.peak
     assert offload.cpu_bytes > 12 * count_params(facts)["total"]

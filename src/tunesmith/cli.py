@@ -417,7 +417,8 @@ def print_plan(plan: dict[str, Any]) -> None:
     m = plan["memory_gb"]
     parts = sorted(((value, name) for name, value in m.items() if name not in ("peak", "phase") and value >= 0.005),
                    reverse=True)
-    out.print(f"memory on one GPU: [bold]{m['peak']:.1f} GB[/] peak, at the {m['phase'].replace('_', ' ')}", highlight=False)
+    per = "one GPU" if s["gpus"] == 1 else f"each of {s['gpus']} GPUs ({s['strategy']})"
+    out.print(f"memory on {per}: [bold]{m['peak']:.1f} GB[/] peak, at the {m['phase'].replace('_', ' ')}", highlight=False)
     out.print("  GB: " + ", ".join(f"{name.replace('_', ' ')} {value:.2f}" for value, name in parts), highlight=False)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("GPU", "n", "peak/GPU", "fits", "hours", "on-demand $", "spot $"):

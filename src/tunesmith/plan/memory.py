@@ -362,6 +362,11 @@ def estimate(f: ModelFacts, s: Setup) -> Memory:
         buckets = grads  # DDP's flat all-reduce buckets: one more copy of the gradients
     if n > 1 and s.strategy != "ddp":
         grads, optimizer, step_temp = grads / n, optimizer / n, step_temp / n
+        if s.strategy == "zero2" and s.method == "full":
+            # DeepSpeed ZeRO-2 in bf16: the bf16 weights on every GPU, the fp32 master copy
+            # partitioned with the optimizer state; no autocast copies.
+            optimizer += weights / n
+            weights, copies = weights / 2, 0.0
         if s.strategy in ("fsdp", "fsdp_offload"):
             # Parameters sharded; each layer is gathered (bf16) for its forward and backward,
             # with the next one prefetched; FSDP casts, so no autocast copies stay alive.
