@@ -71,7 +71,8 @@ def _cpu_allocated_peak(fn: Callable[[], Any]) -> tuple[Any, int]:
     return result, peak
 
 
-def measure_training_step(model_config: dict[str, Any], cfg: Any, device: torch.device, *, seed: int = 0) -> dict[str, int]:
+def measure_training_step(model_config: dict[str, Any], cfg: Any, device: torch.device, *, seed: int = 0,
+                          before_prepare: Callable[[Any], Any] | None = None) -> dict[str, int]:
     """Build a random-weight model from `model_config`, make it trainable exactly as
     `tunesmith train` does for `cfg`, and measure one steady-state step (the second: the
     optimizer state exists from the first) of micro_batch x max_seq_len tokens, every
@@ -80,7 +81,11 @@ def measure_training_step(model_config: dict[str, Any], cfg: Any, device: torch.
     Returns bytes: `resident` (parameters, buffers and optimizer state before the step),
     `step_peak` (the highest allocation above that during forward, backward and the
     optimizer step) and, without gradient checkpointing, `saved` (what autograd kept at the
-    end of the forward pass, the logits' log-softmax included).
+    end of the forward pass, the logits' log-softmax included). On CUDA also the device-wide
+    `max_allocated` and `max_reserved` during the step (the caching allocator's slack).
+
+    The model is built on `device` directly. `before_prepare`, if given, gets the built model
+    and returns the one to prepare (the GPU bench quantises QLoRA's linear layers there).
     """
     import transformers
 
@@ -91,7 +96,10 @@ def measure_training_step(model_config: dict[str, Any], cfg: Any, device: torch.
     torch.manual_seed(seed)
     dtype = torch.float32 if cfg.method.name == "full" or cfg.model.dtype == "float32" else torch.bfloat16
     config = transformers.AutoConfig.for_model(**model_config)
-    model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype).to(device)
+    with torch.device(device):  # initialise on the device: an 8B model on a CPU takes a while
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype).to(device)
+    if before_prepare is not None:
+        model = before_prepare(model)
     model = prepare_model(model, cfg, device)
     model.train()
     accelerator = make_accelerator(cfg, device)
@@ -115,6 +123,9 @@ def measure_training_step(model_config: dict[str, Any], cfg: Any, device: torch.
                     for v in state.values() if torch.is_tensor(v))
     _, step_peak = allocated_peak(step, device)
     result = {"resident": resident, "step_peak": step_peak}
+    if device.type == "cuda":
+        result["max_allocated"] = torch.cuda.max_memory_allocated(device)
+        result["max_reserved"] = torch.cuda.max_memory_reserved(device)
     if not t.gradient_checkpointing:
         from tunesmith.train.pack import collate
 
