@@ -45,7 +45,9 @@ CUDA_CONTEXT_BYTES = 0.5 * 2**30
 # Reserved over allocated: the caching allocator rounds blocks and keeps split blocks. No
 # published typical figure; this is a guess for the GPU bench to replace.
 ALLOCATOR_OVERHEAD = 0.05
-# A CPU process with torch and transformers imported, before any tensor (measured RSS ~0.7 GB).
+# A CPU training process beyond its tensors: 0.41 GB of RSS after importing torch,
+# transformers, peft and accelerate; the demo's training run peaked 1.1 GB above the tensors
+# predicted for it (tokenizer, data, and freed blocks the C allocator keeps).
 CPU_PROCESS_BYTES = 1.0e9
 
 
