@@ -23,3 +23,15 @@ def tiny_tokenizer():
     from tiny import build_tokenizer
 
     return build_tokenizer()
+
+
+def pytest_collection_modifyitems(config, items):
+    """`gpu` tests need a CUDA device; without one they are skipped with that reason."""
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA device")
+    for item in items:
+        if item.get_closest_marker("gpu"):
+            item.add_marker(skip)

@@ -181,3 +181,17 @@ def test_peak_is_in_gb_and_names_its_phase():
     assert memory.peak_phase == "optimizer_step"
     assert set(memory.gb()) >= {"weights", "optimizer", "activations", "logits", "gradients", "cuda_context"}
     assert memory.peak / GB == pytest.approx(memory.allocated * 1.05 / GB + 2**29 / GB)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("gc", [False, True])
+def test_on_cuda_the_allocated_peak_is_within_ten_percent(gc):
+    """The GPU-only terms (bool dropout masks, foreach AdamW's temporary, flash attention):
+    Qwen2.5-0.5B's real shape, LoRA on a bf16 base, 2 x 512 tokens."""
+    config = catalog_entry("qwen2.5-0.5b")["config"]
+    cfg = build_config({"method": {"name": "lora"}, "train": {"micro_batch": 2, "max_seq_len": 512,
+                                                              "gradient_checkpointing": gc}})
+    measured = measure_training_step(config, cfg, torch.device("cuda"))
+    facts = ModelFacts.from_config(config)
+    memory = estimate(facts, Setup(seq_len=512, micro_batch=2, gradient_checkpointing=gc, trained_fraction=511 / 512))
+    assert memory.allocated == pytest.approx(measured["resident"] + measured["step_peak"], rel=0.10)
