@@ -267,7 +267,8 @@ def test_gpus_table_shows_cheapest_offers_and_where_prices_are_missing(tmp_path)
     assert "$2.10 mine" in rows["A100-80GB"] and "$1.20 mine" in rows["A100-80GB"]
     assert "$3.00-4.00 market range (guide)" in rows["H100-SXM"] and "2026-06" in rows["H100-SXM"]
     assert "$1.00-1.50 market range (guide)" in rows["L40S"]
-    assert "no price (use --prices FILE.csv)" in rows["H200"]
+    assert rows["H200"].split()[4:] == ["-", "-"]
+    assert "no price for H200" in " ".join(result.stdout.split()) and "--prices FILE.csv" in result.stdout
     bad = CliRunner().invoke(app, ["gpus", "--prices", str(tmp_path / "none.csv")])
     assert isinstance(bad.exception, UsageError) and "prices file not found" in str(bad.exception)
 

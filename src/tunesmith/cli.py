@@ -484,19 +484,24 @@ def gpus_cmd(
         print(json.dumps(gpu_price_catalog(prices), indent=2, ensure_ascii=False))
         return
     table = Table(title="cheapest $ per GPU-hour (ranges compared by midpoint)", box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("GPU", "mem GB", "bf16 TFLOP/s", "GB/s", "on-demand", "spot", "as of"):
-        table.add_column(column, justify="right" if column in ("mem GB", "bf16 TFLOP/s", "GB/s") else "left")
+    for column in ("GPU", "GB", "TFLOP/s", "GB/s", "on-demand", "spot", "as of"):
+        table.add_column(column, justify="right" if column in ("GB", "TFLOP/s", "GB/s") else "left")
+    unpriced = []
     for g in load_gpus():
         best = cheapest(prices, g.name)
         on_demand, spot = best["on_demand"], best["spot"]
+        if not (on_demand or spot):
+            unpriced.append(g.name)
         table.add_row(
             g.name, f"{g.memory_gb:g}", f"{g.bf16_tflops:g}", f"{g.bandwidth_gbps:g}",
-            f"{format_range(on_demand.on_demand)} {escape(on_demand.provider)}" if on_demand
-            else "no price (use --prices FILE.csv)",
-            f"{format_range(spot.spot)} {escape(spot.provider)}" if spot else "",
+            f"{format_range(on_demand.on_demand)} {escape(on_demand.provider)}" if on_demand else "-",
+            f"{format_range(spot.spot)} {escape(spot.provider)}" if spot else "-",
             ", ".join(sorted({p.as_of for p in (on_demand, spot) if p})),
         )
     out.print(table)
+    if unpriced:
+        out.print(f"[dim]no price for {', '.join(unpriced)}: add yours with --prices FILE.csv "
+                  "(provider,gpu,on_demand,spot,as_of,source)[/]", highlight=False)
 
 
 def data_summary(report: dict[str, Any]) -> str:
