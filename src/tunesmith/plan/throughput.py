@@ -23,8 +23,8 @@ from tunesmith.plan.memory import Setup, trainable_params
 
 
 def flops_per_token(f: ModelFacts, s: Setup) -> dict[str, float]:
-    """FLOPs one trained token costs: `model` (what MFU counts) and `executed` (plus the
-    forward pass gradient checkpointing repeats)."""
+    """FLOPs one trained token costs: `model` (what MFU counts) and `executed` (plus what
+    gradient checkpointing recomputes)."""
     counts = count_params(f)
     # The embedding is a lookup, not a matmul; a tied head still multiplies by it.
     active = counts["active"] - (counts["embedding"] if counts["lm_head"] else 0)
@@ -36,8 +36,15 @@ def flops_per_token(f: ModelFacts, s: Setup) -> dict[str, float]:
         model = 3 * forward  # forward, input gradients, weight gradients
     else:
         model = 2 * forward + 2 * trainable  # frozen weights: input gradients only
-    executed = model + (forward if s.gradient_checkpointing else 0)
-    return {"model": model, "executed": executed}
+    # Checkpointing reruns each decoder layer's forward, but not the head, and torch stops a
+    # layer's recomputation once every saved tensor is back: a down projection without an
+    # adapter after it, whose output nothing saves, is not rerun (checked with torch's FLOP
+    # counter).
+    head = f.vocab * f.hidden
+    adapted_down = s.method != "full" and "down_proj" in s.target_modules and f.experts == 1
+    down = 0 if adapted_down else f.active_experts * f.hidden * f.intermediate
+    recompute = forward - 2 * head - 2 * f.layers * down if s.gradient_checkpointing else 0
+    return {"model": model, "executed": model + recompute}
 
 
 @dataclass(frozen=True)
