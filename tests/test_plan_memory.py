@@ -195,3 +195,31 @@ def test_on_cuda_the_allocated_peak_is_within_ten_percent(gc):
     facts = ModelFacts.from_config(config)
     memory = estimate(facts, Setup(seq_len=512, micro_batch=2, gradient_checkpointing=gc, trained_fraction=511 / 512))
     assert memory.allocated == pytest.approx(measured["resident"] + measured["step_peak"], rel=0.10)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen2"])
+def test_full_fine_tuning_under_bf16_autocast_saves_what_the_gpu_path_predicts(family):
+    """The GPU path of full fine-tuning (fp32 master weights, bf16 autocast) measured with
+    CPU autocast: every linear keeps a bf16 copy of its input and of its weight."""
+    import transformers
+
+    from tunesmith.plan.measure import saved_bytes
+    from tunesmith.train.loop import prepare_model
+    from tunesmith.train.loss import TokenLoss
+
+    config, batch, seq = FAMILIES[family], 2, 64
+    cfg = build_config({"method": {"name": "full"}})
+    torch.manual_seed(0)
+    model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**config))
+    loss_fn = TokenLoss(prepare_model(model, cfg, CPU).train())
+    ids = torch.randint(0, config["vocab_size"], (batch, seq))
+
+    def forward():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return loss_fn(ids, torch.arange(seq).expand(batch, seq), ids.clone())
+
+    _, measured = saved_bytes(forward, exclude=list(loss_fn.parameters()))
+    facts = ModelFacts.from_config(config)
+    setup = Setup(method="full", seq_len=seq, micro_batch=batch, device="cuda", trained_fraction=(seq - 1) / seq)
+    copies = estimate(facts, setup).components["autocast_copies"]
+    assert activation_bytes(facts, setup) + saved_logits_bytes(facts, setup) + copies == pytest.approx(measured, rel=0.01)

@@ -119,8 +119,10 @@ MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
 
 
 def adapted_modules(f: ModelFacts, s: Setup) -> list[str]:
-    """The targets LoRA attaches to. MoE experts are fused 3-D weights in transformers, not
-    linear layers, so MLP targets match nothing there."""
+    """The targets LoRA attaches to (none for full fine-tuning). MoE experts are fused 3-D
+    weights in transformers, not linear layers, so MLP targets match nothing there."""
+    if s.method == "full":
+        return []
     names = [m for m in module_shapes(f) if m in s.target_modules]
     return [m for m in names if not (f.experts > 1 and m in MLP_MODULES)]
 
