@@ -4,7 +4,7 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.tunesmith-setup
 
-.PHONY: setup browser demo test test-fast bench clean
+.PHONY: setup browser demo test test-fast bench gpu-wheels clean
 
 setup: $(STAMP)
 
@@ -39,6 +39,12 @@ test-fast: setup
 
 bench: setup
 	$(BIN)/python bench/train_throughput.py
+
+# Wheels for bench/gpu_memory_check.py on an offline GPU machine (Python 3.12, x86-64).
+gpu-wheels: setup
+	$(BIN)/pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+		--platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+		--platform manylinux2014_x86_64 -d .whl -r bench/gpu_requirements.txt
 
 clean:
 	rm -rf runs .pytest_cache
