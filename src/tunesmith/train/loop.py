@@ -90,7 +90,7 @@ def prepare_model(model: Any, cfg: RunConfig, device: torch.device) -> Any:
     model.config.use_cache = False
     use_packed_attention(model)  # falls back to the model's own masked attention if refused
     if cfg.train.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        enable_checkpointing(model)
     if cfg.method.name == "full":
         return model
     from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
@@ -242,6 +242,16 @@ def run_plan(cfg: RunConfig, check: dict[str, Any], report: dict[str, Any]) -> d
     plan = make_plan(run, load_gpus(), load_prices())
     plan["this_machine"] = {**here, "memory_gb": check["memory_gb"]}
     return plan
+
+
+def enable_checkpointing(model: Any) -> None:
+    """Non-reentrant activation checkpointing per decoder layer, by the name transformers
+    uses (it renamed `gradient_checkpointing_enable` in 5.x and drops the old one in v6)."""
+    enable = getattr(model, "activation_checkpointing_enable", None)
+    if enable is not None:
+        enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
 def make_accelerator(cfg: RunConfig, device: torch.device) -> Any:
