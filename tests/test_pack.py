@@ -102,3 +102,15 @@ def test_per_example_attention_matches_the_masked_attention(tiny_tokenizer):
     packed_loss, packed_grads = loss_and_grads()
     assert abs(masked_loss - packed_loss) < 1e-4
     assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(masked_grads, packed_grads))
+
+
+def test_repeated_key_value_heads_give_the_grouped_attention():
+    """The fp32 GPU path repeats key/value heads instead of asking SDPA for grouped heads
+    (no fp32 kernel takes them); the grouping must be the one `enable_gqa` uses."""
+    from tunesmith.train.attention import repeat_kv_heads
+
+    torch.manual_seed(0)
+    q, k, v = torch.randn(2, 8, 16, 8), torch.randn(2, 2, 16, 8), torch.randn(2, 2, 16, 8)
+    grouped = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
+    repeated = F.scaled_dot_product_attention(q, *repeat_kv_heads(k, v, 8), is_causal=True)
+    assert torch.allclose(grouped, repeated, atol=1e-6)

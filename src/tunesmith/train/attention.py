@@ -42,6 +42,12 @@ def packed_sdpa_forward(
     if position_ids is None or query.shape[2] != key.shape[2]:
         raise RuntimeError(f"{NAME} is for training on packed rows: it needs position_ids and no KV cache")
     gqa = query.shape[1] != key.shape[1]
+    if gqa and query.is_cuda and query.dtype == torch.float32:
+        # fp32 (QLoRA after peft's upcast): flash attention has no fp32 kernel and the
+        # memory-efficient one takes no grouped heads, so torch would fall back to the math
+        # kernel and its row x row matrices. Repeating the key/value heads keeps it linear.
+        key, value = repeat_kv_heads(key, value, query.shape[1])
+        gqa = False
     # unbind/split rather than indexing: their backward is one stack/cat, where every slice's
     # backward would allocate and fill a full-size zero gradient (measured: slower than the mask).
     rows = []
@@ -57,6 +63,13 @@ def packed_sdpa_forward(
         rows.append(torch.cat(parts, dim=2) if len(parts) > 1 else parts[0])
     out = torch.cat(rows, dim=0)
     return out.transpose(1, 2).contiguous(), None  # (batch, seq, heads, dim), as transformers expects
+
+
+def repeat_kv_heads(key: torch.Tensor, value: torch.Tensor, heads: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Key/value heads repeated to one per query head, in the grouping `enable_gqa` uses
+    (query head i reads key head i // group)."""
+    groups = heads // key.shape[1]
+    return key.repeat_interleave(groups, dim=1), value.repeat_interleave(groups, dim=1)
 
 
 def use_packed_attention(model: Any) -> bool:
