@@ -63,7 +63,6 @@ class Run:
 
 def parse_tokens(text: str) -> int:
     """"20M", "1.5B", "350k" or "2000000" -> tokens."""
-
     scale = {"k": 1e3, "m": 1e6, "b": 1e9}
     t = text.strip().lower().replace(",", "").replace("_", "")
     try:
@@ -97,7 +96,6 @@ def run_from_config(cfg: Any, *, tokens: str | None = None, dataset: str | None 
                     gpus: int = 1, strategy: str | None = None, count_data: bool = True) -> Run:
     """What to plan, from a run config and the plan command's token flags. Without either,
     the config's training file is counted, unless `count_data` is off."""
-
     facts, config_from = model_facts(cfg.model.source)
     setup = setup_from_config(cfg, device=device, gpus=gpus, strategy=strategy)
     per_epoch, tokens_from = None, None
@@ -130,7 +128,6 @@ def on_device(run: Run, cfg: Any, device_type: str) -> Run:
 def calibrate(run_dir: Any, gpus: list[Gpu]) -> tuple[Mfu | None, float | None, str]:
     """From a finished or running run folder: (MFU on its catalog GPU, or None on CPU; model
     FLOP/s it achieved; one line saying what was measured)."""
-
     from tunesmith.config import load_config
 
     run_dir = Path(run_dir)
@@ -159,4 +156,5 @@ def calibrate(run_dir: Any, gpus: list[Gpu]) -> tuple[Mfu | None, float | None, 
     if device.get("type") != "cuda" or gpu is None:
         return None, rate, line
     value = rate / (gpu.bf16_tflops * 1e12)
-    return Mfu(round(value, 4), line + f" = {value:.1%} MFU", calibrated=True), rate, line + f" = {value:.1%} MFU"
+    line += f" = {value:.1%} MFU"
+    return Mfu(round(value, 4), line, calibrated=True), rate, line

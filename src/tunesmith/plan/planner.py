@@ -12,7 +12,9 @@ from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from tunesmith.catalog.gpu import Gpu
+from tunesmith.catalog.gpu import gpu as catalog_gpu
 from tunesmith.catalog.prices import Price, cheapest, mid
+from tunesmith.errors import UsageError
 from tunesmith.plan.arch import count_params
 from tunesmith.plan.inputs import Run, default_strategy
 from tunesmith.plan.memory import GB, Memory, Setup, estimate, trainable_params
@@ -153,29 +155,29 @@ def advice(run: Run, gpus: list[Gpu]) -> list[dict[str, Any]]:
     Each has the `plan` flags and the config fields (`--set`) that make the change."""
     s = run.setup
     gpu_only = s.device == "cuda"  # 4-bit weights, 8-bit optimizers and GPU counts need CUDA
-    steps_: list[tuple[str, list[str], Setup]] = []
+    ladder: list[tuple[str, list[str], Setup]] = []
     if not s.gradient_checkpointing:
         s = replace(s, gradient_checkpointing=True)
-        steps_.append(("--gradient-checkpointing (recompute activations: ~30% slower)",
+        ladder.append(("--gradient-checkpointing (recompute activations: ~30% slower)",
                        ["train.gradient_checkpointing=true"], s))
     if s.micro_batch > 1:
         accum = s.micro_batch * run.grad_accum
         s = replace(s, micro_batch=1)
-        steps_.append((f"--batch 1 --grad-accum {accum} (same effective batch)",
+        ladder.append((f"--batch 1 --grad-accum {accum} (same effective batch)",
                        ["train.micro_batch=1", f"train.grad_accum={accum}"], s))
     if s.method == "lora" and gpu_only:
         s = replace(s, method="qlora")
-        steps_.append(("--method qlora (4-bit base; within ~1% on benchmarks per the guide)", ["method.name=qlora"], s))
+        ladder.append(("--method qlora (4-bit base; within ~1% on benchmarks per the guide)", ["method.name=qlora"], s))
     if s.method == "full" and not s.optimizer.endswith("8bit") and gpu_only:
         s = replace(s, optimizer="adamw_8bit")
-        steps_.append(("--optimizer adamw_8bit (2 B of state per parameter instead of 8)", ["train.optimizer=adamw_8bit"], s))
+        ladder.append(("--optimizer adamw_8bit (2 B of state per parameter instead of 8)", ["train.optimizer=adamw_8bit"], s))
     largest = max(gpus, key=lambda g: g.memory_gb)
     if gpu_only:
-        steps_.append((f"--gpus 8 --gpu {largest.name} (FSDP shards weights, gradients and optimizer state)", [],
+        ladder.append((f"--gpus 8 --gpu {largest.name} (FSDP shards weights, gradients and optimizer state)", [],
                        replace(s, gpus=8, strategy="fsdp")))
     by_memory = sorted(gpus, key=lambda g: g.memory_gb)
     out = []
-    for number, (change, fields, setup) in enumerate(steps_):
+    for number, (change, fields, setup) in enumerate(ladder):
         memory = estimate(run.facts, setup)
         if setup.gpus > 1:
             where = f"8 x {largest.name}" if fits(memory, largest, HEADROOM) else None
@@ -192,8 +194,6 @@ def make_plan(run: Run, gpus: list[Gpu], prices: list[Price], *, mfu: Mfu | None
     `mfu`: a calibrated value for every GPU; none: each GPU's default from catalog/mfu.json."""
     chosen = [g for g in gpus if only_gpu is None or g.name.lower() == only_gpu.lower()]
     if not chosen:
-        from tunesmith.errors import UsageError
-
         raise UsageError(f"--gpu {only_gpu}: not in the GPU catalog; it has {', '.join(g.name for g in gpus)}")
     ranked = options(run, chosen, prices, mfu, count=count, strategy=strategy)
     shown_mfu = mfu or default_mfu(run.setup.method, "*")
@@ -231,10 +231,9 @@ def _option_dict(o: Option) -> dict[str, Any]:
 
 def local_option(run: Run, device: Any, rate_flops: float | None = None) -> dict[str, Any]:
     """Does the run (set up for `device.type`, see `on_device`) fit the device this process
-    sees, and how long would it take there? `rate_flops`: model FLOP/s a run measured on this kind of device (calibration); without
-    it, a catalog GPU uses its MFU default and a CPU has no estimate."""
-    from tunesmith.catalog.gpu import gpu as catalog_gpu
-
+    sees, and how long would it take there? `rate_flops`: model FLOP/s a run measured on this
+    kind of device (calibration); without it, a catalog GPU uses its MFU default and a CPU has
+    no estimate."""
     setup = run.setup
     memory = estimate(run.facts, setup)
     wall = None

@@ -3,14 +3,12 @@ device this process sees, and if not, what would."""
 
 from __future__ import annotations
 
-from dataclasses import replace
 from typing import Any
 
 from tunesmith.catalog.gpu import Gpu
 from tunesmith.catalog.prices import Price
 from tunesmith.errors import UsageError
-from tunesmith.plan.facts import model_facts
-from tunesmith.plan.inputs import run_from_config, setup_from_config
+from tunesmith.plan.inputs import on_device, run_from_config
 from tunesmith.plan.planner import HEADROOM, advice, local_option, options
 
 
@@ -19,11 +17,10 @@ def preflight(cfg: Any, device: Any) -> dict[str, Any]:
     is loaded. {"fits": bool | None (None: could not plan), "peak_gb", "device", "reason",
     "run": Run | None}."""
     try:
-        model_facts(cfg.model.source)
-    except UsageError as e:
+        run = run_from_config(cfg, device=device.type, count_data=False)  # memory needs no token count
+    except UsageError as e:  # a model the planner cannot read: say so, do not block training
         return {"fits": None, "peak_gb": None, "device": device.to_dict(), "run": None,
                 "reason": f"pre-flight skipped: {e}"}
-    run = run_from_config(cfg, device=device.type, count_data=False)  # memory needs no token count
     here = local_option(run, device)
     return {"fits": here["fits"], "peak_gb": here["peak_gb"], "device": device.to_dict(), "run": run,
             "memory_gb": here["memory_gb"], "reason": None}
@@ -37,7 +34,7 @@ def refusal(check: dict[str, Any], cfg: Any, gpus: list[Gpu], prices: list[Price
     lines = [f"pre-flight: this run needs ~{check['peak_gb']:.1f} GB at its peak ("
              + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for v, k in top)
              + f") but {d['name']} has {d['available_gb']:.1f} GB free."]
-    run = replace(check["run"], setup=setup_from_config(cfg))
+    run = on_device(check["run"], cfg, "cuda")
     ranked = [o for o in options(run, gpus, prices, None) if o.headroom_ok][:3]
     if ranked:
         lines.append("GPUs that would fit: " + "; ".join(

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import lru_cache
 from importlib import resources
 from typing import Any
 
@@ -54,7 +55,9 @@ class Mfu:
     calibrated: bool = False
 
 
+@lru_cache(maxsize=1)
 def _table() -> dict[str, Any]:
+    # Read once: a plan asks for these assumptions for every GPU and count it tries.
     return json.loads((resources.files("tunesmith.catalog") / "mfu.json").read_text(encoding="utf-8"))
 
 

@@ -232,13 +232,17 @@ def run_plan(cfg: RunConfig, check: dict[str, Any], report: dict[str, Any]) -> d
             "preflight": "enforced" if check["enforced"] else "overridden (--no-preflight)"}
     if check["run"] is None:
         return {"this_machine": {**here, "skipped": check["reason"]}}
+    from dataclasses import replace
+
     from tunesmith.catalog.gpu import load_gpus
     from tunesmith.catalog.prices import load_prices
-    from tunesmith.plan.inputs import run_from_config
+    from tunesmith.plan.inputs import on_device
     from tunesmith.plan.planner import make_plan
 
+    # The pre-flight's run, on a GPU, with the token count the data stage just measured.
     per_epoch = (report.get("tokens") or {}).get("per_epoch")
-    run = run_from_config(cfg, tokens=str(per_epoch) if per_epoch else None)
+    run = replace(on_device(check["run"], cfg, "cuda"), tokens_per_epoch=per_epoch,
+                  tokens_from="the cleaned training data" if per_epoch else None)
     plan = make_plan(run, load_gpus(), load_prices())
     plan["this_machine"] = {**here, "memory_gb": check["memory_gb"]}
     return plan
