@@ -243,5 +243,6 @@ def local_option(run: Run, device: Any, rate_flops: float | None = None) -> dict
         gpu = catalog_gpu(device.catalog_gpu)
         wall = hours(run.total_tokens, run.facts, setup, gpu, 1, default_mfu(setup.method, gpu.name))
     return {"device": device.to_dict(), "peak_gb": round(memory.peak / GB, 2),
-            "fits": memory.peak <= device.available_gb * GB, "hours": None if wall is None else round(wall, 3),
+            "fits": memory.peak <= device.available_gb * GB,
+            "hours": None if wall is None else float(f"{wall:.4g}"),  # short runs keep their precision
             "memory_gb": memory.gb()}
