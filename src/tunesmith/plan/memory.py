@@ -32,6 +32,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from tunesmith.errors import UsageError
 from tunesmith.plan.arch import ModelFacts, count_params
 
 GB = 1e9
@@ -154,8 +155,6 @@ def weight_bytes(f: ModelFacts, s: Setup) -> float:
 
 def optimizer_bytes_per_param(optimizer: str) -> float:
     if optimizer not in OPTIMIZERS:
-        from tunesmith.errors import UsageError
-
         raise UsageError(f"optimizer {optimizer!r} is not known; choose one of {', '.join(OPTIMIZERS)}")
     return 2 + 2 * 4 / 2048 if optimizer.endswith("8bit") else 8.0
 
@@ -347,8 +346,6 @@ def estimate(f: ModelFacts, s: Setup) -> Memory:
          + the allocator's slack and the CUDA context.
     """
     if s.strategy not in STRATEGIES:
-        from tunesmith.errors import UsageError
-
         raise UsageError(f"strategy {s.strategy!r} is not known; choose one of {', '.join(STRATEGIES)}")
     n = max(1, s.gpus)
     counts = count_params(f)
