@@ -9,6 +9,7 @@ from typing import Any, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from tunesmith.errors import TunesmithError
@@ -20,6 +21,23 @@ data_app = typer.Typer(no_args_is_help=True, help="Check, clean, split and previ
 app.add_typer(data_app, name="data")
 out = Console()
 err = Console(stderr=True)
+
+def _print_version(value: bool) -> None:
+    if value:
+        from tunesmith import __version__
+
+        out.print(f"tunesmith {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(False, "--version", callback=_print_version, is_eager=True,
+                                 help="print the version and exit"),
+) -> None:
+    """From a JSONL file of examples to a fine-tuned, evaluated and served LLM, on a laptop CPU or cloud GPUs.
+    Every command takes --help; `tunesmith config show CONFIG` prints every setting with its default."""
+
 
 SetOption = typer.Option(None, "--set", help="override a config field: section.key=value (repeatable)")
 
@@ -558,11 +576,79 @@ def quiet_transformers() -> None:
 
 def main() -> None:
     quiet_libraries()
+    sys.exit(run_guarded(sys.argv[1:]))
+
+
+def run_guarded(args: list[str]) -> int:
+    """Run one command; whatever goes wrong ends in one line on stderr and an exit code, never
+    a traceback: 2 usage, 1 the input could not be used (or a bug), 130 interrupted."""
     try:
-        app()  # standalone: click prints usage errors itself and exits 2
+        # Standalone: typer prints bad flags with their usage and exits 2 itself.
+        app(args=args, prog_name="tunesmith")
+    except SystemExit as e:
+        code = e.code if isinstance(e.code, int) else 1
+        if code == INTERRUPTED:  # typer turns Ctrl-C into exit 130 and says nothing
+            err.print(f"\n[yellow]interrupted[/]: {interrupted_note()}", highlight=False, soft_wrap=True)
+        return code
     except TunesmithError as e:
-        err.print(f"[red]error:[/] {e}", highlight=False, soft_wrap=True)
-        sys.exit(e.exit_code)
+        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
+        return e.exit_code
+    except OSError as e:
+        if e.filename is None:
+            return report_bug(e)
+        from tunesmith.io import describe_os_error
+
+        failure = describe_os_error(e)
+        err.print(f"[red]error:[/] {escape(str(failure))}", highlight=False, soft_wrap=True)
+        return failure.exit_code
+    except Exception as e:  # noqa: BLE001 - the net under every bug we have not found yet
+        return report_bug(e)
+    return 0
+
+
+INTERRUPTED = 130
+# The run folder the current command works in, once it is known: where error.log goes.
+_run_dir: Optional[Path] = None
+
+
+def working_in(run_dir: Path) -> None:
+    global _run_dir
+    _run_dir = run_dir
+
+
+def interrupted_note() -> str:
+    if _run_dir is not None and _run_dir.is_dir():
+        return (f"{_run_dir} keeps what was finished (every file there is complete: each is written whole "
+                f"or not at all); run the same command again to start over")
+    return "nothing half-written was left behind (files are written whole or not at all)"
+
+
+def report_bug(e: BaseException) -> int:
+    """An unexpected exception: one line, and the traceback in an error.log to report."""
+    import datetime
+    import traceback
+
+    from tunesmith import __version__
+    from tunesmith.models.source import tunesmith_home
+
+    text = (f"tunesmith {__version__}, {datetime.datetime.now().isoformat(timespec='seconds')}\n"
+            f"command: tunesmith {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(e)))
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    places = ([_run_dir / "error.log"] if _run_dir is not None and _run_dir.is_dir() else [])
+    places.append(tunesmith_home() / "logs" / f"error-{stamp}.log")
+    for place in places:
+        try:
+            place.parent.mkdir(parents=True, exist_ok=True)
+            place.write_text(text, encoding="utf-8")
+        except OSError:
+            continue
+        where = f"please report it with {place}"
+        break
+    else:
+        where = "please report it with this traceback:\n" + text
+    err.print(f"[red]error:[/] {escape(type(e).__name__ + ': ' + str(e).splitlines()[0] if str(e) else type(e).__name__)}"
+              f" — this is a bug in tunesmith; {escape(where)}", highlight=False, soft_wrap=True)
+    return 1
 
 
 if __name__ == "__main__":

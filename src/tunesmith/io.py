@@ -1,23 +1,66 @@
-"""Writes that matter are atomic: a reader sees the old file or the new one, never half."""
+"""Files in and out: atomic writers, and the checks that name a bad path before any work.
+
+Writes that matter are atomic: a reader sees the old file or the new one, never half.
+Outputs take the user's umask like any file a program creates; only secrets are 0600.
+"""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import stat
 import tempfile
 from contextlib import contextmanager
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, TextIO
 
+from tunesmith.errors import TunesmithError, UsageError
+
+
+# ---------------------------------------------------------------- modes
+
+@lru_cache(maxsize=1)
+def _umask() -> int:
+    # os.umask can only be read by setting it; read once, put back at once.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    """What open() would give a new file: 0666 less the umask (mkstemp gives 0600)."""
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    return 0o777 & ~_umask()
+
+
+def _normalise_modes(folder: Path) -> None:
+    """Libraries that write through temp files (safetensors, tempfile) leave them 0600;
+    an output folder's files should read like any other output."""
+    folder.chmod(dir_mode())
+    for root, dirs, files in os.walk(folder):
+        for name in dirs:
+            os.chmod(os.path.join(root, name), dir_mode())
+        for name in files:
+            os.chmod(os.path.join(root, name), file_mode())
+
+
+# ---------------------------------------------------------------- atomic writers
 
 @contextmanager
-def atomic_writer(path: Path) -> Iterator[TextIO]:
+def atomic_writer(path: Path, *, private: bool = False) -> Iterator[TextIO]:
     """A text file that appears at `path` only when the block completes (temp file in the
-    same folder, fsync, rename); on an error the old file, if any, is untouched."""
+    same folder, fsync, rename); on an error the old file, if any, is untouched.
+    `private`: 0600 whatever the umask (secrets only)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
+        os.fchmod(fd, 0o600 if private else file_mode())
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             yield f
             f.flush()
@@ -28,13 +71,13 @@ def atomic_writer(path: Path) -> Iterator[TextIO]:
         raise
 
 
-def write_text_atomic(path: Path, text: str) -> None:
-    with atomic_writer(path) as f:
+def write_text_atomic(path: Path, text: str, *, private: bool = False) -> None:
+    with atomic_writer(path, private=private) as f:
         f.write(text)
 
 
-def write_json_atomic(path: Path, obj: Any) -> None:
-    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
+def write_json_atomic(path: Path, obj: Any, *, private: bool = False) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n", private=private)
 
 
 def write_jsonl_atomic(path: Path, rows: Iterable[dict]) -> None:
@@ -62,11 +105,99 @@ def write_dir_atomic(final_dir: Path, fill: Callable[[Path], None]) -> Path:
     the folder is complete or absent, never half-written (a crash leaves only a temp dir)."""
     final_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=final_dir.parent, prefix=f".{final_dir.name}."))
-    tmp.chmod(0o755)  # mkdtemp makes it private; these folders are ordinary outputs
     try:
         fill(tmp)
+        _normalise_modes(tmp)
         replace_dir_atomic(tmp, final_dir)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return final_dir
+
+
+# ---------------------------------------------------------------- checking paths first
+
+def require_file(path: str | Path, what: str = "file") -> Path:
+    """`path` as a readable regular file, or one UsageError naming it and what is wrong:
+    absent, a folder, a symbolic-link loop, a dangling link, not readable."""
+    path = Path(path)
+    try:
+        info = path.stat()
+    except OSError as e:
+        raise UsageError(f"{path}: {what} {_stat_problem(path, e)}") from None
+    if stat.S_ISDIR(info.st_mode):
+        raise UsageError(f"{path}: is a folder, expected a {what} (give the file inside it)")
+    if not stat.S_ISREG(info.st_mode):
+        raise UsageError(f"{path}: is not a regular file (a device, pipe or socket); expected a {what}")
+    if not os.access(path, os.R_OK):
+        raise UsageError(f"{path}: {what} is not readable (permission denied): check its owner and mode")
+    return path
+
+
+def _stat_problem(path: Path, e: OSError) -> str:
+    if e.errno == errno.ELOOP:
+        return "is a symbolic link loop: point the link at a real file"
+    if e.errno == errno.ENOENT and path.is_symlink():
+        return f"is a link to {os.readlink(path)}, which does not exist"
+    if e.errno == errno.ENOENT:
+        return "not found"
+    if e.errno == errno.EACCES:
+        return "cannot be reached (permission denied on a folder on its way)"
+    if e.errno == errno.ENOTDIR:
+        return "not found (a part of the path is a file, not a folder)"
+    if e.errno == errno.ENAMETOOLONG:
+        return "has a name too long for the file system"
+    return f"cannot be read ({e.strerror})"
+
+
+def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Make sure an output folder can be created (or written, when it exists) before any
+    work starts, without leaving anything behind: the folders it had to create for the
+    test are removed again. One UsageError naming the flag otherwise."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError(f"{flag} {path}: is a file, not a folder: give a folder path (it is created if absent)")
+    created = _missing_parents(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=path, prefix=".tunesmith-write-test.")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise UsageError(f"{flag} {path}: cannot write there ({_write_problem(e)}): choose another folder") from None
+    finally:
+        for folder in created:
+            try:
+                folder.rmdir()
+            except OSError:
+                break
+    return path
+
+
+def _missing_parents(path: Path) -> list[Path]:
+    """The folders mkdir -p would create, deepest first."""
+    missing = []
+    for candidate in [path, *path.parents]:
+        if candidate.exists():
+            break
+        missing.append(candidate)
+    return missing
+
+
+def _write_problem(e: OSError) -> str:
+    reasons = {
+        errno.EACCES: "permission denied", errno.EPERM: "not permitted", errno.EROFS: "read-only file system",
+        errno.ENOSPC: "no space left on the device", errno.ENOTDIR: "a part of the path is a file",
+        errno.ENOENT: "the path cannot be created there", errno.EEXIST: "a file is in the way",
+        errno.ENAMETOOLONG: "name too long",
+    }
+    return reasons.get(e.errno, e.strerror or str(e))
+
+
+def describe_os_error(e: OSError) -> TunesmithError:
+    """An OSError that escaped a command (disk full mid-write, a file removed under us) as
+    one line naming the file: the top-level guard uses this so no user sees a traceback."""
+    where = e.filename if e.filename is not None else "a file"
+    action = "write" if e.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT) else "read or write"
+    return TunesmithError(f"{where}: cannot {action} it ({_write_problem(e)}); check the path, its permissions "
+                          f"and free space, then run the command again", exit_code=1)
