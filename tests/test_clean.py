@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from tunesmith.config import CleanConfig
+from tunesmith.config import CleanConfig, build_config
 from tunesmith.data.clean import clean_file
 from tunesmith.errors import UsageError
 
@@ -135,9 +135,9 @@ def test_refusal_warns_by_default_and_drop_turns_it_into_a_removal(planted):
     assert removed[14] == ["refusal"] and 8 not in removed
 
 
-def test_unknown_policy_code_is_a_usage_error(planted):
-    with pytest.raises(UsageError, match="clean.drop: unknown code 'refusals'"):
-        clean_file(planted[0], CleanConfig(drop=["refusals"]))
+def test_unknown_policy_code_is_refused_with_the_config():
+    with pytest.raises(UsageError, match=r"--set clean.drop=\[refusals\]: unknown code 'refusals'"):
+        build_config({}, ["clean.drop=[refusals]"])
 
 
 def test_too_many_unreadable_rows_block_training(tmp_path):

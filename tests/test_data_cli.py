@@ -35,7 +35,7 @@ def test_wholly_wrong_format_is_one_error_and_bad_flags_are_usage_errors(tmp_pat
     assert "question" in result.stderr
     good, _ = write_planted(tmp_path)
     bad_flag = tunesmith("data", "check", good, "--pii", "hide", check=False)
-    assert bad_flag.returncode == 2 and "clean.pii = 'hide' is not allowed" in bad_flag.stderr
+    assert bad_flag.returncode == 2 and "--pii hide: clean.pii: not allowed" in bad_flag.stderr
     bad_code = tunesmith("data", "check", good, "--drop", "refusals", check=False)
     assert bad_code.returncode == 2 and "unknown code 'refusals'" in bad_code.stderr
     missing = tunesmith("data", "check", tmp_path / "none.jsonl", check=False)

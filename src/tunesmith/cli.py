@@ -43,11 +43,15 @@ SetOption = typer.Option(None, "--set", help="override a config field: section.k
 
 
 @config_app.command("show")
-def config_show(config: Path, set_: Optional[list[str]] = SetOption) -> None:
-    """Print the resolved config with every default written out."""
-    from tunesmith.config import load_config
+def config_show(
+    config: Optional[Path] = typer.Argument(None, help="run config (YAML); none: the defaults"),
+    set_: Optional[list[str]] = SetOption,
+) -> None:
+    """Print the resolved config with every default written out (`> run.yaml` starts a config)."""
+    from tunesmith.config import build_config, load_config
 
-    out.print(load_config(config, set_).to_yaml(), end="", highlight=False, markup=False)
+    cfg = load_config(config, set_) if config else build_config({}, set_, where="defaults")
+    out.print(cfg.to_yaml(), end="", highlight=False, markup=False)
 
 
 # ---------------------------------------------------------------- data
@@ -80,8 +84,9 @@ def _clean_setup(args: dict[str, Any]) -> tuple[Any, Optional[str], Optional[int
 
     overrides = [f"clean.{key}={_as_yaml(args[key])}" for key in CLEAN_FLAGS if args[key] is not None]
     overrides += list(args["set_"] or [])
+    flags = {f"clean.{key}": "--" + key.replace("_", "-") for key in CLEAN_FLAGS}
     config, model, max_seq_len = args["config"], args["model"], args["max_seq_len"]
-    cfg = load_config(config, overrides) if config else build_config({}, overrides, where="flags")
+    cfg = load_config(config, overrides, flags=flags) if config else build_config({}, overrides, where="flags", flags=flags)
     model = model or (cfg.model.source if config else None)
     if max_seq_len is not None and model is None:
         raise TunesmithError("--max-seq-len needs --model: lengths are counted in the model's tokenizer", exit_code=2)

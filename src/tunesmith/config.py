@@ -6,6 +6,7 @@ with every default written out, and a wrong field gets one line naming it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,12 +14,28 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunesmith.errors import UsageError
+from tunesmith.io import require_file
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
 
+# The clean stage's finding codes and PII types. They live here, in the shared layer, so a
+# config naming an unknown one is refused when it is read (`config show` too), not when data
+# is cleaned; the data stage imports them from here.
+REMOVE_BY_DEFAULT = frozenset({
+    "mojibake", "control_chars", "trivial_response", "echo", "duplicate", "near_duplicate",
+    "semantic_duplicate", "too_long", "no_trained_tokens", "over_balance_cap",
+})
+WARN_BY_DEFAULT = frozenset({"bom", "odd_whitespace", "truncated", "refusal"})
+ROW_CODES = REMOVE_BY_DEFAULT | WARN_BY_DEFAULT
+PII_TYPES: tuple[str, ...] = ("EMAIL", "PHONE", "CARD", "IBAN", "IP", "SSN", "API_KEY", "URL_CREDENTIALS")
+NER_TYPES: tuple[str, ...] = ("PERSON", "LOCATION")
+
+
 class Section(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+    # inf and nan are never a setting: `lr: .inf` or `epochs: 1e400` (which YAML reads as inf)
+    # would validate against gt=0 and wreck a run hours later.
+    model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):
@@ -54,7 +71,7 @@ class CleanConfig(Section):
         "redact", description="redact: typed placeholders like <EMAIL>; report: count only; drop: remove the row"
     )
     pii_types: list[str] | None = Field(None, description="PII types to look for; none: all built-in types, plus PERSON and LOCATION with pii_ner")
-    pii_ner: bool = Field(False, description="also find names and addresses with Presidio (optional extra `ner`, ~100 rows/s)")
+    pii_ner: bool = Field(False, validate_default=True, description="also find names and addresses with Presidio (optional extra `ner`, ~100 rows/s)")
     dedup: bool = Field(True, description="remove exact and near-duplicate rows, keeping the first of each cluster")
     near_dup_threshold: float = Field(0.7, gt=0, le=1, description="word-shingle Jaccard at which two rows are near-duplicates")
     shingle_size: int = Field(3, ge=1, le=10, description="words per shingle for near-duplicates")
@@ -69,6 +86,32 @@ class CleanConfig(Section):
     task_type: Literal["task", "conversational", "domain", "pretraining"] | None = Field(
         None, description="what the tuning is for; sets the volume guidance in the report"
     )
+
+    @field_validator("drop", "keep")
+    @classmethod
+    def _known_codes(cls, codes: list[str]) -> list[str]:
+        if "pii" in codes:
+            raise ValueError("PII is set with clean.pii (redact, report or drop), not clean.drop/keep")
+        unknown = sorted(set(codes) - ROW_CODES)
+        if unknown:
+            raise ValueError(f"unknown code {unknown[0]!r}; allowed: {', '.join(sorted(ROW_CODES))}")
+        return codes
+
+    @field_validator("pii_types")
+    @classmethod
+    def _known_pii_types(cls, types: list[str] | None) -> list[str] | None:
+        unknown = sorted(set(types or ()) - set(PII_TYPES + NER_TYPES))
+        if unknown:
+            raise ValueError(f"unknown type {unknown[0]!r}; allowed: {', '.join(PII_TYPES + NER_TYPES)}")
+        return types
+
+    @field_validator("pii_ner")
+    @classmethod
+    def _ner_types_need_ner(cls, pii_ner: bool, info: Any) -> bool:
+        # pii_types is declared first, so it is already validated here
+        if not pii_ner and set(info.data.get("pii_types") or ()) & set(NER_TYPES):
+            raise ValueError("PERSON and LOCATION in clean.pii_types need clean.pii_ner: true (--pii-ner)")
+        return pii_ner
 
 
 class MethodConfig(Section):
@@ -86,12 +129,12 @@ class MethodConfig(Section):
 
 
 class TrainConfig(Section):
-    lr: float | None = Field(None, gt=0, description="peak learning rate; default 2e-4 (LoRA), 2e-5 (full)")
-    epochs: float = Field(1.0, gt=0, description="passes over the training set (fractions allowed)")
+    lr: float | None = Field(None, gt=0, lt=1, description="peak learning rate; default 2e-4 (LoRA), 2e-5 (full)")
+    epochs: float = Field(1.0, gt=0, le=1000, description="passes over the training set (fractions allowed)")
     max_steps: int | None = Field(None, ge=1, description="stop after this many optimizer steps")
     micro_batch: int = Field(4, ge=1, description="sequences per forward pass")
     grad_accum: int = Field(1, ge=1, description="micro-batches per optimizer step")
-    max_seq_len: int = Field(512, ge=16, description="tokens per packed sequence; longer examples are removed")
+    max_seq_len: int = Field(512, ge=16, le=1_048_576, description="tokens per packed sequence; longer examples are removed")
     packing: bool = Field(True, description="pack several examples per sequence (no attention between them)")
     gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, ~30% slower")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of steps spent warming up")
@@ -100,7 +143,7 @@ class TrainConfig(Section):
         "adamw", description="8bit: 2 B of state per trained parameter instead of 8 (bitsandbytes, GPU); "
         "paged: state in memory the driver can move to the host instead of running out"
     )
-    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay")
+    weight_decay: float = Field(0.0, ge=0, le=1, description="AdamW weight decay")
     max_grad_norm: float = Field(1.0, gt=0, description="gradient clipping")
     seed: int = Field(42, description="one seed for split, shuffle, init and dropout")
     eval_every: int = Field(50, ge=1, description="optimizer steps between validation-loss passes")
@@ -146,20 +189,52 @@ class RunConfig(Section):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+# ---------------------------------------------------------------- reading a config
+
+Path_ = tuple[str, ...]  # a field's place: ("train", "lr")
+
+
+@dataclass(frozen=True)
+class Override:
+    """One field set on the command line, and how to name it in a message: `--set
+    train.lr=1e-4`, or the flag that set it (`--epochs 3`)."""
+
+    path: Path_
+    raw: str
+    label: str
+
+
+def parse_overrides(pairs: list[str], flags: dict[str, str] | None = None) -> dict[str, Any]:
     """`["train.lr=1e-4", "method=qlora"]` -> nested dict; values are read as YAML scalars."""
-    out: dict[str, Any] = {}
+    return _nest(read_overrides(pairs, flags))
+
+
+def read_overrides(pairs: list[str], flags: dict[str, str] | None = None) -> list[Override]:
+    """Each `section.key=value`; `flags` maps a field to the CLI flag that set it, so a bad
+    value is blamed on `--epochs`, not on a `--set` the user never typed."""
+    found = []
     for pair in pairs:
         key, sep, raw = pair.partition("=")
-        if not sep or not key.strip():
+        key = key.strip()
+        if not sep or not key or any(not part for part in key.split(".")):
             raise UsageError(f"--set {pair!r}: expected section.key=value, e.g. --set train.lr=1e-4")
+        flag = (flags or {}).get(key)
+        label = f"{flag} {raw}" if flag else f"--set {key}={raw}"
+        if not raw.strip():
+            raise UsageError(f"{label}: no value given; write the value, or null to use the default")
+        found.append(Override(tuple(key.split(".")), raw, label))
+    return found
+
+
+def _nest(overrides: list[Override]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for o in overrides:
         node = out
-        parts = key.strip().split(".")
-        for part in parts[:-1]:
+        for part in o.path[:-1]:
             node = node.setdefault(part, {})
             if not isinstance(node, dict):
-                raise UsageError(f"--set {pair!r}: {part} is set twice, once as a value")
-        node[parts[-1]] = _yaml_scalar(raw)
+                raise UsageError(f"{o.label}: {part} is set twice, once as a value")
+        node[o.path[-1]] = _yaml_scalar(o.raw)
     return out
 
 
@@ -187,48 +262,180 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
     return merged
 
 
-def build_config(raw: dict[str, Any], overrides: list[str] | None = None, where: str = "config") -> RunConfig:
-    data = deep_merge(raw, parse_overrides(overrides or []))
+def build_config(raw: dict[str, Any], overrides: list[str] | None = None, where: str = "config", *,
+                 flags: dict[str, str] | None = None, lines: dict[Path_, int] | None = None) -> RunConfig:
+    """Validate a config (from a file, or {} for the defaults) with the command line on top.
+    A wrong field is one line blamed on what set it: the flag, the `--set`, or
+    `FILE:LINE` (`lines`: where each field of the file is)."""
+    given = read_overrides(overrides or [], flags)
+    data = deep_merge(raw, _nest(given))
     try:
         return RunConfig.model_validate(data)
     except ValidationError as e:
-        raise UsageError(describe_validation_error(e, where)) from None
+        raise UsageError(describe_validation_error(e, where, given, lines or {})) from None
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> RunConfig:
+def load_config(path: str | Path, overrides: list[str] | None = None, *,
+                flags: dict[str, str] | None = None) -> RunConfig:
     path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: config file not found (write one like configs/demo.yaml)")
+    if not path.exists() and not path.is_symlink():
+        raise UsageError(f"{path}: config file not found; `tunesmith config show > {path.name}` writes one "
+                         f"with every field and its default")
+    require_file(path, "config file")
+    text = _utf8(path, path.read_bytes())
+    raw, lines = parse_yaml(text, path)
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise UsageError(f"{path}: expected a mapping with sections model, data, clean, method, train, eval, "
+                         f"output; found {_kind(raw)}")
+    return build_config(raw, overrides, where=str(path), flags=flags, lines=lines)
+
+
+def _utf8(path: Path, data: bytes) -> str:
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
+        raise UsageError(f"{path}:{line}:{column}: not UTF-8 text (byte 0x{data[e.start]:02x}); "
+                         f"save the file as UTF-8") from None
+
+
+class _StrictLoader(yaml.SafeLoader):
+    """SafeLoader that refuses a key given twice in one mapping: PyYAML keeps the last one
+    silently, so `lr: 1e-4` ten lines above `lr: 1e-3` would be ignored without a word."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            line = key_node.start_mark.line + 1
+            if isinstance(key, (str, int, float, bool)) and key in seen:
+                raise _DuplicateKey(key, line, seen[key])
+            seen[key] = line
+        return super().construct_mapping(node, deep=deep)
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: Any, line: int, first: int) -> None:
+        self.key, self.line, self.first = key, line, first
+
+
+def parse_yaml(text: str, path: Path) -> tuple[Any, dict[Path_, int]]:
+    """The document, and the line of every mapping key by its path (for messages)."""
+    loader = _StrictLoader(text)
+    try:
+        node = loader.get_single_node()
+        data = loader.construct_document(node) if node is not None else None
+    except _DuplicateKey as d:
+        raise UsageError(f"{path}:{d.line}: key {d.key!r} is given twice (first on line {d.first}); "
+                         f"keep one") from None
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None)
         at = f":{mark.line + 1}:{mark.column + 1}" if mark else ""
-        raise UsageError(f"{path}{at}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(raw, dict):
-        raise UsageError(f"{path}: expected a mapping with sections model, data, clean, method, train, eval, output")
-    return build_config(raw, overrides, where=str(path))
+        raise UsageError(f"{path}{at}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
+    finally:
+        loader.dispose()
+    lines: dict[Path_, int] = {}
+    _key_lines(node, (), lines)
+    return data, lines
 
 
-def describe_validation_error(e: ValidationError, where: str) -> str:
-    """One line for the first problem: the field, the bad value, what is allowed."""
+def _key_lines(node: Any, prefix: Path_, lines: dict[Path_, int]) -> None:
+    if isinstance(node, yaml.MappingNode):
+        for key_node, value_node in node.value:
+            place = (*prefix, str(key_node.value))
+            lines[place] = key_node.start_mark.line + 1
+            _key_lines(value_node, place, lines)
+
+
+# ---------------------------------------------------------------- messages
+
+# pydantic's wording for a wrong type names Python types ("NoneType", "instance of
+# TrainConfig"); a user wrote YAML, so say it in YAML's words.
+TYPE_PROBLEMS = {
+    "int_parsing": "expected a whole number", "int_type": "expected a whole number",
+    "int_from_float": "expected a whole number", "float_parsing": "expected a number",
+    "float_type": "expected a number", "finite_number": "expected a finite number (not inf or nan)",
+    "bool_parsing": "expected true or false", "bool_type": "expected true or false",
+    "string_type": "expected text", "list_type": "expected a list, e.g. [a, b]",
+    "dict_type": "expected a section of fields (name: value)",
+    "model_type": "expected a section of fields (name: value)",
+    "model_attributes_type": "expected a section of fields (name: value)",
+}
+
+
+def describe_validation_error(e: ValidationError, where: str, given: list[Override] | None = None,
+                              lines: dict[Path_, int] | None = None) -> str:
+    """One line for the first problem: who set it (flag, --set, or FILE:LINE), the field, the
+    value as written, and what is allowed."""
     err = e.errors()[0]
-    field = ".".join(str(p) for p in err["loc"] if not str(p).startswith("function-"))
-    value = err.get("input")
+    loc = tuple(str(p) for p in err["loc"] if not str(p).startswith("function-"))
+    field = ".".join(loc)
+    problem = _problem(err, loc)
+    culprit = _culprit(loc, given or [])
+    if culprit is not None:
+        # `--set train.lr=inf` names field and value already; a flag (`--epochs inf`) or a
+        # whole section (`--set method=dora`) does not name the field that failed.
+        names_field = culprit.label.startswith("--set ") and culprit.path == loc
+        return f"{culprit.label}: {problem}" if names_field or err["type"] == "extra_forbidden" \
+            else f"{culprit.label}: {field}: {problem}"
+    place = _file_place(where, loc, lines or {})
+    if err["type"] == "extra_forbidden":
+        return f"{place}: {problem}"
+    return f"{place}: {field} = {_yaml_text(err.get('input'))}: {problem}"
+
+
+def _problem(err: Any, loc: Path_) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
-        section, _, name = field.rpartition(".")
+        section = ".".join(loc[:-1])
         model = _section_model(section)
         allowed = ", ".join(model.model_fields) if model else "?"
-        return f"{where}: unknown field {field!r}; allowed{' in ' + section if section else ''}: {allowed}"
+        return f"unknown field {'.'.join(loc)!r}; allowed{' in ' + section if section else ''}: {allowed}"
     if kind == "literal_error":
-        allowed = err.get("ctx", {}).get("expected", "")
-        return f"{where}: {field} = {value!r} is not allowed; choose one of {allowed}"
-    return f"{where}: {field} = {value!r}: {err['msg'].lower()}"
+        return f"not allowed; choose one of {err.get('ctx', {}).get('expected', '')}"
+    if kind in TYPE_PROBLEMS:
+        model = _section_model(".".join(loc)) if kind.startswith(("dict", "model")) else None
+        return TYPE_PROBLEMS[kind] + (f": {', '.join(model.model_fields)}" if model is not None else "")
+    if kind == "value_error":
+        return str(err["msg"]).removeprefix("Value error, ")
+    return str(err["msg"]).lower().replace("input should be", "must be")
+
+
+def _culprit(loc: Path_, given: list[Override]) -> Override | None:
+    """The command-line override that set this field, or a section holding it (last wins,
+    as in the merge)."""
+    for o in reversed(given):
+        if loc[: len(o.path)] == o.path or o.path[: len(loc)] == loc:
+            return o
+    return None
+
+
+def _file_place(where: str, loc: Path_, lines: dict[Path_, int]) -> str:
+    for depth in range(len(loc), 0, -1):
+        if loc[:depth] in lines:
+            return f"{where}:{lines[loc[:depth]]}"
+    return where
+
+
+def _yaml_text(value: Any) -> str:
+    """A value as the user would have written it in YAML (null, true, 'text')."""
+    if isinstance(value, str):
+        return repr(value)
+    if isinstance(value, (dict, list)):
+        return yaml.safe_dump(value, default_flow_style=True).strip()
+    return yaml.safe_dump(value).strip().removesuffix("...").strip()
+
+
+def _kind(value: Any) -> str:
+    return {list: "a list", str: "text", int: "a number", float: "a number", bool: "true/false"}.get(
+        type(value), "a value")
 
 
 def _section_model(section: str) -> type[BaseModel] | None:
     if not section:
         return RunConfig
     field = RunConfig.model_fields.get(section.split(".")[0])
-    return field.annotation if field is not None else None  # type: ignore[return-value]
+    return field.annotation if field is not None and "." not in section else None  # type: ignore[return-value]

