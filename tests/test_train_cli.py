@@ -107,7 +107,8 @@ def test_usage_errors_exit_2_with_one_message(args, message, tmp_path):
 def test_missing_data_file_and_unknown_model(tiny_model_dir, tmp_path):
     result = tunesmith("train", "--model", tiny_model_dir, "--data", tmp_path / "nope.jsonl", "--out", tmp_path / "r",
                        check=False)
-    assert result.returncode == 2 and "nope.jsonl: data file not found" in result.stderr
+    assert result.returncode == 2 and "nope.jsonl: training file (data.train) not found" in result.stderr
+    assert not (tmp_path / "r").exists()  # refused before anything was written
     data = write_rows(tmp_path / "d.jsonl", order_rows(4))
     result = tunesmith("train", "--model", tmp_path / "not-a-model", "--data", data, "--out", tmp_path / "r", check=False)
     assert result.returncode == 2 and "is neither a model folder" in result.stderr

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tunesmith.errors import TunesmithError
+from tunesmith.errors import TunesmithError, UsageError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect run configs.")
@@ -94,10 +94,16 @@ def _clean_setup(args: dict[str, Any]) -> tuple[Any, Optional[str], Optional[int
 
 
 def _as_yaml(value: Any) -> str:
+    """A flag's value as the YAML text of an override. Text is quoted: a folder named
+    `2024`, `null` or `yes` stays a path instead of becoming a number, nothing or true."""
     if isinstance(value, list):
         codes = [c.strip() for item in value for c in item.split(",") if c.strip()]
         return "[" + ", ".join(codes) + "]"
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, (str, Path)):
+        return json.dumps(str(value), ensure_ascii=False)
+    return str(value)
 
 
 def _run_clean(file: Path, cfg: Any, model: Optional[str], max_seq_len: Optional[int], show_stages: bool) -> Any:
@@ -275,33 +281,49 @@ def print_report(report: dict[str, Any], removed: list[dict[str, Any]], examples
         out.print(f"[red]not trainable:[/] {reason}", highlight=False)
 
 
+# `tunesmith train` flags that set a run-config field (the rest: --set, see `config show`).
+TRAIN_FLAGS = {"model": "model.source", "data": "data.train", "val": "data.val", "out_dir": "output.dir",
+               "method": "method.name", "epochs": "train.epochs", "lr": "train.lr", "lora_r": "method.r"}
+TRAIN_FLAG_NAMES = {"model.source": "--model", "data.train": "--data", "data.val": "--val", "output.dir": "--out",
+                    "method.name": "--method", "train.epochs": "--epochs", "train.lr": "--lr", "method.r": "--lora-r"}
+
+
 @app.command("train")
 def train_cmd(
     config: Optional[Path] = typer.Argument(None, help="run config (YAML); or use --model/--data/--out"),
     model: Optional[str] = typer.Option(None, help="hub id, folder, .gguf file or alias"),
-    data: Optional[Path] = typer.Option(None, help="training file (JSONL)"),
+    data: Optional[Path] = typer.Option(None, help="training file (JSONL, JSON array or CSV)"),
     val: Optional[Path] = typer.Option(None, help="validation file; none: hold out a seeded split"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder"),
+    method: Optional[str] = typer.Option(None, help="lora | qlora (CUDA GPU) | full"),
+    epochs: Optional[float] = typer.Option(None, help="passes over the data (fractions allowed)"),
+    lr: Optional[float] = typer.Option(None, help="peak learning rate (default 2e-4 LoRA, 2e-5 full)"),
+    lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank (default 16)"),
     set_: Optional[list[str]] = SetOption,
+    restart: bool = typer.Option(False, help="delete the run already in --out and start over"),
     progress: bool = typer.Option(True, help="show a progress bar"),
     preflight: bool = typer.Option(True, help="refuse a run the planner predicts will not fit this machine"),
 ) -> None:
-    """Fine-tune a model: LoRA, QLoRA or full, into a run folder."""
+    """Fine-tune a model: LoRA, QLoRA or full, into a run folder. Every other setting:
+    --set section.key=value; `tunesmith config show` lists them all with their defaults."""
     from tunesmith.config import build_config, load_config
     from tunesmith.train.loop import train
 
     quiet_transformers()
-    flags = [f"model.source={model}"] * bool(model) + [f"data.train={data}"] * bool(data)
-    flags += [f"data.val={val}"] * bool(val) + [f"output.dir={out_dir}"] * bool(out_dir)
-    overrides = flags + list(set_ or [])
+    args = locals()
+    overrides = [f"{field}={_as_yaml(args[flag])}" for flag, field in TRAIN_FLAGS.items() if args[flag] is not None]
+    overrides += list(set_ or [])
     if config is not None:
-        cfg = load_config(config, overrides)
+        cfg = load_config(config, overrides, flags=TRAIN_FLAG_NAMES)
     else:
         if not (model and data and out_dir):
-            raise TunesmithError("give a CONFIG file, or all of --model, --data and --out", exit_code=2)
-        cfg = build_config({}, overrides, where="flags")
-    result = train(cfg, progress=progress, preflight=preflight, on_preflight=print_preflight, on_data=lambda report: out.print(
-        f"data: {data_summary(report)}; report: {Path(cfg.output.dir) / 'data' / 'report.html'}", highlight=False))
+            raise UsageError("give a CONFIG file, or all of --model, --data and --out")
+        cfg = build_config({}, overrides, where="flags", flags=TRAIN_FLAG_NAMES)
+    working_in(Path(cfg.output.dir))
+    result = train(cfg, progress=progress, preflight=preflight, restart=restart, on_preflight=print_preflight,
+                   on_data=lambda report: out.print(
+                       f"data: {data_summary(report)}; report: {Path(cfg.output.dir) / 'data' / 'report.html'}",
+                       highlight=False))
     eval_part = f", eval loss {result.final_eval_loss:.4f}" if result.final_eval_loss is not None else ""
     out.print(
         f"trained {result.steps} steps, {result.tokens:,} tokens at {result.tokens_per_s:,.0f} tokens/s; "
@@ -328,6 +350,7 @@ def eval_cmd(
     from tunesmith.eval.run import evaluate_run
 
     quiet_transformers()
+    working_in(run)
     scores = evaluate_run(run, set_, on_progress=_eval_progress)
     err.print()
     out.print(score_table(scores))
@@ -344,6 +367,7 @@ def demo_cmd(
     from tunesmith.demo.run import run_demo
 
     quiet_transformers()
+    working_in(out_dir)
     out.print("[bold]1/3 data[/]: check and clean the sample (the first run converts the model once, ~30 s)")
 
     def cleaned(report: dict[str, Any]) -> None:
@@ -624,7 +648,8 @@ def working_in(run_dir: Path) -> None:
 def interrupted_note() -> str:
     if _run_dir is not None and _run_dir.is_dir():
         return (f"{_run_dir} keeps what was finished (every file there is complete: each is written whole "
-                f"or not at all); run the same command again to start over")
+                f"or not at all); to start over, run the same command with --restart (resuming is not "
+                f"implemented yet)")
     return "nothing half-written was left behind (files are written whole or not at all)"
 
 

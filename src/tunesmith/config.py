@@ -6,6 +6,7 @@ with every default written out, and a wrong field gets one line naming it.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -219,11 +220,21 @@ def read_overrides(pairs: list[str], flags: dict[str, str] | None = None) -> lis
         if not sep or not key or any(not part for part in key.split(".")):
             raise UsageError(f"--set {pair!r}: expected section.key=value, e.g. --set train.lr=1e-4")
         flag = (flags or {}).get(key)
-        label = f"{flag} {raw}" if flag else f"--set {key}={raw}"
+        label = f"{flag} {_as_typed(raw)}" if flag else f"--set {key}={raw}"
         if not raw.strip():
             raise UsageError(f"{label}: no value given; write the value, or null to use the default")
         found.append(Override(tuple(key.split(".")), raw, label))
     return found
+
+
+def _as_typed(raw: str) -> str:
+    """A flag's value as the user typed it: the CLI quotes text flags as JSON strings."""
+    if raw.startswith('"') and raw.endswith('"'):
+        try:
+            return str(json.loads(raw))
+        except ValueError:
+            return raw
+    return raw
 
 
 def _nest(overrides: list[Override]) -> dict[str, Any]:

@@ -38,7 +38,8 @@ def run_demo(
 ) -> dict[str, Any]:
     start = time.perf_counter()
     cfg = demo_config(out, overrides)
-    result = train(cfg, progress=progress, on_data=on_data)
+    # The demo always starts over in its own folder; a different run there is still refused.
+    result = train(cfg, progress=progress, on_data=on_data, same_run_restarts=True)
     if on_trained:
         on_trained(result)
     scores = evaluate_run(out, on_progress=on_eval_progress)

@@ -37,14 +37,26 @@ def load_cases(run_dir: Path, limit: int | None) -> list[EvalCase]:
     if not path.is_file():
         raise TunesmithError(f"{path} not found: run `tunesmith train` into {run_dir} first")
     cases = []
-    for text in path.read_text(encoding="utf-8").splitlines():
-        row = json.loads(text)
-        messages = row["messages"]
-        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        cases.append(EvalCase(row["line"], messages[:last], messages[last]["content"]))
+    for number, text in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
+        case = _case(text)
+        if case is None:
+            raise TunesmithError(f"{path}:{number}: not a validation row as `tunesmith train` writes it "
+                                 f"(was the file edited?); run train again with --restart to rewrite it")
+        cases.append(case)
     if not cases:
         raise TunesmithError(f"{path} has no validation rows to evaluate")
     return cases[:limit] if limit else cases
+
+
+def _case(text: str) -> EvalCase | None:
+    """A row of RUN/data/val.jsonl: its prompt turns and the last assistant turn as the reference."""
+    try:
+        row = json.loads(text)
+        messages = row["messages"]
+        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
+        return EvalCase(int(row["line"]), messages[:last], str(messages[last]["content"]))
+    except (ValueError, KeyError, TypeError):
+        return None
 
 
 def load_models(cfg: RunConfig, run_dir: Path) -> tuple[Any, Any, Any]:

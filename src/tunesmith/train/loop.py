@@ -24,6 +24,7 @@ from tunesmith.io import write_dir_atomic, write_json_atomic, write_text_atomic
 from tunesmith.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunesmith.models.source import resolve_source
 from tunesmith.train.attention import use_packed_attention
+from tunesmith.train.checks import check_run_inputs, inspect_run_dir
 from tunesmith.train.dropout import use_bit_dropout
 from tunesmith.train.encode import Encoded, ensure_chat_template
 from tunesmith.train.loss import TokenLoss
@@ -129,21 +130,26 @@ def train(
     on_data: Callable[[dict], None] | None = None,
     preflight: bool = True,
     on_preflight: Callable[[dict], None] | None = None,
+    restart: bool = False,
+    same_run_restarts: bool = False,
 ) -> TrainResult:
     """on_data gets the data stage's report once the data is cleaned and split; on_preflight
     the planner's verdict for this machine. `preflight=False` trains even when the planner
-    predicts the run does not fit."""
+    predicts the run does not fit. `restart` replaces a run already in the folder
+    (`same_run_restarts`: only when it is this same run, as the demo does)."""
     from accelerate.utils import set_seed
 
-    run_dir = Path(cfg.output.dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
+    # Everything that can refuse the run does so before anything is written or loaded.
+    device = pick_device()
+    check_run_inputs(cfg, device.type)
+    folder = inspect_run_dir(cfg, restart=restart, same_run_restarts=same_run_restarts)
     set_seed(cfg.train.seed)
-
-    check = check_fit(cfg, enforce=preflight)  # before anything is loaded: an OOM costs the most
+    check = check_fit(cfg, enforce=preflight)  # an OOM costs the most
     if on_preflight:
         on_preflight(check)
-    device = pick_device()
+    run_dir = folder.take()
+    run_dir.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
     path = resolve_source(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
     tokenizer = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code)
     ensure_chat_template(tokenizer)
@@ -161,9 +167,7 @@ def train(
     loss_fn, optimizer = accelerator.prepare(TokenLoss(model), optimizer)
 
     pad_id = tokenizer.pad_token_id
-    metrics_path = run_dir / "metrics.jsonl"
-    metrics_path.unlink(missing_ok=True)
-    log = MetricsLog(metrics_path, on_log)
+    log = MetricsLog(run_dir / "metrics.jsonl", on_log)  # the folder was cleared by inspect_run_dir
     tokens = 0
     train_seconds = 0.0
     start = time.perf_counter()

@@ -1,0 +1,176 @@
+"""What `tunesmith train` refuses before it writes anything: inputs that cannot work, a
+method this machine cannot run, and a run folder that holds another run.
+
+A failed run must not leave a folder that describes a run that never happened, and a
+run that cannot work should cost seconds, not the minutes of a data stage and a model load.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from tunesmith.config import RunConfig
+from tunesmith.errors import UsageError
+from tunesmith.io import check_output_dir, require_file
+
+# What a run writes into its folder (DESIGN.md, "The run folder"). --restart removes these
+# and nothing else: a file we did not write is never deleted.
+RUN_ENTRIES = (
+    "config.yaml", "data", "plan.json", "metrics.jsonl", "train.json", "checkpoints", "adapter", "model",
+    "eval", "review", "launch", "summary.json", "error.log", "tensorboard", "mlflow.db",
+)
+# Entries that mean training got somewhere: a folder without them holds only an attempt that
+# stopped before the first step (pre-flight, data stage), which a new attempt may replace.
+TRAINED_ENTRIES = ("metrics.jsonl", "checkpoints", "adapter", "model", "eval", "summary.json")
+GPU_ONLY_OPTIMIZERS = ("adamw_8bit", "paged_adamw", "paged_adamw_8bit")
+
+
+def check_run_inputs(cfg: RunConfig, device_type: str) -> None:
+    """The data files exist and differ, and this machine can run the method and optimizer."""
+    check_data_files(cfg)
+    check_device_support(cfg, device_type)
+
+
+def check_data_files(cfg: RunConfig) -> None:
+    if not cfg.data.train:
+        raise UsageError("no training data: give --data FILE, or data.train in the config")
+    train = require_file(cfg.data.train, "training file (data.train)")
+    if cfg.data.val:
+        val = require_file(cfg.data.val, "validation file (data.val)")
+        if os.path.samefile(train, val):
+            raise UsageError(
+                f"data.val {cfg.data.val} is the training file itself: every training row would also be a "
+                f"validation row, so none would be left to train on. Give a separate --val file, or leave it "
+                f"out to hold out data.val_fraction of the training rows")
+
+
+def check_device_support(cfg: RunConfig, device_type: str) -> None:
+    """QLoRA and bitsandbytes optimizers need a CUDA GPU: say so before the pre-flight and the
+    data stage, not after a model load."""
+    needs = []
+    if cfg.method.name == "qlora":
+        needs.append(("method.name = 'qlora' (a 4-bit base)", "--method lora"))
+    if cfg.train.optimizer in GPU_ONLY_OPTIMIZERS:
+        needs.append((f"train.optimizer = {cfg.train.optimizer!r}", "--set train.optimizer=adamw"))
+    if not needs:
+        return
+    what, instead = needs[0]
+    if device_type != "cuda":
+        raise UsageError(f"{what} needs a CUDA GPU with bitsandbytes, and this machine has no CUDA GPU: use "
+                         f"{instead} here, or run it on a GPU (`tunesmith plan` says which fits)")
+    try:
+        import bitsandbytes  # noqa: F401
+    except ImportError:
+        raise UsageError(f"{what} needs bitsandbytes: pip install bitsandbytes") from None
+
+
+# ---------------------------------------------------------------- the run folder
+
+@dataclass(frozen=True)
+class RunFolder:
+    """A run folder this run may write into; `replace` lists what an earlier run left there
+    that must go first (nothing is removed until `take` is called)."""
+
+    path: Path
+    replace: tuple[Path, ...] = ()
+
+    def take(self) -> Path:
+        for entry in self.replace:
+            if entry.is_dir() and not entry.is_symlink():
+                shutil.rmtree(entry)
+            else:
+                entry.unlink(missing_ok=True)
+        return self.path
+
+
+def inspect_run_dir(cfg: RunConfig, *, restart: bool = False, same_run_restarts: bool = False,
+                    flag: str = "--out") -> RunFolder:
+    """May this run write into cfg.output.dir? An absent or empty folder: yes. A folder with
+    another tunesmith run in it: only with `restart`. This same run (same config) with
+    results: only with `restart` too, until resuming exists (`same_run_restarts`: the demo,
+    which always starts over). A folder of other files: never. Nothing is removed here."""
+    path = Path(cfg.output.dir)
+    check_output_dir(path, flag)
+    entries = sorted(p for p in path.iterdir() if not p.name.startswith(".")) if path.is_dir() else []
+    if not entries:
+        return RunFolder(path)
+    if not (path / "config.yaml").is_file():
+        shown = ", ".join(p.name for p in entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise UsageError(f"{flag} {path}: the folder holds other files ({shown}) and no tunesmith run: give a new "
+                         f"or empty folder")
+    ours = tuple(path / name for name in RUN_ENTRIES if (path / name).exists() or (path / name).is_symlink())
+    leftovers = tuple(p for p in path.iterdir() if p.name.startswith(".") and p.name.endswith((".tmp", ".old")))
+    trained = [name for name in TRAINED_ENTRIES if (path / name).exists()]
+    if restart or not trained:
+        return RunFolder(path, ours + leftovers)
+    differences = config_differences(_previous_config(path / "config.yaml"), cfg.to_dict())
+    state = describe_run(path)
+    if not differences and same_run_restarts:
+        return RunFolder(path, ours + leftovers)
+    if differences:
+        raise UsageError(f"{flag} {path} holds another run ({state}) that differs in {'; '.join(differences[:3])}"
+                         + (f" and {len(differences) - 3} more" if len(differences) > 3 else "")
+                         + f": choose another {flag}, or add --restart to delete it and start over")
+    raise UsageError(f"{flag} {path} already holds this run ({state}); resuming is not implemented yet: add "
+                     f"--restart to delete it and start over, or choose another {flag}")
+
+
+def _previous_config(path: Path) -> dict[str, Any] | None:
+    try:
+        loaded = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
+        return None
+    return loaded if isinstance(loaded, dict) else None
+
+
+def config_differences(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """`["train.lr 0.0002 -> 0.0001", ...]` between two resolved configs; the folder itself
+    (output.dir, which may be spelled differently) does not count."""
+    if old is None:
+        return ["its config.yaml, which cannot be read"]
+    flat_old, flat_new = _flatten(old), _flatten(new)
+    changed = []
+    for key in sorted(set(flat_old) | set(flat_new)):
+        if key == "output.dir":
+            continue
+        if flat_old.get(key, "(absent)") != flat_new.get(key, "(absent)"):
+            changed.append(f"{key} {flat_old.get(key, '(absent)')} -> {flat_new.get(key, '(absent)')}")
+    return changed
+
+
+def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def describe_run(path: Path) -> str:
+    """A few words on how far the run in `path` got."""
+    if (path / "adapter").is_dir() or (path / "model").is_dir():
+        return "finished: it has a trained " + ("adapter" if (path / "adapter").is_dir() else "model")
+    steps = _last_logged_step(path / "metrics.jsonl")
+    return f"stopped after step {steps}" if steps else "stopped before its first logged step"
+
+
+def _last_logged_step(metrics: Path) -> int | None:
+    last = None
+    try:
+        for line in metrics.read_text(encoding="utf-8").splitlines():
+            try:
+                last = int(json.loads(line)["step"])
+            except (ValueError, KeyError, TypeError):
+                continue
+    except OSError:
+        return None
+    return last

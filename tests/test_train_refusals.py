@@ -1,0 +1,178 @@
+"""`tunesmith train` refuses what cannot work before it writes anything, never wrecks an
+earlier run in its folder, and leaves outputs readable like any file the user creates."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from test_train_cli import FAST, tunesmith
+from tiny import order_rows, write_rows
+
+
+def snapshot(folder):
+    """Every file under `folder` with its bytes: what "nothing changed" means."""
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.fixture(scope="module")
+def finished_run(tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("finished")
+    data = write_rows(tmp / "d.jsonl", order_rows(20))
+    run = tmp / "run"
+    tunesmith("train", "--model", tiny_model_dir, "--data", data, "--out", run, "--no-progress",
+              "--set", "train.max_steps=2", *FAST)
+    return run, data
+
+
+def test_a_different_run_into_a_finished_folder_is_refused_and_changes_nothing(finished_run, tiny_model_dir):
+    """Regression: a failed `train` into a finished run folder replaced config.yaml and the
+    data report while the old adapter and metrics stayed, so the folder described a run
+    that never happened."""
+    run, data = finished_run
+    before = snapshot(run)
+    result = tunesmith("train", "--model", tiny_model_dir, "--data", data, "--out", run, "--no-progress",
+                       "--set", "train.max_steps=2", *FAST, "--lr", "1e-4", "--set", "method.r=8", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert (f"--out {run} holds another run (finished: it has a trained adapter) that differs in "
+            f"method.alpha 8 -> 16; method.r 4 -> 8; train.lr 0.0002 -> 0.0001: choose another --out, "
+            f"or add --restart") in " ".join(result.stderr.split())
+    assert snapshot(run) == before
+
+
+def test_the_same_run_again_needs_restart_until_resume_exists(finished_run, tiny_model_dir, tmp_path):
+    run, data = finished_run
+    before = snapshot(run)
+    again = ["train", "--model", tiny_model_dir, "--data", data, "--out", run, "--no-progress",
+             "--set", "train.max_steps=2", *FAST]
+    result = tunesmith(*again, check=False)
+    assert result.returncode == 2
+    assert "already holds this run (finished: it has a trained adapter); resuming is not implemented yet" in \
+        " ".join(result.stderr.split())
+    assert snapshot(run) == before
+    copy = tmp_path / "copy"
+    os.system(f"cp -r {run} {copy}")
+    (copy / "notes.txt").write_text("mine")
+    restarted = tunesmith(*again[:6], copy, *again[7:], "--restart")
+    assert "trained 2 steps" in restarted.stdout
+    assert (copy / "notes.txt").read_text() == "mine"  # --restart deletes only what a run writes
+    # Same config, same data, CPU: the restarted run reproduces the adapter bit for bit.
+    assert (copy / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (run / "adapter" / "adapter_model.safetensors").read_bytes()
+
+
+def test_an_attempt_that_never_trained_is_replaced_without_restart(tiny_model_dir, tmp_path):
+    data = write_rows(tmp_path / "d.jsonl", order_rows(6))
+    with data.open("a") as f:
+        f.write('{"instruction": "x", "answer": "{}"}\n' * 3)  # a third unreadable: the data stage blocks
+    run = tmp_path / "run"
+    blocked = tunesmith("train", "--model", tiny_model_dir, "--data", data, "--out", run, "--no-progress", *FAST,
+                        check=False)
+    assert blocked.returncode == 1 and (run / "data" / "report.json").is_file()
+    write_rows(data, order_rows(12))  # the user fixes the file and runs the same command
+    fixed = tunesmith("train", "--model", tiny_model_dir, "--data", data, "--out", run, "--no-progress",
+                      "--set", "train.max_steps=1", *FAST)
+    assert "trained 1 steps" in fixed.stdout
+    assert json.loads((run / "data" / "report.json").read_text())["input_rows"] == 12
+
+
+def test_a_folder_of_other_files_is_never_a_run_folder(tiny_model_dir, tmp_path):
+    data = write_rows(tmp_path / "d.jsonl", order_rows(8))
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    (folder / "thesis.tex").write_text("keep me")
+    for extra in ([], ["--restart"]):
+        result = tunesmith("train", "--model", tiny_model_dir, "--data", data, "--out", folder, *extra, check=False)
+        assert result.returncode == 2 and "holds other files (thesis.tex) and no tunesmith run" in result.stderr
+    assert [p.name for p in folder.iterdir()] == ["thesis.tex"]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--method", "qlora"], "method.name = 'qlora' (a 4-bit base) needs a CUDA GPU with bitsandbytes"),
+        (["--set", "train.optimizer=adamw_8bit"], "train.optimizer = 'adamw_8bit' needs a CUDA GPU"),
+        (["--val", "SAME"], "is the training file itself: every training row would also be a validation row"),
+        (["--epochs", "inf"], "--epochs inf: train.epochs: expected a finite number"),
+        (["--lr", "3"], "--lr 3.0: train.lr: must be less than 1"),
+        (["--lora-r", "0"], "--lora-r 0: method.r: must be greater than or equal to 1"),
+        (["--method", "dora"], "--method dora: method.name: not allowed; choose one of 'lora', 'qlora' or 'full'"),
+    ],
+)
+def test_a_run_that_cannot_work_fails_before_anything_is_written(tiny_model_dir, tmp_path, extra, message):
+    """Regression: QLoRA on a machine without CUDA was refused only after the pre-flight and
+    the data stage had run and written the run folder."""
+    data = write_rows(tmp_path / "d.jsonl", order_rows(8))
+    extra = [str(data) if x == "SAME" else x for x in extra]
+    result = tunesmith("train", "--model", tiny_model_dir, "--data", data, "--out", tmp_path / "run", *extra,
+                       check=False)
+    assert result.returncode == 2, result.stderr
+    assert message in " ".join(result.stderr.split())
+    assert "data:" not in result.stdout and "pre-flight" not in result.stdout
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("umask, file_mode, dir_mode", [(0o022, 0o644, 0o755), (0o027, 0o640, 0o750)])
+def test_outputs_take_the_users_umask(tiny_model_dir, tmp_path, umask, file_mode, dir_mode):
+    """Regression: clean.jsonl, config.yaml, plan.json and the adapter's weights were 0600
+    whatever the umask (temp files from mkstemp and safetensors), so a teammate or a serving
+    process could not read them."""
+    data = write_rows(tmp_path / "d.jsonl", order_rows(12))
+    run = tmp_path / "run"
+    subprocess.run([sys.executable, "-m", "tunesmith.cli", "train", "--model", str(tiny_model_dir), "--data",
+                    str(data), "--out", str(run), "--no-progress", "--set", "train.max_steps=3", *FAST],
+                   check=True, capture_output=True, preexec_fn=lambda: os.umask(umask))
+    subprocess.run([sys.executable, "-m", "tunesmith.cli", "data", "clean", str(data), "--out", str(tmp_path / "c")],
+                   check=True, capture_output=True, preexec_fn=lambda: os.umask(umask))
+    files = [run / "config.yaml", run / "plan.json", run / "metrics.jsonl", run / "data" / "train.jsonl",
+             run / "adapter" / "adapter_model.safetensors", run / "checkpoints" / "step-000002" / "state.json",
+             tmp_path / "c" / "clean.jsonl", tmp_path / "c" / "report.html"]
+    assert {f.name: oct(f.stat().st_mode & 0o777) for f in files} == {f.name: oct(file_mode) for f in files}
+    for folder in (run, run / "adapter", run / "checkpoints" / "step-000002", run / "data"):
+        assert oct(folder.stat().st_mode & 0o777) == oct(dir_mode), folder
+
+
+def test_ctrl_c_during_training_says_what_was_kept(tiny_model_dir, tmp_path):
+    """Regression: an interrupted `train` exited 130 and printed nothing."""
+    data = write_rows(tmp_path / "d.jsonl", order_rows(40))
+    run = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "train", "--model", str(tiny_model_dir),
+                             "--data", str(data), "--out", str(run), "--no-progress", *FAST,
+                             "--set", "train.max_steps=100000", "--set", "train.save_every=100000"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (run / "metrics.jsonl").is_file() and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130
+    assert "Traceback" not in stderr
+    assert f"interrupted: {run} keeps what was finished" in " ".join(stderr.split())
+    assert "run the same command with --restart" in " ".join(stderr.split())
+
+
+def test_an_unexpected_error_is_one_line_and_a_log_to_report(tmp_path):
+    """The net under the bugs we have not found: no traceback on the terminal, the traceback
+    in an error.log the message names."""
+    code = (
+        "import sys, tunesmith.catalog.gpu as g\n"
+        "def broken(*a, **k):\n    raise RuntimeError('simulated failure deep inside')\n"
+        "g.load_gpus = broken\n"
+        "from tunesmith.cli import run_guarded\n"
+        "sys.exit(run_guarded(['gpus']))\n"
+    )
+    env = {**os.environ, "TUNESMITH_HOME": str(tmp_path)}
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    message = " ".join(lines)
+    assert "Traceback" not in result.stderr
+    assert "RuntimeError: simulated failure deep inside — this is a bug in tunesmith; please report it with" in message
+    logs = list((tmp_path / "logs").glob("error-*.log"))
+    assert len(logs) == 1 and str(logs[0]) in "".join(lines)
+    text = logs[0].read_text()
+    assert "Traceback (most recent call last)" in text and "simulated failure deep inside" in text
