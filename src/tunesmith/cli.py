@@ -84,7 +84,7 @@ def _clean_setup(args: dict[str, Any]) -> tuple[Any, Optional[str], Optional[int
 
     overrides = [f"clean.{key}={_as_yaml(args[key])}" for key in CLEAN_FLAGS if args[key] is not None]
     overrides += list(args["set_"] or [])
-    flags = {f"clean.{key}": "--" + key.replace("_", "-") for key in CLEAN_FLAGS}
+    flags = {f"clean.{key}": "--" + key.replace("_", "-") for key in CLEAN_FLAGS if args[key] is not None}
     config, model, max_seq_len = args["config"], args["model"], args["max_seq_len"]
     cfg = load_config(config, overrides, flags=flags) if config else build_config({}, overrides, where="flags", flags=flags)
     model = model or (cfg.model.source if config else None)
@@ -311,14 +311,15 @@ def train_cmd(
 
     quiet_transformers()
     args = locals()
-    overrides = [f"{field}={_as_yaml(args[flag])}" for flag, field in TRAIN_FLAGS.items() if args[flag] is not None]
-    overrides += list(set_ or [])
+    given = {field: args[flag] for flag, field in TRAIN_FLAGS.items() if args[flag] is not None}
+    overrides = [f"{field}={_as_yaml(value)}" for field, value in given.items()] + list(set_ or [])
+    flags = {field: TRAIN_FLAG_NAMES[field] for field in given}
     if config is not None:
-        cfg = load_config(config, overrides, flags=TRAIN_FLAG_NAMES)
+        cfg = load_config(config, overrides, flags=flags)
     else:
         if not (model and data and out_dir):
             raise UsageError("give a CONFIG file, or all of --model, --data and --out")
-        cfg = build_config({}, overrides, where="flags", flags=TRAIN_FLAG_NAMES)
+        cfg = build_config({}, overrides, where="flags", flags=flags)
     working_in(Path(cfg.output.dir))
     result = train(cfg, progress=progress, preflight=preflight, restart=restart, on_preflight=print_preflight,
                    on_data=lambda report: out.print(

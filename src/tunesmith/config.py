@@ -211,15 +211,17 @@ def parse_overrides(pairs: list[str], flags: dict[str, str] | None = None) -> di
 
 
 def read_overrides(pairs: list[str], flags: dict[str, str] | None = None) -> list[Override]:
-    """Each `section.key=value`; `flags` maps a field to the CLI flag that set it, so a bad
-    value is blamed on `--epochs`, not on a `--set` the user never typed."""
+    """Each `section.key=value`. `flags` maps a field to the CLI flag that set it, so a bad
+    value is blamed on `--epochs`, not on a `--set` the user never typed: the commands put
+    their flags' pairs first, so a field's first pair is its flag's and a later one a --set."""
     found = []
+    unclaimed = dict(flags or {})
     for pair in pairs:
         key, sep, raw = pair.partition("=")
         key = key.strip()
         if not sep or not key or any(not part for part in key.split(".")):
             raise UsageError(f"--set {pair!r}: expected section.key=value, e.g. --set train.lr=1e-4")
-        flag = (flags or {}).get(key)
+        flag = unclaimed.pop(key, None)
         label = f"{flag} {_as_typed(raw)}" if flag else f"--set {key}={raw}"
         if not raw.strip():
             raise UsageError(f"{label}: no value given; write the value, or null to use the default")

@@ -101,14 +101,14 @@ def inspect_run_dir(cfg: RunConfig, *, restart: bool = False, same_run_restarts:
     entries = sorted(p for p in path.iterdir() if not p.name.startswith(".")) if path.is_dir() else []
     if not entries:
         return RunFolder(path)
-    if not (path / "config.yaml").is_file():
+    if not (path / "config.yaml").is_file() and any(p.name not in RUN_ENTRIES for p in entries):
         shown = ", ".join(p.name for p in entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise UsageError(f"{flag} {path}: the folder holds other files ({shown}) and no tunesmith run: give a new "
                          f"or empty folder")
     ours = tuple(path / name for name in RUN_ENTRIES if (path / name).exists() or (path / name).is_symlink())
     leftovers = tuple(p for p in path.iterdir() if p.name.startswith(".") and p.name.endswith((".tmp", ".old")))
     trained = [name for name in TRAINED_ENTRIES if (path / name).exists()]
-    if restart or not trained:
+    if restart or not trained:  # nothing trained yet: an attempt the data stage or a crash stopped
         return RunFolder(path, ours + leftovers)
     differences = config_differences(_previous_config(path / "config.yaml"), cfg.to_dict())
     state = describe_run(path)

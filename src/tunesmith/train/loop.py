@@ -148,14 +148,15 @@ def train(
     if on_preflight:
         on_preflight(check)
     run_dir = folder.take()
-    run_dir.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
     path = resolve_source(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
     tokenizer = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code)
     ensure_chat_template(tokenizer)
-    data = prepare_run_data(cfg, tokenizer, run_dir)  # clean, split, encode; stops on blocked data
+    # The data stage writes RUN/data (with the report, also when it blocks the run); the
+    # config follows only once there is a run to describe.
+    data = prepare_run_data(cfg, tokenizer, run_dir)
     if on_data:
         on_data(data.report)
+    write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
     write_json_atomic(run_dir / "plan.json", run_plan(cfg, check, data.report))
     steps = plan_steps(data.train, cfg)
 
