@@ -118,7 +118,7 @@ def locate_source(source: str, *, trust_remote_code: bool = False) -> Located:
         return Located(str(path), "folder")
     if path.exists() or source.startswith((".", "/", "~")) or not _is_hub_id(source):
         raise UsageError(
-            f"model.source {source}: neither a model folder, a .gguf file nor a hub id (org/name); "
+            f"model.source {source}: is neither a model folder, a .gguf file nor a hub id (org/name); "
             f"give one of those or a built-in alias: {', '.join(ALIASES)}"
         )
     return locate_hub_id(source, label=source, trust_remote_code=trust_remote_code)
