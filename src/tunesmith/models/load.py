@@ -1,12 +1,21 @@
-"""Load tokenizer and model with safe defaults: safetensors only, no remote code."""
+"""Load tokenizer and model with safe defaults: safetensors only, no remote code.
+
+What transformers raises for a folder it cannot load (OSError, ValueError, a JSON error,
+huggingface_hub's config validation, safetensors' header error) becomes one UsageError that
+names the folder and what to do; anything else is a bug and keeps its traceback.
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
+from huggingface_hub.errors import StrictDataclassError
+from safetensors import SafetensorError
 
 from tunesmith.errors import UsageError
+from tunesmith.models.source import brief, has_tokenizer, refetch_hint, weights_problem
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -29,8 +38,8 @@ def load_tokenizer(path: str, *, trust_remote_code: bool = False) -> Any:
 
     try:
         tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
-    except OSError as e:
-        raise UsageError(f"model.source: cannot load the tokenizer of {path}: {e}".splitlines()[0]) from None
+    except (OSError, ValueError, TypeError, KeyError, StrictDataclassError) as e:
+        raise UsageError(_tokenizer_problem(path, e)) from None
     if tokenizer.pad_token_id is None:
         # Padding positions are never trained or attended to, so reusing EOS is safe.
         tokenizer.pad_token = tokenizer.eos_token
@@ -53,11 +62,36 @@ def load_model(
         kwargs["device_map"] = {"": device.index or 0}
     try:
         model = AutoModelForCausalLM.from_pretrained(path, **kwargs)
-    except OSError as e:
-        raise UsageError(f"model.source: cannot load {path}: {e}".splitlines()[0]) from None
+    except SafetensorError as e:
+        raise UsageError(f"{path}: a .safetensors weights file is damaged or incomplete ({brief(e)}); "
+                         f"{refetch_hint(Path(path), 'the weights')}") from None
+    except (OSError, ValueError, KeyError, StrictDataclassError) as e:
+        raise UsageError(_model_problem(path, e)) from None
     if not quantize_4bit:
         model.to(device)
     return model
+
+
+def _tokenizer_problem(path: str, e: Exception) -> str:
+    folder = Path(path)
+    if folder.is_dir() and not has_tokenizer(folder):
+        return f"{path}: has no tokenizer files (tokenizer.json, tokenizer_config.json, ...); " \
+               f"{refetch_hint(folder, 'them')}"
+    return f"{path}: cannot load the tokenizer ({brief(e)}); {_fix(folder, 'the tokenizer files')}"
+
+
+def _model_problem(path: str, e: Exception) -> str:
+    folder = Path(path)
+    problem = weights_problem(folder) if folder.is_dir() else None
+    if problem:
+        return f"{path}: {problem}"
+    return f"{path}: cannot load the model ({brief(e)}); {_fix(folder, 'the model files')}"
+
+
+def _fix(folder: Path, what: str) -> str:
+    if folder.is_dir():
+        return refetch_hint(folder, what)
+    return "check the hub id (a private or gated model needs `hf auth login` first)"
 
 
 def _nf4_config(dtype: torch.dtype, device: torch.device) -> Any:
