@@ -19,6 +19,7 @@ import yaml
 from tunesmith.config import RunConfig
 from tunesmith.errors import UsageError
 from tunesmith.io import check_output_dir, require_file
+from tunesmith.models.source import check_model_source
 
 # What a run writes into its folder (DESIGN.md, "The run folder"). --restart removes these
 # and nothing else: a file we did not write is never deleted.
@@ -33,8 +34,10 @@ GPU_ONLY_OPTIMIZERS = ("adamw_8bit", "paged_adamw", "paged_adamw_8bit")
 
 
 def check_run_inputs(cfg: RunConfig, device_type: str) -> None:
-    """The data files exist and differ, and this machine can run the method and optimizer."""
+    """The data files exist and differ, the model can be loaded (read from its files, not
+    loaded), and this machine can run the method and optimizer."""
     check_data_files(cfg)
+    check_model_source(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
     check_device_support(cfg, device_type)
 
 
