@@ -14,7 +14,7 @@ from rich.table import Table
 
 from tunesmith.errors import TunesmithError, UsageError
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, help=__doc__, pretty_exceptions_enable=False)
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect run configs.")
 app.add_typer(config_app, name="config")
 data_app = typer.Typer(no_args_is_help=True, help="Check, clean, split and preview training data.")
@@ -300,7 +300,7 @@ def train_cmd(
     lr: Optional[float] = typer.Option(None, help="peak learning rate (default 2e-4 LoRA, 2e-5 full)"),
     lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank (default 16)"),
     set_: Optional[list[str]] = SetOption,
-    restart: bool = typer.Option(False, help="delete the run already in --out and start over"),
+    restart: bool = typer.Option(False, "--restart", help="delete the run already in --out and start over"),
     progress: bool = typer.Option(True, help="show a progress bar"),
     preflight: bool = typer.Option(True, help="refuse a run the planner predicts will not fit this machine"),
 ) -> None:
