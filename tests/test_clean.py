@@ -232,8 +232,8 @@ class RecordingEncoder:
 
 
 def test_a_row_far_too_long_is_removed_without_tokenising_it(tmp_path, tiny_tokenizer):
-    """Regression: a 50 MB row was tokenised in full (65 s, 4.2 GB) only to be removed as
-    too long. Here 2 MB, against 512 tokens x 13 characters (the tiny vocabulary's longest)."""
+    """Regression: a 50 MB row was tokenised in full (45-80 s, 5 GB with SmolLM2) only to be
+    removed as too long. Here 2 MB, against 512 tokens x 13 characters (the tiny vocabulary's longest)."""
     lines = [row(q, a) for q, a in GOOD] + [row("Summarise the log.", "order shipped " * 150_000)]
     path = tmp_path / "huge.jsonl"
     path.write_text("\n".join(lines) + "\n")

@@ -1,8 +1,8 @@
 """Rows too long for max_seq_len, found by counting characters instead of tokens.
 
 Tokenising is the slow part of the data stage, and it grows with the row: one 50 MB
-response is ~10M tokens, which took SmolLM2's tokenizer 80 s and 5 GB to count only to
-reject the row. A token covers at most as many characters as the longest token of the
+response is ~10M tokens, which took SmolLM2's tokenizer 45-80 s and 5 GB to count only
+to reject the row. A token covers at most as many characters as the longest token of the
 vocabulary, so a row with more than max_seq_len x that many characters cannot fit, and is
 removed as too_long without tokenising it. Every other row is still counted exactly.
 
@@ -23,7 +23,8 @@ Conversation = list[dict[str, str]]
 # Characters per token assumed when no tokenizer is at hand: above the longest token of
 # every tokenizer measured here (SmolLM2, the demo model: 81 characters, a newline and 80
 # spaces; the tests' tiny BPE: 13, "<|endoftext|>"; MiniLM's WordPiece: 18), so a row
-# removed by it would not fit in any of them. Ordinary text runs at about 4 characters per
+# removed by it would not fit in any of them; 128 rather than 81 is a margin for
+# vocabularies with longer tokens than these. Ordinary text runs at about 4 characters per
 # token, so a row this check lets through may still be too long: --model counts exactly.
 CHARS_PER_TOKEN_ESTIMATE = 128
 
@@ -85,8 +86,10 @@ class TokenEncoder:
         return backend
 
     def too_long(self, messages: Conversation, max_seq_len: int) -> str | None:
+        if self._backend is None:
+            return None
         limit = max_seq_len * self.longest_token
-        if self._backend is None or content_chars(messages) <= limit:
+        if content_chars(messages) <= limit:
             return None  # the common case: one sum, no rendering
         chars = self._chars_as_tokenised(messages)
         if chars is None or chars <= limit:
