@@ -213,7 +213,7 @@ ROWS = [
     Row("train-data-folder", [*TRAIN[:4], "{tmp}/d", *TRAIN[5:]], 2, ["is a folder"], folder("d")),
     Row("train-data-unreadable", [*TRAIN[:4], "{tmp}/u.jsonl", *TRAIN[5:]], 2, ["not readable"],
         unreadable("u.jsonl"), no_override=True),
-    Row("train-val-same", train("--val", "{tmp}/good.jsonl"), 2, ["is the training file itself"]),
+    Row("train-val-same", train("--val", "{tmp}/good.jsonl"), 2, ["is the same file as data.train"]),
     Row("train-qlora-cpu", train("--method", "qlora"), 2, ["needs a CUDA GPU"]),
     Row("train-8bit-cpu", train("--set", "train.optimizer=adamw_8bit"), 2, ["needs a CUDA GPU"]),
     Row("train-epochs-inf", train("--epochs", "inf"), 2, ["--epochs inf", "finite"]),

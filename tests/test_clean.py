@@ -209,3 +209,104 @@ def test_pii_in_a_later_turn_is_found_whatever_an_earlier_turn_held(tmp_path):
     kept = clean_file(path).kept[0]
     assert kept["redacted"] == {"EMAIL": 1, "PHONE": 1}
     assert "<PHONE>" in kept["messages"][-1]["content"]
+
+
+# ---------------------------------------------------------------- lengths by characters
+
+
+class RecordingEncoder:
+    """A TokenEncoder that remembers the longest conversation it was asked to encode."""
+
+    def __new__(cls, tokenizer):
+        from tunesmith.data.lengths import TokenEncoder
+
+        class Recording(TokenEncoder):
+            longest_seen = 0
+
+            def __call__(self, conversations):
+                for messages in conversations:
+                    self.longest_seen = max(self.longest_seen, sum(len(m["content"]) for m in messages))
+                return super().__call__(conversations)
+
+        return Recording(tokenizer)
+
+
+def test_a_row_far_too_long_is_removed_without_tokenising_it(tmp_path, tiny_tokenizer):
+    """Regression: a 50 MB row was tokenised in full (45-80 s, 5 GB with SmolLM2) only to be
+    removed as too long. Here 2 MB, against 512 tokens x 13 characters (the tiny vocabulary's longest)."""
+    lines = [row(q, a) for q, a in GOOD] + [row("Summarise the log.", "order shipped " * 150_000)]
+    path = tmp_path / "huge.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    encoder = RecordingEncoder(tiny_tokenizer)
+    result = clean_file(path, encode=encoder, max_seq_len=512, tokenizer_name="tiny")
+    assert encoder.longest_token == 13
+    (removed,) = result.removed
+    assert removed["line"] == 7
+    assert removed["reasons"][0].startswith("too_long: 2,100,0")
+    assert removed["reasons"][0].endswith("> 6,656 (max_seq_len 512 x 13, the characters in this tokenizer's longest "
+                                          "token): cannot fit; judged by characters, not tokenised")
+    assert 0 < encoder.longest_seen < 200  # the six short rows were encoded, the long one never
+    assert result.report["tokens"]["max"] <= 512 and result.report["kept"] == 6
+
+
+def test_characters_the_normaliser_merges_are_not_counted_against_a_row(tmp_path):
+    """The shortcut judges the text the tokenizer sees: with an NFC normaliser "e" + U+0301
+    is one character, so a row that is over the bound only in decomposed form is tokenised
+    and judged on its real count."""
+    from tokenizers import normalizers
+    from tiny import build_tokenizer
+
+    tokenizer = build_tokenizer()
+    tokenizer.backend_tokenizer.normalizer = normalizers.NFC()
+    path = tmp_path / "accents.jsonl"
+    path.write_text(row("Spell the sound.", "e\u0301" * 500) + "\n")  # 1,000 characters, 500 after NFC
+    encoder = RecordingEncoder(tokenizer)
+    result = clean_file(path, CleanConfig(dedup=False), encode=encoder, max_seq_len=64)
+    assert encoder.longest_seen == 1016  # tokenised: 64 x 13 = 832 < 1,016 raw, but 516 after NFC
+    (removed,) = result.removed
+    assert removed["reasons"][0].startswith("too_long: ") and "tokens > max_seq_len 64" in removed["reasons"][0]
+
+
+def test_a_tokenizer_that_drops_whitespace_gets_no_shortcut():
+    """BERT-style pre-tokenizers drop spaces, so characters do not bound their tokens: such a
+    row is left to the exact count."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from tiny import build_tokenizer
+    from tunesmith.data.lengths import TokenEncoder
+
+    words = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    spaced = [{"role": "user", "content": "a" + " " * 5_000}, {"role": "assistant", "content": "a"}]
+    assert TokenEncoder(PreTrainedTokenizerFast(tokenizer_object=words)).too_long(spaced, 16) is None
+    assert TokenEncoder(build_tokenizer()).too_long(spaced, 16).startswith("5,0")
+
+
+def test_a_row_the_chat_template_refuses_is_removed_with_its_words(tmp_path):
+    """Regression: a system turn under a template that refuses one (Gemma's) raised out of
+    the data stage: "this is a bug" instead of one removed row."""
+    from tiny import build_tokenizer
+    from tunesmith.data.tokens import token_encoder
+    from tunesmith.train.encode import CHATML
+
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+                               "{{ raise_exception('System role not supported') }}{% endif %}{% endfor %}" + CHATML)
+    lines = [row(q, a) for q, a in GOOD[:3]] + [row(*GOOD[3], system="You are terse.")]
+    path = tmp_path / "system.jsonl"
+    path.write_text("\n".join(lines) + "\n")
+    result = clean_file(path, encode=token_encoder(tokenizer), max_seq_len=256)
+    assert [r["line"] for r in result.kept] == [1, 2, 3]
+    assert result.removed[0]["line"] == 4
+    assert result.removed[0]["reasons"] == [
+        "template_error: the model's chat template refuses this row: System role not supported"]
+
+
+def test_blocking_reasons_carry_counts_and_an_example_per_code(tmp_path):
+    """Regression: "no row is left to train on: see the reasons above", where `train` printed none."""
+    path = tmp_path / "bad.jsonl"
+    path.write_text('{"instruction": "a", "response": ""}\n' * 2 + '{"prompt": "p", "completion": 3}\n')
+    (reason,) = clean_file(path).report["blocking"]
+    assert reason == ("no row is left to train on: all 3 rows were removed: empty_field 2 (line 1: empty_field: "
+                      "response), wrong_type 1 (line 3: wrong_type: completion is int, expected a string)")

@@ -388,3 +388,17 @@ def test_files_that_are_not_json_or_csv(tmp_path):
 def test_rows_in_a_known_format_with_bad_fields_are_returned_not_raised(tmp_path):
     result = _read_lines(tmp_path, [{"prompt": "a", "completion": ""}, {"question": "a", "answer": "b"}])
     assert result.kept == [] and result.reasons() == {"empty_field": 1, "unknown_format": 1}
+
+
+def test_reason_summary_counts_codes_most_frequent_first_with_one_example_each():
+    from tunesmith.data.formats import summarise_reasons
+
+    removed = [{"line": n, "reasons": [reason]} for n, reason in enumerate(
+        ["empty_field: response", "invalid_json: Expecting value at line 2 column 1", "empty_field: instruction",
+         "not_object: expected a JSON object, got list", "wrong_type: input is int, expected a string",
+         "unknown_role: messages[0].role = 'bot'; allowed: system, user, assistant" + " x" * 80], start=1)]
+    assert summarise_reasons(removed, codes=3) == (
+        "empty_field 2 (line 1: empty_field: response), invalid_json 1 (line 2: invalid_json: Expecting value at line "
+        "2 column 1), not_object 1 (line 4: not_object: expected a JSON object, got list), and 2 more codes")
+    clipped = summarise_reasons(removed[5:])  # an example is clipped to 90 characters, not the whole row
+    assert clipped == f"unknown_role 1 (line 6: {removed[5]['reasons'][0][:89]}…)"

@@ -26,3 +26,22 @@ def test_train_on_inputs_marks_the_prompt_too(tiny_tokenizer):
     preview = preview_row(tiny_tokenizer, chat("Hi there", "Hello."), train_on_inputs=True)
     assert not preview.spans[0].trained  # the first token: nothing predicts it
     assert all(s.trained for s in preview.spans[1:])
+
+
+def test_rows_that_cannot_be_shown_say_why_instead_of_failing():
+    """Regression: a row the chat template refuses raised out of `data preview`; a 50 MB row
+    would be tokenised in full to be shown."""
+    from tiny import build_tokenizer
+    from tunesmith.data.preview import Skipped, preview_rows
+    from tunesmith.train.encode import CHATML
+
+    tokenizer = build_tokenizer()
+    tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"
+                               "{{ raise_exception('System role not supported') }}{% endif %}{% endfor %}" + CHATML)
+    with_system = {"line": 2, "messages": [{"role": "system", "content": "Be brief."}, *chat("Hi", "Hello.")["messages"]]}
+    huge = chat("Summarise.", "order shipped " * 100_000) | {"line": 3}
+    shown = list(preview_rows(tokenizer, [chat("Hi", "Hello."), with_system, huge], max_seq_len=512))
+    assert shown[0].eos_trained
+    assert shown[1] == Skipped(2, "template_error: the model's chat template refuses this row: System role not supported")
+    assert isinstance(shown[2], Skipped) and shown[2].reason.startswith("too_long: 1,400,0")
+    assert shown[2].reason.endswith("judged by characters, not tokenised")

@@ -67,3 +67,12 @@ def test_split_file_writes_every_row_somewhere(tmp_path):
     assert counted == {"train.jsonl": 20, "val.jsonl": 10, "removed.jsonl": 1, "rest.jsonl": 20}
     assert summary["reasons"] == {"invalid_json": 1}
     assert json.loads((out / "split.json").read_text())["train"] == 20
+
+
+def test_holdout_never_takes_every_row():
+    """Regression: --val-fraction 0.95 of 10 rows rounded to 10 held out and none to train."""
+    from tunesmith.data.split import holdout_size
+
+    assert holdout_size(10, 0.95, None) == 9 and holdout_size(2, 0.9, None) == 1 and holdout_size(1, 0.5, None) == 0
+    result = split_examples([example(i) for i in range(10)], val_fraction=0.95, seed=0)
+    assert (len(result.train), len(result.val)) == (1, 9)

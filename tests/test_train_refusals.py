@@ -96,7 +96,7 @@ def test_a_folder_of_other_files_is_never_a_run_folder(tiny_model_dir, tmp_path)
     [
         (["--method", "qlora"], "method.name = 'qlora' (a 4-bit base) needs a CUDA GPU with bitsandbytes"),
         (["--set", "train.optimizer=adamw_8bit"], "train.optimizer = 'adamw_8bit' needs a CUDA GPU"),
-        (["--val", "SAME"], "is the training file itself: every training row would also be a validation row"),
+        (["--val", "SAME"], "is the same file as data.train (--data)"),
         (["--epochs", "inf"], "--epochs inf: train.epochs: expected a finite number"),
         (["--lr", "3"], "--lr 3.0: train.lr: must be less than 1"),
         (["--lora-r", "0"], "--lora-r 0: method.r: must be greater than or equal to 1"),

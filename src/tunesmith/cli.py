@@ -57,7 +57,8 @@ def config_show(
 # ---------------------------------------------------------------- data
 
 ModelOption = typer.Option(None, "--model", help="count tokens in this model's tokenizer (hub id, folder, .gguf, alias)")
-MaxSeqLenOption = typer.Option(None, "--max-seq-len", help="remove rows longer than this (needs --model; default train.max_seq_len)")
+MaxSeqLenOption = typer.Option(None, "--max-seq-len", help="remove rows longer than this many tokens (default "
+                               "train.max_seq_len, 512); without --model judged by a generous character estimate")
 TaskTypeOption = typer.Option(None, "--task-type", help="task | conversational | domain | pretraining: volume guidance")
 PiiOption = typer.Option(None, "--pii", help="redact (default): <EMAIL>-style placeholders; report: count only; drop: remove rows")
 PiiNerOption = typer.Option(None, "--pii-ner/--no-pii-ner", help="also redact names and addresses (extra `ner`, ~100 rows/s)")
@@ -77,20 +78,48 @@ CLEAN_FLAGS = ("task_type", "pii", "pii_ner", "fix_encoding", "dedup", "near_dup
                "semantic_dedup", "drop", "keep", "balance_cap")
 
 
-def _clean_setup(args: dict[str, Any]) -> tuple[Any, Optional[str], Optional[int]]:
+def _clean_setup(args: dict[str, Any]) -> tuple[Any, Optional[str], int]:
     """From a command's arguments: the run config (--config, then the clean flags and --set on
-    top), and the model and max_seq_len for token counts."""
+    top), and the model and max_seq_len for lengths. Every value is checked by the config, so
+    a flag has the config's bounds and a wrong one is blamed on the flag."""
+    overrides = [f"clean.{key}={_as_yaml(args[key])}" for key in CLEAN_FLAGS if args[key] is not None]
+    flags = {f"clean.{key}": "--" + key.replace("_", "-") for key in CLEAN_FLAGS if args[key] is not None}
+    cfg = _data_config(args["config"], overrides, args["set_"], flags, max_seq_len=args["max_seq_len"])
+    model = args["model"] or (cfg.model.source if args["config"] else None)
+    return cfg, model, cfg.train.max_seq_len
+
+
+def _data_config(config: Optional[Path], overrides: list[str], set_: Optional[list[str]], flags: dict[str, str],
+                 max_seq_len: Optional[int] = None) -> Any:
+    """The run config a data command works with: --config (if any), its flags, then --set."""
     from tunesmith.config import build_config, load_config
 
-    overrides = [f"clean.{key}={_as_yaml(args[key])}" for key in CLEAN_FLAGS if args[key] is not None]
-    overrides += list(args["set_"] or [])
-    flags = {f"clean.{key}": "--" + key.replace("_", "-") for key in CLEAN_FLAGS if args[key] is not None}
-    config, model, max_seq_len = args["config"], args["model"], args["max_seq_len"]
-    cfg = load_config(config, overrides, flags=flags) if config else build_config({}, overrides, where="flags", flags=flags)
-    model = model or (cfg.model.source if config else None)
-    if max_seq_len is not None and model is None:
-        raise TunesmithError("--max-seq-len needs --model: lengths are counted in the model's tokenizer", exit_code=2)
-    return cfg, model, max_seq_len or (cfg.train.max_seq_len if model else None)
+    if max_seq_len is not None:
+        overrides = [*overrides, f"train.max_seq_len={max_seq_len}"]
+        flags = {**flags, "train.max_seq_len": "--max-seq-len"}
+    overrides = [*overrides, *(set_ or [])]
+    if config is not None:
+        return load_config(config, overrides, flags=flags)
+    return build_config({}, overrides, where="flags", flags=flags)
+
+
+def _check_out(out_dir: Path, file: Path, writes: tuple[str, ...]) -> None:
+    """Before any work: --out must be a folder that can be written, and must not hold the
+    input under a name the command writes (the input would be replaced by its own result)."""
+    import os
+
+    from tunesmith.errors import UsageError
+    from tunesmith.io import check_output_dir
+
+    check_output_dir(out_dir, "--out")
+    for name in writes:
+        target = out_dir / name
+        if target.is_file() and file.is_file() and os.path.samefile(target, file):
+            raise UsageError(f"--out {out_dir}: writing {name} there would replace the input {file}; "
+                             f"choose another folder")
+        if target.exists() and not target.is_file():  # else found only after the first files are written
+            raise UsageError(f"--out {out_dir}: {name} there is a folder or another non-file, which the output "
+                             f"cannot replace; move it away or choose another folder")
 
 
 def _as_yaml(value: Any) -> str:
@@ -106,9 +135,11 @@ def _as_yaml(value: Any) -> str:
     return str(value)
 
 
-def _run_clean(file: Path, cfg: Any, model: Optional[str], max_seq_len: Optional[int], show_stages: bool) -> Any:
+def _run_clean(file: Path, cfg: Any, model: Optional[str], max_seq_len: int, show_stages: bool) -> Any:
     from tunesmith.data.clean import clean_file
+    from tunesmith.io import require_file
 
+    require_file(file, "data file")  # before a model loads: a wrong path is named at once, not after the load
     encoder = None
     if model:
         from tunesmith.data.tokens import load_target_tokenizer, token_encoder
@@ -141,13 +172,15 @@ def data_check(
     config: Optional[Path] = ConfigOption,
     set_: Optional[list[str]] = SetOption,
 ) -> None:
-    """Report what cleaning would do. Exit 0: trainable; 1: not trainable; 2: usage error."""
+    """Report what cleaning would do; writes nothing. Exit 0: trainable; 1: not trainable; 2: usage error."""
     cfg, model, max_seq_len = _clean_setup(locals())
     result = _run_clean(file, cfg, model, max_seq_len, show_stages=not json_out)
     if json_out:
         print(json.dumps(result.report, indent=2, ensure_ascii=False))
     else:
-        print_report(result.report, result.removed)
+        print_report(result.report, result.removed,
+                     where=f"the first {REASON_EXAMPLES} of each code are above; `tunesmith data clean {file} --out DIR` "
+                           f"writes every one to DIR/removed.jsonl")
     raise typer.Exit(0 if result.trainable else 1)
 
 
@@ -172,14 +205,16 @@ def data_clean(
     set_: Optional[list[str]] = SetOption,
 ) -> None:
     """Write the kept rows (chat format), the removed rows with reasons, and a report."""
-    from tunesmith.data.report import write_clean
+    from tunesmith.data.report import CLEAN_FILES, write_clean
 
     cfg, model, max_seq_len = _clean_setup(locals())
+    _check_out(out_dir, file, CLEAN_FILES)
     result = _run_clean(file, cfg, model, max_seq_len, show_stages=True)
     write_clean(result, out_dir)
-    print_report(result.report, result.removed)
-    out.print(f"wrote {out_dir / 'clean.jsonl'} ({result.report['kept']} rows), "
-              f"{out_dir / 'removed.jsonl'} ({result.report['removed']}), report.json, report.html")
+    print_report(result.report, result.removed, where=str(out_dir / "removed.jsonl"))
+    out.print(escape(f"wrote {out_dir / 'clean.jsonl'} ({result.report['kept']} rows), "
+                     f"{out_dir / 'removed.jsonl'} ({result.report['removed']}), report.json, report.html"),
+              highlight=False)
     raise typer.Exit(0 if result.trainable else 1)
 
 
@@ -187,46 +222,95 @@ def data_clean(
 def data_split(
     file: Path = typer.Argument(..., help="examples to split (e.g. a clean.jsonl)"),
     out_dir: Path = typer.Option(..., "--out", help="folder for train.jsonl, val.jsonl, removed.jsonl, split.json"),
-    val_fraction: float = typer.Option(0.1, help="share held out for validation"),
-    max_val: Optional[int] = typer.Option(None, help="cap on validation rows"),
-    subset: Optional[float] = typer.Option(None, help="also keep only this share of train (e.g. 0.1 to iterate fast)"),
+    val_fraction: float = typer.Option(0.1, help="share held out for validation, in (0, 1)"),
+    max_val: Optional[int] = typer.Option(None, help="cap on validation rows (at least 1)"),
+    subset: Optional[float] = typer.Option(None, help="also keep only this share of train, in (0, 1] (e.g. 0.1 to "
+                                                      "iterate fast); the rest goes to rest.jsonl"),
     seed: int = typer.Option(42, help="same seed, same split"),
-    near_dup_threshold: float = typer.Option(0.7, help="train rows this similar to a validation row are removed"),
+    near_dup_threshold: float = typer.Option(0.7, help="train rows this similar to a validation row are removed, "
+                                                       "in (0, 1]"),
 ) -> None:
     """Seeded split, stratified by category, with no near-duplicate of a validation row in train."""
-    from tunesmith.data.split import split_file
+    from tunesmith.data.split import SPLIT_FILES, split_file
 
-    if not 0 < val_fraction < 1 or (subset is not None and not 0 < subset <= 1):
-        raise TunesmithError("--val-fraction must be in (0, 1) and --subset in (0, 1]", exit_code=2)
+    _split_flags(val_fraction, max_val, subset, seed, near_dup_threshold)
+    _check_out(out_dir, file, SPLIT_FILES)
     summary = split_file(file, out_dir, val_fraction=val_fraction, max_val=max_val, subset_fraction=subset,
                          seed=seed, leak_threshold=near_dup_threshold)
-    out.print(f"train {summary['train']} rows, val {summary['val']} rows, removed {summary['removed']} "
-              f"({counts(summary['reasons'])}) -> {out_dir}")
+    print_split(summary, out_dir)
+
+
+# `data split` flags that are fields of the run config: checked there, with the config's bounds.
+SPLIT_FLAGS = {"val_fraction": ("data.val_fraction", "--val-fraction"),
+               "max_val": ("data.max_val_examples", "--max-val"),
+               "seed": ("train.seed", "--seed"),
+               "near_dup_threshold": ("clean.near_dup_threshold", "--near-dup-threshold")}
+
+
+def _split_flags(val_fraction: float, max_val: Optional[int], subset: Optional[float], seed: int,
+                 near_dup_threshold: float) -> None:
+    """Refuse nan, inf and out-of-range values naming the flag, before any work."""
+    import math
+
+    from tunesmith.errors import UsageError
+
+    given = {"val_fraction": val_fraction, "max_val": max_val, "seed": seed, "near_dup_threshold": near_dup_threshold}
+    overrides = [f"{SPLIT_FLAGS[name][0]}={_as_yaml(value)}" for name, value in given.items() if value is not None]
+    _data_config(None, overrides, None, {field: flag for field, flag in SPLIT_FLAGS.values()})
+    if subset is not None and not (math.isfinite(subset) and 0 < subset <= 1):
+        raise UsageError(f"--subset {subset:g}: must be a share of the training rows in (0, 1], e.g. 0.1")
+
+
+def print_split(summary: dict[str, Any], out_dir: Path) -> None:
+    out.print(escape(f"train {summary['train']} rows, val {summary['val']} rows, removed {summary['removed']} "
+                     f"({counts(summary['reasons'])}) -> {out_dir}"), highlight=False)
+    if summary["subset"]:
+        out.print(escape(f"rest: {summary['not_in_subset']} training rows left out by --subset {summary['subset']:g} "
+                         f"-> {out_dir / 'rest.jsonl'}"), highlight=False)
+    if summary["val"] >= summary["train"]:
+        cause = f" (--subset {summary['subset']:g} takes a share of the training rows only)" if summary["subset"] else ""
+        out.print(f"[yellow]warning:[/] validation ({summary['val']} rows) is not smaller than training "
+                  f"({summary['train']} rows){cause}: eval will cost more than it should and the model learns from "
+                  f"fewer rows; lower --val-fraction or cap it with --max-val", highlight=False)
 
 
 @data_app.command("preview")
 def data_preview(
     file: Path = typer.Argument(..., help="examples to render"),
     model: str = typer.Option(..., "--model", help="the model whose chat template and tokenizer to use"),
-    n: int = typer.Option(5, "-n", help="how many examples"),
+    n: int = typer.Option(5, "-n", min=1, help="how many examples (at least 1)"),
     train_on_inputs: bool = typer.Option(False, help="also train on prompt tokens (as data.train_on_inputs)"),
+    max_seq_len: Optional[int] = typer.Option(None, "--max-seq-len", help="a row whose characters cannot fit in this "
+                                              "many tokens is not shown (default train.max_seq_len, 512)"),
 ) -> None:
     """Show examples through the chat template with the trained tokens marked ⟦so⟧, EOS included."""
-    from tunesmith.data.formats import read_examples
-    from tunesmith.data.preview import preview_row
+    from tunesmith.data.formats import read_examples, summarise_reasons
+    from tunesmith.data.preview import Skipped, preview_rows
     from tunesmith.data.tokens import load_target_tokenizer
+    from tunesmith.errors import DataError
 
+    limit = _data_config(None, [], None, {}, max_seq_len=max_seq_len).train.max_seq_len
+    read = read_examples(file)
+    if not read.kept:
+        raise DataError(f"{file}: no row can be previewed: all {len(read.removed)} rows were removed: "
+                        f"{summarise_reasons(read.removed)}")
     quiet_transformers()
-    rows = read_examples(file).kept[:n]
     tokenizer = load_target_tokenizer(model)
     out.print("legend: [green]⟦trained⟧[/] masked (not trained); EOS shown as its token", highlight=False)
-    missing_eos = 0
-    for row in rows:
-        preview = preview_row(tokenizer, row, train_on_inputs)
+    missing_eos = refused = 0
+    for preview in preview_rows(tokenizer, read.kept[:n], train_on_inputs=train_on_inputs, max_seq_len=limit):
+        if isinstance(preview, Skipped):
+            refused += preview.reason.startswith("template_error")
+            out.rule(f"line {preview.line}: not shown")
+            out.print(preview.reason, highlight=False, markup=False)
+            continue
         missing_eos += not preview.eos_trained
         out.rule(f"line {preview.line}: {preview.tokens} tokens, {preview.trained} trained, "
                  f"EOS {'trained' if preview.eos_trained else 'NOT trained'}")
         out.print(render_spans(preview.spans), end="\n", highlight=False)
+    if refused:
+        raise TunesmithError(f"the chat template of {model} refuses {refused} example(s) (reasons above): training "
+                             f"removes them as template_error")
     if missing_eos:
         raise TunesmithError(f"{missing_eos} example(s) end without a trained EOS: the tuned model would not stop")
 
@@ -243,10 +327,17 @@ def render_spans(spans: list[Any]) -> Any:
     return text
 
 
-def print_report(report: dict[str, Any], removed: list[dict[str, Any]], examples_per_reason: int = 3) -> None:
+REASON_EXAMPLES = 3  # removed rows shown per reason code
+
+
+def print_report(report: dict[str, Any], removed: list[dict[str, Any]], where: str,
+                 examples_per_reason: int = REASON_EXAMPLES) -> None:
+    """The report as `data check` and `data clean` print it; `where`: where the reasons of
+    every removed row can be read (the command says: check writes nothing)."""
     from tunesmith.data.formats import reason_code
 
-    out.print(f"[bold]{report['file']}[/]: {report['file_format']}, rows as {counts(report['formats'])}",
+    # Escaped: a file name or a category is the user's text, and "[/x]" in it is rich markup.
+    out.print(f"[bold]{escape(report['file'])}[/]: {report['file_format']}, rows as {counts(report['formats'])}",
               highlight=False)
     out.print(f"{report['input_rows']} rows: {report['kept']} kept, {report['removed']} removed", highlight=False)
     examples: dict[str, list[str]] = {}
@@ -266,7 +357,7 @@ def print_report(report: dict[str, Any], removed: list[dict[str, Any]], examples
         out.print(f"PII ({report['pii_mode']}): {counts(report['pii'])}", highlight=False)
     if report["tokens"]:
         t = report["tokens"]
-        out.print(f"tokens ({t['tokenizer']}): p10 {t['p10']}, p50 {t['p50']}, p90 {t['p90']}, max {t['max']}; "
+        out.print(f"tokens ({escape(str(t['tokenizer']))}): p10 {t['p10']}, p50 {t['p50']}, p90 {t['p90']}, max {t['max']}; "
                   f"{t['per_epoch']:,} per epoch ({t['trained_per_epoch']:,} trained)", highlight=False)
     b = report["balance"]
     top = counts(dict(list(b["counts"].items())[:5]))
@@ -274,11 +365,13 @@ def print_report(report: dict[str, Any], removed: list[dict[str, Any]], examples
     if report["volume"] and report["volume"]["verdict"] == "within":  # otherwise it is a note below
         out.print(f"volume: {report['volume']['advice']}", highlight=False)
     for note in report["notes"]:
-        out.print(f"[yellow]note:[/] {note}", highlight=False)
+        out.print(f"[yellow]note:[/] {escape(note)}", highlight=False)
     if report["trainable"]:
         out.print(f"[green]trainable[/]: {report['kept']} rows", highlight=False)
     for reason in report["blocking"]:
-        out.print(f"[red]not trainable:[/] {reason}", highlight=False)
+        out.print(f"[red]not trainable:[/] {escape(reason)}", highlight=False)
+    if report["blocking"] and report["removed"]:
+        out.print(f"reasons per line: {escape(where)}", highlight=False)
 
 
 # `tunesmith train` flags that set a run-config field (the rest: --set, see `config show`).

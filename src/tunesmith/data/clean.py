@@ -1,8 +1,9 @@
 """The clean stage: every check on every row, with a reason for every row it touches.
 
 Order matters and is fixed: read (format, UTF-8) -> per-row checks (encoding, quality, PII)
--> duplicates (on the text as it will be trained on: after fixes and redaction) -> token
-lengths in the target tokenizer (only for survivors: the slow part) -> balance cap -> stats.
+-> rows far too long, by characters (see lengths.py) -> duplicates (on the text as it will
+be trained on: after fixes and redaction) -> token lengths in the target tokenizer (only for
+survivors: the slow part) -> balance cap -> stats.
 Each finding has a code. A code either removes the row (it goes to removed.jsonl with all
 its reasons) or only warns (the row is kept and the code counted); `clean.drop` and
 `clean.keep` move codes between the two. Nothing is dropped silently: every non-blank
@@ -19,16 +20,23 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+import jinja2
+
 from tunesmith.config import NER_TYPES, PII_TYPES, REMOVE_BY_DEFAULT, CleanConfig
 from tunesmith.data import stats
 from tunesmith.data.dedup import Duplicate, find_duplicates
 from tunesmith.data.encoding import repair_text, scan_text
-from tunesmith.data.formats import ReadResult, count_reasons, read_examples
+from tunesmith.data.formats import ReadResult, count_reasons, read_examples, summarise_reasons
+from tunesmith.data.lengths import CharEstimate, LengthBound, TokenEncoder
 from tunesmith.data.pii import find_pii, redact
 from tunesmith.data.pii_ner import enable_ner
 from tunesmith.data.quality import quality_issues
 from tunesmith.data.tokens import Encoder
-from tunesmith.train.encode import Encoded
+from tunesmith.train.encode import Encoded, TemplateError
+
+# What a chat template raises for a row it does not take: jinja's errors (raise_exception in
+# the template, an undefined field) and ours (a template that does not render prefix by prefix).
+TEMPLATE_ERRORS = (jinja2.TemplateError, TemplateError)
 
 # Codes on readable rows, and whether each removes the row by default, are in config
 # (REMOVE_BY_DEFAULT, WARN_BY_DEFAULT), which refuses unknown ones in clean.drop/keep.
@@ -129,6 +137,12 @@ def clean_file(
         check_quality(row, policy)
         pii_found += check_pii(row, opts.pii, policy.pii_types)
     live = [r for r in rows if not r.removes]
+    bound = length_bound(encode)
+    if max_seq_len is not None and bound is not None and "too_long" in policy.removing:
+        # Before duplicates and tokens, whose cost grows with the row: a 50 MB row is
+        # removed here in a sum over its characters.
+        check_chars(live, bound, max_seq_len, policy)
+        live = [r for r in live if not r.removes]
     duplicates: dict[str, int] = {}
     if opts.dedup:
         stage("duplicates")
@@ -220,13 +234,53 @@ def mark_duplicates(rows: list[_Row], opts: CleanConfig, policy: Policy) -> dict
     return {"exact": counts["exact"], "near": counts["near"], "semantic": counts["semantic"]}
 
 
+def length_bound(encode: Encoder | None) -> LengthBound | None:
+    """How rows are judged by characters: by the tokenizer's longest token when there is one
+    (a custom encoder has none: its rows are only counted), else by an estimate."""
+    if encode is None:
+        return CharEstimate()
+    return encode if isinstance(encode, TokenEncoder) else None
+
+
+def check_chars(rows: list[_Row], bound: LengthBound, max_seq_len: int, policy: Policy) -> None:
+    for row in rows:
+        detail = bound.too_long(row.messages, max_seq_len)
+        if detail is not None:
+            policy.file(row, "too_long", detail)
+
+
 def check_tokens(rows: list[_Row], encode: Encoder, max_seq_len: int | None, policy: Policy, keep: bool) -> None:
     """Token counts of every row, exactly as training encodes it (template included)."""
     for start in range(0, len(rows), TOKEN_CHUNK):
         chunk = rows[start : start + TOKEN_CHUNK]
-        for row, encoded in zip(chunk, encode([r.messages for r in chunk])):
+        for row, encoded in zip(chunk, _encode_chunk(chunk, encode)):
+            if encoded is None:
+                continue  # the template refused it: removed with that reason
             row.encoded = encoded if keep else None
             _judge_length(row, (len(encoded.input_ids), encoded.n_trained), max_seq_len, policy)
+
+
+def _encode_chunk(chunk: list[_Row], encode: Encoder) -> list[Encoded | None]:
+    """The chunk in one call; when the chat template refuses a row (a system turn a model
+    does not take, turns that do not alternate), each row alone, so only the refused rows
+    go, with the template's own words. They cannot be kept: training could not encode them."""
+    try:
+        return list(encode([r.messages for r in chunk]))
+    except TEMPLATE_ERRORS:
+        pass
+    encoded: list[Encoded | None] = []
+    for row in chunk:
+        try:
+            encoded.append(encode([row.messages])[0])
+        except TEMPLATE_ERRORS as e:
+            row.removes.append(template_reason(e))
+            encoded.append(None)
+    return encoded
+
+
+def template_reason(e: Exception) -> str:
+    message = " ".join(str(e).split()) or type(e).__name__
+    return f"template_error: the model's chat template refuses this row: {message[:200]}"
 
 
 def _judge_length(row: _Row, tokens: tuple[int, int], max_seq_len: int | None, policy: Policy) -> None:
@@ -288,7 +342,7 @@ def build_report(
         "options": opts.model_dump(mode="json"),
     }
     report["notes"] = notes(report)
-    report["blocking"] = blocking(report, read, opts)
+    report["blocking"] = blocking(report, read, opts, removed)
     report["trainable"] = not report["blocking"]
     return report
 
@@ -327,17 +381,20 @@ def notes(report: dict[str, Any]) -> list[str]:
     return out
 
 
-def blocking(report: dict[str, Any], read: ReadResult, opts: CleanConfig) -> list[str]:
-    """Why the data cannot be trained on; empty when it can."""
+def blocking(report: dict[str, Any], read: ReadResult, opts: CleanConfig, removed: list[dict[str, Any]]) -> list[str]:
+    """Why the data cannot be trained on; empty when it can. Each reason carries its counts
+    and an example line per code: `train` shows it with nothing printed above it. Where the
+    reasons per line are is for the caller to add (check writes nothing, clean and train do)."""
     out = []
     unreadable = len(read.removed)  # the reader removes only rows it cannot read as examples
     share = unreadable / max(1, report["input_rows"])
     if report["kept"] == 0:
-        out.append("no row is left to train on: see the reasons above")
+        out.append(f"no row is left to train on: all {report['input_rows']} rows were removed: "
+                   f"{summarise_reasons(removed)}")
     elif share > opts.max_invalid_fraction:
         out.append(
             f"{unreadable} of {report['input_rows']} rows ({share:.0%}) cannot be read as examples, above "
-            f"clean.max_invalid_fraction {opts.max_invalid_fraction}: fix the file (reasons per line in "
-            f"removed.jsonl) or raise the limit"
+            f"clean.max_invalid_fraction {opts.max_invalid_fraction}: {summarise_reasons(read.removed)}; "
+            f"fix the file or raise the limit"
         )
     return out

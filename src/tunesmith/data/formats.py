@@ -49,9 +49,10 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
 
 from tunesmith.errors import DataError, UsageError
+from tunesmith.io import require_file
 
 ROLES = ("system", "user", "assistant")
 # Fields carried from the input row to the normalised one when present.
@@ -106,6 +107,22 @@ def count_reasons(reason_lists: Iterable[list[str]]) -> dict[str, int]:
     return dict(sorted(counts.items()))
 
 
+def summarise_reasons(removed: Sequence[dict[str, Any]], *, codes: int = 4, width: int = 90) -> str:
+    """Rows per code, the most frequent first, each with its first row as an example, short
+    enough for a one-line message that must stand on its own (nothing printed above it):
+    "empty_field 5 (line 1: empty_field: response), missing_field 1 (line 6: ...)"."""
+    counts = count_reasons(r["reasons"] for r in removed)
+    first: dict[str, str] = {}
+    for row in removed:
+        for reason in row["reasons"]:
+            first.setdefault(reason_code(reason), f"line {row['line']}: {_clip(reason, width)}")
+    ranked = sorted(counts, key=lambda code: (-counts[code], code))
+    parts = [f"{code} {counts[code]} ({first[code]})" for code in ranked[:codes]]
+    if len(ranked) > codes:
+        parts.append(f"and {len(ranked) - codes} more code{'s' * (len(ranked) - codes > 1)}")
+    return ", ".join(parts) or "none"
+
+
 class RowError(ValueError):
     """A row that cannot be trained on; the message starts with a reason code.
 
@@ -122,15 +139,23 @@ class RowError(ValueError):
 
 
 def read_examples(path: str | Path) -> ReadResult:
-    path = Path(path)
-    if not path.is_file():
-        raise UsageError(f"{path}: data file not found")
-    data = path.read_bytes()
+    path = require_file(path, "data file")
+    data = _read_bytes(path)
     _reject_known_binary(path, data)
     text, bad_bytes = _decode(data)
     rows = _read_text(path, text, bad_bytes)
     _raise_if_nothing_readable(path, rows)
     return rows.result
+
+
+def _read_bytes(path: Path) -> bytes:
+    """The file's bytes; a file that changed between the check and the read (removed,
+    replaced by a folder, its mode changed) gets the same one-line message as up front."""
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        require_file(path, "data file")  # names what changed, when it can be seen
+        raise UsageError(f"{path}: data file cannot be read ({e.strerror or e}): check it and run again") from None
 
 
 class _Rows:
@@ -609,8 +634,13 @@ def _clip(text: str, limit: int) -> str:
 def _keys_text(keys: tuple[str, ...]) -> str:
     if not keys:
         return "none"
-    shown = ", ".join(_printable(_clip(k, 40)) for k in keys[:12])
+    shown = ", ".join(_visible(_printable(_clip(k, 40))) for k in keys[:12])
     return shown if len(keys) <= 12 else f"{shown} and {len(keys) - 12} more"
+
+
+def _visible(key: str) -> str:
+    # A NUL or a line break in a key name would print as nothing, or break the message.
+    return key if key.isprintable() else repr(key)
 
 
 def _show(value: Any) -> str:

@@ -1,8 +1,9 @@
 """The data stage as `train` runs it: clean each file, stop on blocking errors, split, and
-write everything into RUN/data so each row's fate can be looked up."""
+write everything into RUN/data so each row's fate can be looked up, a blocked run's too."""
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,8 +13,8 @@ from tunesmith.data.clean import CleanResult, clean_file
 from tunesmith.data.report import write_report
 from tunesmith.data.split import remove_leaks, split_examples
 from tunesmith.data.tokens import token_encoder
-from tunesmith.errors import TunesmithError
-from tunesmith.io import write_jsonl_atomic
+from tunesmith.errors import TunesmithError, UsageError
+from tunesmith.io import require_file, write_jsonl_atomic
 from tunesmith.train.encode import Encoded
 
 
@@ -28,26 +29,47 @@ class DataBlocked(TunesmithError):
     """The data cannot be trained on; the message says why and where the report is."""
 
 
+def check_data_files(cfg: RunConfig) -> None:
+    """What can be refused before any work: no training file, a data file that is missing or
+    not a readable file, or a validation file that is the training file (under any name).
+    Cheap; `train` calls it before the pre-flight and before loading a model."""
+    if not cfg.data.train:
+        raise UsageError("data.train is not set: give --data FILE or data.train in the config")
+    train = require_file(cfg.data.train, "training file (data.train)")
+    if not cfg.data.val:
+        return
+    val = require_file(cfg.data.val, "validation file (data.val)")
+    if os.path.samefile(train, val):
+        raise UsageError(
+            f"data.val (--val) {cfg.data.val} is the same file as data.train (--data) {cfg.data.train}: every "
+            f"validation row would also be a training row, so eval loss would measure memory, not learning; give "
+            f"a validation file with other examples, or leave data.val out to hold out {cfg.data.val_fraction:g} "
+            f"of the training rows (data.val_fraction)"
+        )
+
+
 def prepare_run_data(cfg: RunConfig, tokenizer: Any, run_dir: Path) -> Prepared:
     """Writes RUN/data/{train,val,removed}.jsonl and report.{json,html}; removed rows carry
-    the file they came from. Returns the encodings the clean stage made while measuring
-    the rows, so nothing is encoded twice."""
-    if not cfg.data.train:
-        raise TunesmithError("data.train is not set: give --data FILE or data.train in the config", exit_code=2)
+    the file they came from. A blocked run still gets removed.jsonl and a report whose
+    `blocking` says why. Returns the encodings the clean stage made while measuring the
+    rows, so nothing is encoded twice."""
+    check_data_files(cfg)
     data_dir = run_dir / "data"
-    cleaned = _clean(cfg.data.train, cfg, tokenizer)
-    write_report(cleaned, data_dir)  # first: a blocked run still shows why
-    if not cleaned.trainable:
-        raise DataBlocked(
-            f"{cfg.data.train}: cannot train on this data: {'; '.join(cleaned.report['blocking'])}. "
-            f"Report: {data_dir / 'report.html'}"
-        )
+    encoder = token_encoder(tokenizer, cfg.data.train_on_inputs)  # one for both files: its vocabulary is read once
+    cleaned = _clean(cfg.data.train, cfg, encoder)
     removed = [{"file": cfg.data.train, **r} for r in cleaned.removed]
+    if not cleaned.trainable:
+        _block(cleaned, removed, data_dir, f"{cfg.data.train}: cannot train on this data: "
+                                           f"{'; '.join(cleaned.report['blocking'])}")
     val_encodings = cleaned.encodings
     if cfg.data.val:
-        val_cleaned = _clean(cfg.data.val, cfg, tokenizer)
+        val_cleaned = _clean(cfg.data.val, cfg, encoder)
         val_encodings = val_cleaned.encodings
         removed += [{"file": cfg.data.val, **r} for r in val_cleaned.removed]
+        if not val_cleaned.trainable:
+            reason = f"the validation file {cfg.data.val} cannot be used: {'; '.join(val_cleaned.report['blocking'])}"
+            _block(cleaned, removed, data_dir, f"{cfg.data.val}: cannot use this validation file: "
+                                               f"{'; '.join(val_cleaned.report['blocking'])}", reason)
         val = val_cleaned.kept[: cfg.data.max_val_examples]
         train, leaks = remove_leaks(cleaned.kept, val, cfg.clean.near_dup_threshold, cfg.clean.shingle_size)
     else:
@@ -59,18 +81,49 @@ def prepare_run_data(cfg: RunConfig, tokenizer: Any, run_dir: Path) -> Prepared:
         train, val, leaks = split.train, split.val, split.removed
     removed += [{"file": cfg.data.train, **r} for r in leaks]
     if not train:
-        raise DataBlocked(f"{cfg.data.train}: no training rows left after the split; see {data_dir / 'removed.jsonl'}")
+        reason = _no_training_rows(cfg, len(cleaned.kept), len(val), len(leaks))
+        _block(cleaned, removed, data_dir, f"{cfg.data.train}: cannot train on this data: {reason}", reason)
+    write_report(cleaned, data_dir)
     write_jsonl_atomic(data_dir / "train.jsonl", train)
     write_jsonl_atomic(data_dir / "val.jsonl", val)
-    write_jsonl_atomic(data_dir / "removed.jsonl", sorted(removed, key=lambda r: (r["file"], r["line"])))
+    write_jsonl_atomic(data_dir / "removed.jsonl", _in_file_order(removed))
     return Prepared([cleaned.encodings[r["line"]] for r in train], [val_encodings[r["line"]] for r in val],
                     cleaned.report)
 
 
-def _clean(path: str, cfg: RunConfig, tokenizer: Any) -> CleanResult:
+def _no_training_rows(cfg: RunConfig, kept: int, val: int, leaks: int) -> str:
+    """Why the split left no training row, with the counts: every kept row went to validation
+    or was removed as a near-duplicate of a validation row."""
+    threshold = cfg.clean.near_dup_threshold
+    if cfg.data.val:
+        return (f"no training row is left: all {kept} kept rows are near-duplicates (similarity >= {threshold:g}) "
+                f"of the {val} rows used from the validation file {cfg.data.val} (leaks_into_val {leaks}); give a "
+                f"validation file with other examples, or leave data.val out to hold out a share of the training rows")
+    return (f"no training row is left: of {kept} kept rows, {val} were held out for validation and the other "
+            f"{leaks} are near-duplicates of them (leaks_into_val {leaks}, similarity >= {threshold:g}); add varied "
+            f"examples, or raise clean.near_dup_threshold")
+
+
+def _block(cleaned: CleanResult, removed: list[dict[str, Any]], data_dir: Path, message: str,
+           reason: str | None = None) -> None:
+    """Write what a blocked run needs to be understood (removed.jsonl; report.json with
+    trainable false and the reason), then refuse with a message that stands on its own."""
+    if reason is not None:
+        cleaned.report["blocking"].append(reason)
+        cleaned.report["trainable"] = False
+    write_report(cleaned, data_dir)
+    write_jsonl_atomic(data_dir / "removed.jsonl", _in_file_order(removed))
+    raise DataBlocked(f"{message}. Reasons per line: {data_dir / 'removed.jsonl'}; report: {data_dir / 'report.html'}")
+
+
+def _in_file_order(removed: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return sorted(removed, key=lambda r: (r["file"], r["line"]))
+
+
+def _clean(path: str, cfg: RunConfig, encoder: Any) -> CleanResult:
     return clean_file(
         path, cfg.clean,
-        encode=token_encoder(tokenizer, cfg.data.train_on_inputs),
+        encode=encoder,
         keep_encodings=True,
         max_seq_len=cfg.train.max_seq_len,
         tokenizer_name=cfg.model.source,

@@ -5,8 +5,10 @@ trained tokens marked. Loss masking that is silently wrong and EOS that is never
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable, Iterator
 
+from tunesmith.data.clean import TEMPLATE_ERRORS, template_reason
+from tunesmith.data.lengths import TokenEncoder
 from tunesmith.train.encode import encode
 
 
@@ -24,6 +26,31 @@ class Preview:
     tokens: int
     trained: int
     eos_trained: bool  # every assistant turn ends in a trained EOS
+
+
+@dataclass
+class Skipped:
+    """A row that is not shown, and why (the reason training would remove it with)."""
+
+    line: int
+    reason: str
+
+
+def preview_rows(tokenizer: Any, rows: Iterable[dict[str, Any]], *, train_on_inputs: bool = False,
+                 max_seq_len: int) -> Iterator[Preview | Skipped]:
+    """Each row's preview, or why it has none: a row far too long for max_seq_len is not
+    tokenised (a 50 MB row would take minutes; see lengths.py), a row the chat template
+    refuses is not rendered."""
+    bound = TokenEncoder(tokenizer)
+    for row in rows:
+        too_long = bound.too_long(row["messages"], max_seq_len)
+        if too_long is not None:
+            yield Skipped(row["line"], f"too_long: {too_long}")
+            continue
+        try:
+            yield preview_row(tokenizer, row, train_on_inputs)
+        except TEMPLATE_ERRORS as e:
+            yield Skipped(row["line"], template_reason(e))
 
 
 def preview_row(tokenizer: Any, row: dict[str, Any], train_on_inputs: bool = False) -> Preview:

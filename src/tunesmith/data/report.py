@@ -16,6 +16,8 @@ from tunesmith.io import write_json_atomic, write_jsonl_atomic, write_text_atomi
 # 100k-row file does not make a page the browser cannot open.
 HTML_ROW_LIMIT = 500
 RAW_EXCERPT = 600
+# What write_clean writes into its folder.
+CLEAN_FILES = ("clean.jsonl", "removed.jsonl", "report.json", "report.html")
 
 
 def write_clean(result: CleanResult, out_dir: Path) -> None:

@@ -11,9 +11,14 @@ from typing import Any, Sequence
 
 from tunesmith.data.clean import conversation_text, row_json
 from tunesmith.data.dedup import NearDupIndex
-from tunesmith.data.formats import count_reasons, read_examples
+from tunesmith.data.formats import count_reasons, read_examples, summarise_reasons
 from tunesmith.data.stats import group_key
+from tunesmith.errors import DataError
 from tunesmith.io import write_json_atomic, write_jsonl_atomic
+
+
+# What split_file writes into its folder (rest.jsonl only with a subset).
+SPLIT_FILES = ("train.jsonl", "val.jsonl", "removed.jsonl", "rest.jsonl", "split.json")
 
 
 @dataclass
@@ -45,9 +50,11 @@ def stratified_sample(rows: Sequence[dict[str, Any]], n: int, seed: int) -> tupl
 
 
 def holdout_size(n_rows: int, val_fraction: float, max_val: int | None) -> int:
+    """Rows held out: at least one, and never all (0.95 of 10 rows rounds to 10, which
+    would leave nothing to train on)."""
     if n_rows < 2:
         return 0
-    n = max(1, round(n_rows * val_fraction))
+    n = min(max(1, round(n_rows * val_fraction)), n_rows - 1)
     return min(n, max_val) if max_val else n
 
 
@@ -106,10 +113,21 @@ def split_file(
     leak_threshold: float = 0.7,
 ) -> dict[str, Any]:
     """`tunesmith data split`: writes train.jsonl, val.jsonl, removed.jsonl and split.json
-    (and rest.jsonl, the train rows left out of a --subset)."""
+    (and rest.jsonl, the train rows left out of a --subset). A file that leaves no training
+    row is refused with the counts, and nothing is written."""
     read = read_examples(path)
+    if not read.kept:
+        raise DataError(f"{path}: no row can be split: all {len(read.removed)} rows were removed: "
+                        f"{summarise_reasons(read.removed)}")
     result = split_examples(read.kept, val_fraction=val_fraction, seed=seed, max_val=max_val,
                             leak_threshold=leak_threshold)
+    if not result.train:
+        raise DataError(
+            f"{path}: no training row is left: of {len(read.kept)} rows, {len(result.val)} were held out for "
+            f"validation and the other {len(result.removed)} are near-duplicates of them (leaks_into_val "
+            f"{len(result.removed)}, similarity >= {leak_threshold:g}); add varied examples, or raise "
+            f"--near-dup-threshold"
+        )
     train, rest = result.train, []
     if subset_fraction:  # the rest is written out too: nothing is lost
         train, rest = subset_and_rest(result.train, subset_fraction, seed)

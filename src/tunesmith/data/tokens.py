@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import functools
 from typing import Any, Callable
 
-from tunesmith.train.encode import Encoded, encode_many, ensure_chat_template
+from tunesmith.data.lengths import TokenEncoder
+from tunesmith.train.encode import Encoded, ensure_chat_template
 
 Conversation = list[dict[str, str]]
 # conversations -> their encodings; the clean stage calls it on chunks of rows
@@ -27,7 +27,8 @@ def load_target_tokenizer(model: str, *, trust_remote_code: bool = False) -> Any
     return tokenizer
 
 
-def token_encoder(tokenizer: Any, train_on_inputs: bool = False) -> Encoder:
+def token_encoder(tokenizer: Any, train_on_inputs: bool = False) -> TokenEncoder:
     """Encodes through `encode_many`, as training does, so `too_long` here means the same
-    as at training time (template and EOS included), and training can reuse the result."""
-    return functools.partial(encode_many, tokenizer, train_on_inputs=train_on_inputs)
+    as at training time (template and EOS included), and training can reuse the result.
+    It also finds rows far too long by their characters, without tokenising them."""
+    return TokenEncoder(tokenizer, train_on_inputs)

@@ -8,7 +8,6 @@ run that cannot work should cost seconds, not the minutes of a data stage and a 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,8 +16,9 @@ from typing import Any
 import yaml
 
 from tunesmith.config import RunConfig
+from tunesmith.data.prepare import check_data_files
 from tunesmith.errors import UsageError
-from tunesmith.io import check_output_dir, require_file
+from tunesmith.io import check_output_dir
 from tunesmith.models.source import check_model_source
 
 # What a run writes into its folder (DESIGN.md, "The run folder"). --restart removes these
@@ -39,19 +39,6 @@ def check_run_inputs(cfg: RunConfig, device_type: str) -> None:
     check_data_files(cfg)
     check_model_source(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
     check_device_support(cfg, device_type)
-
-
-def check_data_files(cfg: RunConfig) -> None:
-    if not cfg.data.train:
-        raise UsageError("no training data: give --data FILE, or data.train in the config")
-    train = require_file(cfg.data.train, "training file (data.train)")
-    if cfg.data.val:
-        val = require_file(cfg.data.val, "validation file (data.val)")
-        if os.path.samefile(train, val):
-            raise UsageError(
-                f"data.val {cfg.data.val} is the training file itself: every training row would also be a "
-                f"validation row, so none would be left to train on. Give a separate --val file, or leave it "
-                f"out to hold out data.val_fraction of the training rows")
 
 
 def check_device_support(cfg: RunConfig, device_type: str) -> None:
