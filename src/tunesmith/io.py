@@ -197,7 +197,13 @@ def _write_problem(e: OSError) -> str:
 def describe_os_error(e: OSError) -> TunesmithError:
     """An OSError that escaped a command (disk full mid-write, a file removed under us) as
     one line naming the file: the top-level guard uses this so no user sees a traceback."""
-    where = e.filename if e.filename is not None else "a file"
-    action = "write" if e.errno in (errno.ENOSPC, errno.EROFS, errno.EDQUOT) else "read or write"
-    return TunesmithError(f"{where}: cannot {action} it ({_write_problem(e)}); check the path, its permissions "
-                          f"and free space, then run the command again", exit_code=1)
+    reasons = {
+        errno.ENOENT: "no such file or folder (moved or deleted while tunesmith ran?)",
+        errno.EACCES: "permission denied", errno.EPERM: "not permitted", errno.EROFS: "read-only file system",
+        errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+        errno.EISDIR: "is a folder, not a file", errno.ENOTDIR: "a part of the path is a file, not a folder",
+        errno.ENAMETOOLONG: "name too long", errno.EIO: "input/output error (a failing disk or network share?)",
+    }
+    reason = reasons.get(e.errno, e.strerror or str(e))
+    return TunesmithError(f"{e.filename}: {reason}; check the path, its permissions and free space, then run "
+                          f"the command again", exit_code=1)
