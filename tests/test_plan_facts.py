@@ -107,6 +107,23 @@ def test_an_unsupported_architecture_names_the_file_and_is_its_own_error(tmp_pat
         model_facts("some-org/not-cached-model")
 
 
+def test_the_preflight_skips_a_model_it_cannot_read_but_stops_on_a_broken_one(tmp_path):
+    """Training loads the model itself, so an architecture the planner does not count must not
+    block it; a config.json that is not JSON would stop the loader too, so it stops here."""
+    from tunesmith.config import build_config
+    from tunesmith.plan.device import Device
+    from tunesmith.plan.preflight import preflight
+
+    cpu = Device(type="cpu", name="test CPU", memory_gb=16, available_gb=8)
+    (tmp_path / "config.json").write_text(json.dumps({**SMALL_LLAMA, "model_type": "gpt_neox"}))
+    check = preflight(build_config({"model": {"source": str(tmp_path)}}), cpu)
+    assert check["fits"] is None and check["reason"].startswith("pre-flight skipped: ")
+    assert "gpt_neox" in check["reason"]
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(UsageError, match="not valid JSON"):
+        preflight(build_config({"model": {"source": str(tmp_path)}}), cpu)
+
+
 def test_malformed_model_through_the_cli_is_exit_2_without_a_traceback(tmp_path):
     from test_train_cli import tunesmith
 
