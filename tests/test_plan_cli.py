@@ -289,8 +289,8 @@ def test_large_valid_numbers_print_without_overflowing_the_table():
 def test_durations_and_dollars_read_as_minutes_and_cents():
     from tunesmith.cli import _hours, _money
 
-    assert [_hours(h) for h in (0.001, 0.2, 0.99, 2.5, 1234.5, 5.33e11)] == [
-        "<1 min", "12 min", "59 min", "2.50 h", "1,234.5 h", "5.33e+11 h"]
+    assert [_hours(h) for h in (0.001, 0.2, 0.99, 2.5, 12.54, 1234.6, 5.33e11)] == [
+        "<1 min", "12 min", "59 min", "2.50 h", "12.5 h", "1,235 h", "5.33e+11 h"]
     assert [_money(c) for c in (0.004, 0.04, 12.345, 12345.6, 1.5e15)] == [
         "<$0.01", "$0.04", "$12.35", "$12,346", "$1.5e+15"]
 
@@ -313,7 +313,7 @@ def test_max_steps_sets_the_token_count_with_a_note():
     plan, _ = plan_json("--model", "qwen2.5-0.5b", "--tokens", "5M", "--epochs", "3", "--batch", "2", "--grad-accum", "4",
                         "--seq-len", "1024", "--set", "train.max_steps=10")
     assert plan["tokens"]["total"] == 10 * 2 * 4 * 1024 and plan["tokens"]["max_steps"] == 10
-    assert any(note.startswith("train.max_steps = 10 sets the length: 10 steps x 2 rows x 4 micro-batches x 1024 "
+    assert any(note.startswith("train.max_steps = 10 sets the length: 10 steps x 2 rows x grad-accum 4 x 1024 "
                                "tokens = 81,920 tokens") for note in plan["notes"])
 
 

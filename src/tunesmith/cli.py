@@ -517,7 +517,7 @@ def _this_machine_line(here: dict[str, Any]) -> str:
 
 
 def _hours(value: Optional[float]) -> str:
-    """A duration from hours: "<1 min", "12 min", "3.25 h", "1,234.5 h", "5.33e+11 h"."""
+    """A duration from hours: "<1 min", "12 min", "3.25 h", "12.5 h", "1,235 h", "5.33e+11 h"."""
     if value is None:
         return ""
     minutes = value * 60
@@ -527,7 +527,9 @@ def _hours(value: Optional[float]) -> str:
         return f"{minutes:.0f} min"
     if value < 10:
         return f"{value:.2f} h"
-    return f"{value:,.1f} h" if value < 1e6 else f"{value:.3g} h"
+    if value < 100:
+        return f"{value:.1f} h"
+    return f"{value:,.0f} h" if value < 1e6 else f"{value:.3g} h"
 
 
 def _money(value: Optional[float]) -> str:

@@ -298,7 +298,7 @@ def make_plan(run: Run, gpus: list[Gpu], prices: list[Price], *, mfu: Mfu | None
     if run.max_steps is not None:
         plan["notes"].append(
             f"train.max_steps = {run.max_steps} sets the length: {run.max_steps:,} steps x {run.setup.micro_batch} rows "
-            f"x {run.grad_accum} micro-batches x {run.setup.seq_len} tokens = {run.total_tokens:,.0f} tokens at most "
+            f"x grad-accum {run.grad_accum} x {run.setup.seq_len} tokens = {run.total_tokens:,.0f} tokens at most "
             "(packed rows are nearly full; epochs do not count)")
     elif run.total_tokens is None:
         plan["notes"].append("no token count: give --tokens N or --dataset FILE for time and cost")
