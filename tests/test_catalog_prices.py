@@ -283,3 +283,26 @@ def test_gpus_through_the_installed_command(tmp_path):
     bad = subprocess.run([command, "gpus", "--prices", bad_csv], capture_output=True, text=True, env=env)
     assert bad.returncode == 2
     assert f"{bad_csv}:2: column on_demand = 'free' is not a price" in " ".join(bad.stderr.split())
+
+
+def test_a_prices_file_that_is_not_utf8_a_folder_or_missing_is_one_line(tmp_path):
+    """Regression: a --prices file saved in Latin-1 crashed with UnicodeDecodeError, and a
+    folder was reported as "not found"."""
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes(b"provider,gpu,on_demand,spot,as_of,source\nm\xfcnchen,H100,3,,2026-05,us\n")
+    with pytest.raises(UsageError, match=re.escape(f"{latin1}:2: not UTF-8 text (byte 0xfc); save the file as UTF-8")):
+        csv_prices(latin1)
+    with pytest.raises(UsageError, match=re.escape(f"{tmp_path}: is a folder, expected a prices file (CSV)")):
+        csv_prices(tmp_path)
+    with pytest.raises(UsageError, match="none.csv: prices file not found"):
+        load_prices(tmp_path / "none.csv")
+
+
+def test_a_prices_file_that_is_not_utf8_through_the_cli(tmp_path):
+    latin1 = tmp_path / "latin1.csv"
+    latin1.write_bytes(b"provider,gpu,on_demand,spot,as_of,source\nx,H100,3,,2026-05,caf\xe9\n")
+    for command in (["gpus"], ["plan", "--model", "qwen2.5-0.5b"]):
+        result = subprocess.run([sys.executable, "-m", "tunesmith.cli", *command, "--prices", str(latin1)],
+                                capture_output=True, text=True)
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert f"{latin1}:2: not UTF-8 text" in " ".join(result.stderr.split())

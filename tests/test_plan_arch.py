@@ -5,8 +5,7 @@ import pytest
 import torch
 import transformers
 
-from tunesmith.errors import UsageError
-from tunesmith.plan.arch import ModelFacts, count_params
+from tunesmith.plan.arch import ModelFacts, UnsupportedModel, count_params
 
 SMALL = dict(vocab_size=1000, hidden_size=64, intermediate_size=176, num_hidden_layers=3,
              num_attention_heads=8, num_key_value_heads=2)
@@ -43,6 +42,12 @@ def test_moe_active_params_use_the_experts_per_token():
     assert counts["total"] - counts["active"] == 3 * 2 * per_expert
 
 
-def test_unknown_architecture_is_one_clear_error():
-    with pytest.raises(UsageError, match="'gpt_neox' is not supported by the planner; supported: llama"):
-        ModelFacts.from_config({"model_type": "gpt_neox"})
+def test_unknown_architecture_is_one_clear_error_naming_where():
+    with pytest.raises(UnsupportedModel, match=r"^x/config.json: model architecture \(model_type\) 'gpt_neox' is not "
+                                               "supported by the planner; supported: llama"):
+        ModelFacts.from_config({"model_type": "gpt_neox"}, "x/config.json")
+
+
+def test_a_dense_model_counts_one_expert_whatever_num_experts_per_tok_says():
+    config = dict(FAMILIES["llama"], num_experts_per_tok=2)
+    assert count_params(ModelFacts.from_config(config))["total"] == real_count(FAMILIES["llama"])

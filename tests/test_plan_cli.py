@@ -2,6 +2,7 @@
 advice when nothing fits, calibration from a real run, and the pre-flight in `train`."""
 
 import json
+import re
 
 import pytest
 
@@ -95,7 +96,8 @@ def test_plan_json_schema_and_the_recommendation_is_the_cheapest_option_with_hea
                            "--gradient-checkpointing", "--tokens", "20M", "--epochs", "2")
     assert code == 0
     assert plan["params"]["total"] == 8_030_261_248 and plan["params"]["trainable"] == 41_943_040
-    assert plan["tokens"] == {"per_epoch": 20_000_000, "epochs": 2.0, "total": 40_000_000, "from": "--tokens"}
+    assert plan["tokens"] == {"per_epoch": 20_000_000, "epochs": 2.0, "total": 40_000_000, "from": "--tokens",
+                              "max_steps": None}
     assert {"peak", "weights", "activations", "logits", "optimizer", "cuda_context"} <= set(plan["memory_gb"])
     assert all(SCHEMA_OPTION <= set(o) for o in plan["options"])
     assert {o["gpu"] for o in plan["options"]} == {g.name for g in load_gpus()}
@@ -131,7 +133,9 @@ def test_nothing_fits_exits_1_with_the_guides_remedies_in_order():
     assert result.returncode == 1
     text = " ".join(result.stdout.split())
     assert "nothing fits with 10% headroom" in text
-    steps = [text.index(flag) for flag in ("--gradient-checkpointing", "--batch 1", "--optimizer adamw_8bit", "--gpus 8")]
+    # Full fine-tuning peaks at the optimizer step: a smaller batch helps only once the
+    # optimizer state is smaller, so it comes after the 8-bit optimizer.
+    steps = [text.index(flag) for flag in ("--gradient-checkpointing", "--optimizer adamw_8bit", "--batch 1", "--gpus 8")]
     assert steps == sorted(steps)
     assert "-> 8 x H200" in text
 
@@ -191,25 +195,25 @@ def cpu_run(tiny_model_dir, tmp_path_factory):
     data = write_rows(tmp / "train.jsonl", order_rows(30))
     run = tmp / "run"
     result = tunesmith("train", "--model", tiny_model_dir, "--data", data, "--out", run, "--no-progress",
-                       "--set", "train.max_steps=3", *FAST)
-    return run, result, tiny_model_dir
+                       "--set", "train.max_steps=3", "--set", "train.grad_accum=2", *FAST)
+    return run, result, tiny_model_dir, data
 
 
 def test_train_runs_the_preflight_and_writes_plan_json(cpu_run):
-    run, result, _ = cpu_run
+    run, result, _, _ = cpu_run
     assert "pre-flight: peak ~" in result.stdout and ": fits" in result.stdout
     plan = json.loads((run / "plan.json").read_text())
     assert plan["this_machine"]["device"]["type"] == "cpu"
-    assert plan["this_machine"]["fits"] is True and plan["this_machine"]["preflight"] == "enforced"
+    assert plan["this_machine"]["fits"] is True and plan["this_machine"]["preflight"]["enforced"] is True
     assert plan["tokens"]["per_epoch"] > 0 and plan["options"]
 
 
 def test_plan_calibrates_from_a_runs_measured_tokens_per_second(cpu_run):
-    run, _, model = cpu_run
+    run, _, model, _ = cpu_run
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     plan, _ = plan_json("--model", model, "--seq-len", "128", "--batch", "2", "--lora-r", "4", "--tokens", "1M",
                         "--calibrate", run)
-    assert plan["calibration"].startswith(f"calibrated from {run}: {last['tokens_per_s']:,.0f} tokens/s")
+    assert plan["calibration"]["summary"].startswith(f"calibrated from {run}: {last['tokens_per_s']:,.0f} tokens/s")
     # The same setup on the same machine: 1M tokens at the measured rate.
     assert plan["this_machine"]["hours"] == pytest.approx(1e6 / last["tokens_per_s"] / 3600, rel=0.01)
     text = tunesmith("plan", "--model", model, "--tokens", "1M", "--calibrate", run).stdout
@@ -244,3 +248,307 @@ def test_example_configs_plan(config):
     plan, code = plan_json(path, "--tokens", "1M")
     assert code == 0 and plan["recommendation"] is not None
     assert plan["setup"]["method"] in ("lora", "qlora")
+
+
+# ---------------------------------------------------------------- numbers a user can trust
+
+@pytest.mark.parametrize("args, message", [
+    (["--tokens", "inf"], "--tokens 'inf': expected a finite number of tokens"),
+    (["--tokens", "nan"], "--tokens 'nan': expected a finite number of tokens"),
+    (["--tokens", "1e30"], "--tokens '1e30': 1e+30 tokens per epoch is above 10T"),
+    (["--tokens", "0.5"], "--tokens '0.5': must be at least 1 token"),
+    (["--gpus", "-2"], "Invalid value for '--gpus': Input should be greater than or equal to 1"),
+    (["--gpus", "0"], "Invalid value for '--gpus': Input should be greater than or equal to 1"),
+    (["--seq-len", "8"], "Invalid value for '--seq-len': Input should be greater than or equal to 16"),
+    (["--batch", "0"], "Invalid value for '--batch': Input should be greater than or equal to 1"),
+    (["--epochs", "inf"], "--epochs inf: train.epochs: expected a finite number"),
+    (["--epochs", "0"], "--epochs 0"),
+    (["--strategy", "zero9"], "--strategy zero9: not a strategy; choose one of ddp"),
+])
+def test_numbers_out_of_range_are_usage_errors_naming_the_flag(args, message):
+    """Regression: --tokens inf/nan crashed (OverflowError, ValueError), 1e30 overflowed the
+    table, --gpus -2 printed -0.02 hours, --gpus 0 silently meant "pick", and --epochs inf
+    recommended "$nan, inf h" or was blamed on a --set nobody typed."""
+    result = tunesmith("plan", "--model", "llama-3.1-8b", "--tokens", "20M", *args, check=False)
+    assert result.returncode == 2, result.stdout
+    assert "Traceback" not in result.stderr and "this is a bug" not in result.stderr
+    assert message in " ".join(result.stderr.split())
+
+
+def test_large_valid_numbers_print_without_overflowing_the_table():
+    result = tunesmith("plan", "--model", "llama-3.1-70b", "--method", "full", "--tokens", "9T", "--epochs", "1000",
+                       "--batch", "64", check=False)
+    assert result.returncode in (0, 1) and "Traceback" not in result.stderr
+    rows = [line for line in result.stdout.splitlines() if line.split()[:1] in (["H100-SXM"], ["A100-80GB"])]
+    # Each GPU row stays on one line: hours and dollars in compact form, no wrapped cells.
+    assert len(rows) == 2 and all(re.search(r"e\+\d\d h", row) and re.search(r"\$\d\.\d+e\+\d\d", row) for row in rows)
+    plan, _ = plan_json("--model", "llama-3.1-70b", "--method", "full", "--tokens", "9T", "--epochs", "1000")
+    assert plan["tokens"]["total"] == 9e15 and all(o["hours"] > 0 for o in plan["options"])
+
+
+def test_durations_and_dollars_read_as_minutes_and_cents():
+    from tunesmith.cli import _hours, _money
+
+    assert [_hours(h) for h in (0.001, 0.2, 0.99, 2.5, 12.54, 1234.6, 5.33e11)] == [
+        "<1 min", "12 min", "59 min", "2.50 h", "12.5 h", "1,235 h", "5.33e+11 h"]
+    assert [_money(c) for c in (0.004, 0.04, 12.345, 12345.6, 1.5e15)] == [
+        "<$0.01", "$0.04", "$12.35", "$12,346", "$1.5e+15"]
+
+
+def test_a_small_run_shows_minutes_and_cents_in_the_table_and_the_recommendation():
+    """Regression: a short run printed "1 x L40S for $0.00, 0.00 h"."""
+    args = ("--model", "llama-3.1-8b", "--gradient-checkpointing", "--tokens", "2M")
+    plan, _ = plan_json(*args)
+    r = plan["recommendation"]
+    assert r["hours"] < 1 and r["cost"] < 1  # figures keep their precision in the JSON
+    minutes = f"{r['hours'] * 60:.0f} min"
+    text = " ".join(tunesmith("plan", *args).stdout.split())
+    assert f"recommended: {r['count']} x {r['gpu']} for ${r['cost']:.2f}, {minutes} (" in text
+    row = [o for o in plan["options"] if (o["gpu"], o["count"]) == (r["gpu"], r["count"])][0]
+    assert f"{row['hours'] * 60:.0f} min ${row['cost_on_demand']:.2f}" in text
+
+
+def test_max_steps_sets_the_token_count_with_a_note():
+    """Regression: plan.json said 65,982 tokens for a run that max_steps stopped at 10,511."""
+    plan, _ = plan_json("--model", "qwen2.5-0.5b", "--tokens", "5M", "--epochs", "3", "--batch", "2", "--grad-accum", "4",
+                        "--seq-len", "1024", "--set", "train.max_steps=10")
+    assert plan["tokens"]["total"] == 10 * 2 * 4 * 1024 and plan["tokens"]["max_steps"] == 10
+    assert any(note.startswith("train.max_steps = 10 sets the length: 10 steps x 2 rows x grad-accum 4 x 1024 "
+                               "tokens = 81,920 tokens") for note in plan["notes"])
+
+
+# ---------------------------------------------------------------- remedies
+
+def test_a_remedy_that_does_not_lower_the_peak_is_not_listed():
+    """Regression: `--batch 1 --grad-accum 8: peak 1482.2 GB -> still too big` repeated the
+    line before it: full fine-tuning peaks at the optimizer step, which the batch does not touch."""
+    facts, where = model_facts("llama-3.1-70b")
+    run = Run(facts, where, Setup(method="full", seq_len=4096, micro_batch=4), 50_000_000, 1, "test")
+    steps = advice(run, load_gpus(), load_prices())
+    peaks = [s["peak_gb"] for s in steps]
+    assert peaks == sorted(peaks, reverse=True) and len(set(peaks)) == len(peaks)
+    assert [s["change"].split(" (")[0] for s in steps] == [
+        "--gradient-checkpointing", "then --optimizer adamw_8bit", "then --batch 1 --grad-accum 4",
+        "then --gpus 8 --gpu H200"]
+
+
+def test_the_eight_gpu_remedy_prefers_the_cheapest_priced_gpu_that_fits():
+    """Regression: the last remedy named the largest GPU, which has no price, even where
+    priced ones fit 8-way."""
+    from tunesmith.catalog.prices import Price
+
+    facts, where = model_facts("llama-3.1-8b")
+    run = Run(facts, where, Setup(method="full", seq_len=4096, micro_batch=8), 10_000_000, 1, "test")
+    last = advice(run, load_gpus(), load_prices())[-1]
+    assert last["change"].startswith("then --gpus 8 --gpu H100-SXM (")
+    assert "the cheapest priced GPU that fits 8-way, ~$" in last["change"] and last["fits"] == "8 x H100-SXM"
+    cheap = Price("test", "A100-40GB", (0.10, 0.10), None, "2026-01", "test")
+    assert advice(run, load_gpus(), load_prices() + [cheap])[-1]["fits"] == "8 x A100-40GB"
+    unpriced = advice(run, load_gpus(), [])[-1]
+    assert "no price is known for any GPU that fits 8-way (add yours: --prices FILE.csv)" in unpriced["change"]
+
+
+# ---------------------------------------------------------------- this machine
+
+def test_qlora_cannot_run_on_a_machine_without_cuda():
+    """Regression: "this machine: fits" for a QLoRA plan on a CPU, which cannot load 4-bit weights."""
+    from tunesmith.plan.device import Device
+    from tunesmith.plan.planner import local_option
+
+    facts, where = model_facts("smollm2-135m")
+    cpu = Device(type="cpu", name="test CPU", memory_gb=64, available_gb=60)
+    here = local_option(Run(facts, where, Setup(method="qlora", device="cpu", dtype="fp32"), 10**6, 1, "t"), cpu)
+    assert here["fits"] is True and here["runs_here"] is False
+    assert here["cannot_run"].startswith("QLoRA's 4-bit base needs a CUDA GPU and bitsandbytes; this machine has no CUDA")
+    eight_bit = local_option(Run(facts, where, Setup(optimizer="adamw_8bit", device="cpu", dtype="fp32"), 10**6, 1, "t"), cpu)
+    assert eight_bit["cannot_run"].startswith("the adamw_8bit optimizer needs a CUDA GPU")
+    gpu = Device(type="cuda", name="NVIDIA L4", memory_gb=24, available_gb=22, catalog_gpu="L4")
+    no_bnb = local_option(Run(facts, where, Setup(method="qlora"), 10**6, 1, "t"), gpu, bitsandbytes=False)
+    assert no_bnb["cannot_run"] == "QLoRA's 4-bit base needs bitsandbytes, which is not installed: pip install bitsandbytes"
+    assert local_option(Run(facts, where, Setup(method="qlora"), 10**6, 1, "t"), gpu, bitsandbytes=True)["runs_here"]
+
+
+def test_plan_says_a_qlora_run_cannot_run_here_without_cuda():
+    import importlib.util
+
+    plan, _ = plan_json("--model", "smollm2-135m", "--method", "qlora", "--tokens", "1M")
+    here = plan["this_machine"]
+    cuda = here["device"]["type"] == "cuda"
+    assert here["runs_here"] is (cuda and importlib.util.find_spec("bitsandbytes") is not None)
+    if not cuda:
+        text = " ".join(tunesmith("plan", "--model", "smollm2-135m", "--method", "qlora", "--tokens", "1M").stdout.split())
+        assert "cannot run here: QLoRA's 4-bit base needs a CUDA GPU and bitsandbytes" in text
+        assert ": fits" not in text
+
+
+def test_train_refuses_qlora_where_it_cannot_run_before_cleaning(tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("on a CUDA machine QLoRA may run: this checks the refusal where it cannot")
+    data = write_rows(tmp_path / "train.jsonl", order_rows(10))
+    result = tunesmith("train", "--model", "smollm2-135m", "--data", data, "--out", tmp_path / "run",
+                       "--set", "method=qlora", "--no-progress", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "pre-flight: QLoRA's 4-bit base needs a CUDA GPU and bitsandbytes" in " ".join(result.stderr.split())
+    assert not (tmp_path / "run" / "data").exists()
+
+
+def test_cpu_time_is_the_executed_work_over_the_matmul_rate_times_the_measured_efficiency():
+    """No timed assert: the rate is injected, the arithmetic is checked."""
+    from tunesmith.config import build_config
+    from tunesmith.plan.build import build_plan
+    from tunesmith.plan.device import Device
+    from tunesmith.plan.inputs import TokenCount, setup_from_config
+    from tunesmith.plan.throughput import cpu_efficiency
+
+    cfg = build_config({"model": {"source": "smollm2-135m"}, "train": {"max_seq_len": 256}})
+    cpu = Device(type="cpu", name="test CPU", memory_gb=64, available_gb=60)
+    plan = build_plan(cfg, TokenCount(2_000_000), cpu, gpus=load_gpus(), prices=[], matmul_flops=lambda: 50e9)
+    here = plan["this_machine"]
+    facts, _ = model_facts("smollm2-135m")
+    executed = flops_per_token(facts, setup_from_config(cfg, device="cpu"))["executed"]
+    factor = cpu_efficiency().value
+    assert here["flops_per_s"] == pytest.approx(50e9 * factor)
+    assert here["hours"] == pytest.approx(2e6 * executed / (50e9 * factor) / 3600, rel=1e-3)
+    assert here["time_from"].startswith(f"estimated from a measured matmul rate of 50 GFLOP/s x {factor:g} (")
+    assert here["setup"]["device"] == "cpu" and here["setup"]["dtype"] == "fp32"
+    assert plan["setup"]["device"] == "cuda" and "double_quant" not in plan["setup"]
+
+
+def test_plan_estimates_this_cpus_time_without_calibration():
+    plan, _ = plan_json("--model", "smollm2-135m", "--tokens", "100k")
+    here = plan["this_machine"]
+    if here["device"]["type"] == "cpu":
+        assert here["hours"] > 0 and "estimated from a measured matmul rate of" in here["time_from"]
+        text = " ".join(tunesmith("plan", "--model", "smollm2-135m", "--tokens", "100k").stdout.split())
+        assert "(estimated from a measured matmul rate of" in text
+
+
+# ---------------------------------------------------------------- calibration
+
+def test_a_cpu_calibration_sets_only_this_machines_time_and_says_so(cpu_run):
+    """Regression: after --calibrate the footer said "calibrated" but the GPU rows did not change."""
+    run, _, model, _ = cpu_run
+    plan, _ = plan_json("--model", model, "--seq-len", "128", "--batch", "2", "--lora-r", "4", "--tokens", "1M",
+                        "--calibrate", run)
+    assert all(o["mfu"] == 0.25 and not o["mfu_calibrated"] for o in plan["options"])
+    assert plan["calibration"]["gpu_rows"] is False and plan["calibration"]["this_machine"] is True
+    assert "the GPU rows keep the 25% MFU default; sets this machine's time" in plan["calibration"]["effect"]
+    assert plan["this_machine"]["time_from"].startswith(f"calibrated from {run}: ")
+    text = " ".join(tunesmith("plan", "--model", model, "--tokens", "1M", "--calibrate", run).stdout.split())
+    assert "which says nothing about GPUs: the GPU rows keep the 25% MFU default" in text
+
+
+def test_a_gpu_calibration_replaces_the_mfu_of_every_gpu_row_and_says_which(cpu_run, tmp_path):
+    import shutil
+
+    run, _, model, _ = cpu_run
+    gpu_run = tmp_path / "gpu-run"
+    gpu_run.mkdir()
+    for name in ("config.yaml", "metrics.jsonl"):
+        shutil.copy(run / name, gpu_run / name)
+    device = {"type": "cuda", "name": "NVIDIA H100 80GB HBM3", "catalog_gpu": "H100-SXM"}
+    (gpu_run / "plan.json").write_text(json.dumps({"this_machine": {"device": device}}))
+    plan, _ = plan_json("--model", model, "--seq-len", "128", "--batch", "2", "--lora-r", "4", "--tokens", "1M",
+                        "--calibrate", gpu_run)
+    measured = plan["calibration"]["flops_per_s"] / 989e12
+    assert all(o["mfu"] == pytest.approx(measured, rel=1e-3) and o["mfu_calibrated"] for o in plan["options"])
+    assert plan["calibration"]["gpu_rows"] is True and plan["calibration"]["this_machine"] is False
+    assert "replaces the 25% default on every GPU row (measured on H100-SXM" in plan["calibration"]["effect"]
+    # Same setup on the GPU it ran on: the measured tokens/s back.
+    h100 = [o for o in plan["options"] if o["gpu"] == "H100-SXM"][0]
+    tps = plan["calibration"]["tokens_per_s"]
+    assert h100["hours"] == pytest.approx(1e6 / tps / 3600, rel=0.01)
+    full, _ = plan_json("--model", model, "--method", "full", "--tokens", "1M", "--calibrate", gpu_run)
+    assert not any(o["mfu_calibrated"] for o in full["options"])
+    assert "it trained lora, this plan is full: the GPU rows keep" in full["calibration"]["effect"]
+
+
+def test_calibrate_uses_the_runs_own_token_count_when_the_config_data_is_gone(cpu_run, tmp_path):
+    """Regression: `plan CONFIG --calibrate RUN` printed "no token count" when the config's
+    data file was not on this machine."""
+    run, _, _, _ = cpu_run
+    config = tmp_path / "config.yaml"
+    config.write_text((run / "config.yaml").read_text().replace(str(run.parent / "train.jsonl"), "gone/train.jsonl"))
+    plan, _ = plan_json(config, "--calibrate", run)
+    report = json.loads((run / "data" / "report.json").read_text())
+    assert plan["tokens"]["per_epoch"] == report["tokens"]["per_epoch"] > 0
+    assert plan["tokens"]["from"].startswith(f"data.train gone/train.jsonl not found here; calibrated run {run}: ")
+    assert plan["this_machine"]["hours"] > 0
+
+
+def _copy_run(run, folder):
+    import shutil
+
+    shutil.copytree(run, folder, ignore=shutil.ignore_patterns("adapter", "checkpoints", "data"))
+    return folder
+
+
+@pytest.mark.parametrize("file, content, message", [
+    ("metrics.jsonl", None, "no metrics.jsonl there"),
+    ("metrics.jsonl", b"\xff\xfe{}\n", "metrics.jsonl:1: not UTF-8 text"),
+    ("metrics.jsonl", b'{"step": 1, "tokens_per_s": 5}\n{"step": 2,\n', "metrics.jsonl:2: not valid JSON"),
+    ("metrics.jsonl", b"[1, 2]\n", "metrics.jsonl:1: expected a JSON object per step"),
+    ("metrics.jsonl", b'{"step": 1, "tokens_per_s": "fast"}\n', 'metrics.jsonl:1: tokens_per_s = "fast" is not a speed'),
+    ("metrics.jsonl", b'{"step": 1, "loss": 2.0}\n', "metrics.jsonl: no step with tokens_per_s logged yet"),
+    ("plan.json", None, "no plan.json there"),
+    ("plan.json", b"{oops", "plan.json:1:2: not valid JSON"),
+    ("plan.json", b"[]", "plan.json: expected a JSON object"),
+    ("plan.json", b'{"this_machine": {}}', "plan.json: no this_machine.device with type cuda or cpu"),
+    ("config.yaml", None, "no config.yaml there"),
+    ("config.yaml", b"train: [", "config.yaml"),
+])
+def test_every_file_calibrate_reads_gives_one_clear_error(cpu_run, tmp_path, file, content, message):
+    from tunesmith.errors import UsageError
+    from tunesmith.plan.inputs import calibrate
+
+    run = _copy_run(cpu_run[0], tmp_path / "run")
+    if content is None:
+        (run / file).unlink()
+    else:
+        (run / file).write_bytes(content)
+    with pytest.raises(UsageError, match=re.escape(message)):
+        calibrate(run, load_gpus())
+
+
+def test_calibrate_errors_through_the_cli(tmp_path, cpu_run):
+    result = tunesmith("plan", "--model", "smollm2-135m", "--calibrate", tmp_path / "nope", check=False)
+    assert result.returncode == 2 and "--calibrate" in result.stderr and "not a folder" in result.stderr
+    run = _copy_run(cpu_run[0], tmp_path / "run")
+    (run / "metrics.jsonl").write_bytes(b"\x00\xff")
+    result = tunesmith("plan", "--model", "smollm2-135m", "--calibrate", run, check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert f"{run / 'metrics.jsonl'}:1: not UTF-8 text" in " ".join(result.stderr.split())
+
+
+# ---------------------------------------------------------------- plan.json == plan
+
+# Fields that legitimately differ between RUN/plan.json and `tunesmith plan RUN/config.yaml`:
+# what this machine had free at that moment, the CPU's matmul rate (measured in each process)
+# and the time derived from it, and the pre-flight that only train runs.
+PER_PROCESS = {"hours", "flops_per_s", "time_from", "preflight"}
+
+
+def test_train_writes_the_plan_that_plan_prints_for_the_same_config(cpu_run):
+    """Regression: RUN/plan.json said grad_accum 1 (config: 4), trained_fraction 1.0 (0.42),
+    4.88 GB (4.14), device cuda/bf16/double_quant for an fp32 CPU LoRA run, and the whole
+    epoch's tokens where max_steps stopped the run early. One function builds both now."""
+    run, _, _, data = cpu_run
+    written = json.loads((run / "plan.json").read_text())
+    planned, _ = plan_json(run / "config.yaml", "--dataset", data)
+    for key in set(written) | set(planned):
+        if key != "this_machine":
+            assert written[key] == planned[key], key
+    here_w, here_p = written["this_machine"], planned["this_machine"]
+    assert {k: v for k, v in here_w.items() if k not in PER_PROCESS | {"device"}} == {
+        k: v for k, v in here_p.items() if k not in PER_PROCESS | {"device"}}
+    device_w, device_p = here_w["device"], here_p["device"]
+    assert {k: device_w[k] for k in ("type", "name", "memory_gb")} == {k: device_p[k] for k in ("type", "name", "memory_gb")}
+    # What the run really was, in both.
+    assert written["setup"]["grad_accum"] == 2 and written["setup"]["micro_batch"] == 2
+    assert written["setup"]["trained_fraction"] < 1.0
+    assert written["tokens"]["total"] == 3 * 2 * 2 * 128 and written["tokens"]["max_steps"] == 3
+    assert written["setup"]["device"] == "cuda" and "double_quant" not in written["setup"]
+    assert here_w["setup"]["device"] == "cpu" and here_w["setup"]["dtype"] == "fp32"
+    assert here_w["preflight"]["enforced"] is True and "preflight" not in here_p

@@ -7,9 +7,11 @@ import pytest
 
 from test_plan_arch import real_count
 from tunesmith.errors import UsageError
-from tunesmith.plan.arch import ModelFacts, count_params
+from tunesmith.plan.arch import ModelFacts, UnsupportedModel, count_params
 from tunesmith.plan.facts import catalog_aliases, catalog_entry, model_facts
 
+SMALL_LLAMA = {"model_type": "llama", "vocab_size": 1000, "hidden_size": 64, "intermediate_size": 176,
+               "num_hidden_layers": 2, "num_attention_heads": 8}
 GUIDE_MODELS = {"llama-3.1-8b", "mistral-7b-v0.3", "qwen2.5-14b", "llama-3.1-70b", "mixtral-8x22b"}
 
 
@@ -52,3 +54,80 @@ def test_gguf_alias_reads_the_same_architecture_as_the_catalog():
     gguf_facts, _ = model_facts(str(alias_gguf_path("smollm2-135m-instruct")))
     catalog_facts, _ = model_facts("smollm2-135m")
     assert count_params(gguf_facts)["total"] == count_params(catalog_facts)["total"]
+
+
+# ---------------------------------------------------------------- malformed sources
+
+BROKEN_CONFIGS = {
+    "binary": (bytes(range(120, 256)), r"config\.json:1: not UTF-8 text"),
+    "not_json": (b'{"model_type": "llama",\n oops}', r"config\.json:2:2: not valid JSON"),
+    "a_list": (b"[1, 2]", r"config\.json: expected a JSON object of model settings, found a list"),
+    "missing_fields": (b'{"model_type": "llama", "hidden_size": 64}',
+                       r"config\.json: a llama config needs num_hidden_layers, intermediate_size, num_attention_heads"),
+    "zero_heads": (json.dumps({**SMALL_LLAMA, "num_attention_heads": 0}).encode(),
+                   r"config\.json: num_attention_heads = 0 is not a positive whole number"),
+    "text_size": (json.dumps({**SMALL_LLAMA, "hidden_size": "big"}).encode(),
+                  r'config\.json: hidden_size = "big" is not a positive whole number'),
+}
+
+
+@pytest.mark.parametrize("name", sorted(BROKEN_CONFIGS))
+def test_a_broken_config_json_is_one_usage_error_naming_the_file(tmp_path, name):
+    """Regression: a binary config.json crashed `plan` with UnicodeDecodeError, a non-JSON one
+    with JSONDecodeError, a JSON list with AttributeError, missing fields with KeyError
+    'num_attention_heads'. Each is a UsageError naming the file, and not UnsupportedModel
+    (the pre-flight must stop on it, not skip it)."""
+    content, message = BROKEN_CONFIGS[name]
+    (tmp_path / "config.json").write_bytes(content)
+    with pytest.raises(UsageError, match=message) as caught:
+        model_facts(str(tmp_path))
+    assert str(tmp_path / "config.json") in str(caught.value)
+    assert not isinstance(caught.value, UnsupportedModel)
+
+
+def test_a_file_that_is_not_gguf_is_one_usage_error(tmp_path):
+    """Regression: a .gguf that was not one raised ValueError about magic bytes (a bug report)."""
+    fake = tmp_path / "model.gguf"
+    fake.write_text("not a gguf")
+    with pytest.raises(UsageError, match=r"model\.gguf: not a GGUF file \(it does not start with the bytes GGUF\)"):
+        model_facts(str(fake))
+    fake.write_bytes(b"GGUF\x03\x00\x00\x00truncated")
+    with pytest.raises(UsageError, match=r"model\.gguf: cannot read its GGUF metadata .*download it again"):
+        model_facts(str(fake))
+    with pytest.raises(UsageError, match=r"missing\.gguf: GGUF file not found"):
+        model_facts(str(tmp_path / "missing.gguf"))
+
+
+def test_an_unsupported_architecture_names_the_file_and_is_its_own_error(tmp_path):
+    (tmp_path / "config.json").write_text(json.dumps({**SMALL_LLAMA, "model_type": "gpt_neox"}))
+    with pytest.raises(UnsupportedModel, match=rf"{tmp_path / 'config.json'}: model architecture \(model_type\) "
+                                               r"'gpt_neox' is not supported by the planner"):
+        model_facts(str(tmp_path))
+    with pytest.raises(UnsupportedModel, match="not in the local HF cache"):
+        model_facts("some-org/not-cached-model")
+
+
+def test_the_preflight_skips_a_model_it_cannot_read_but_stops_on_a_broken_one(tmp_path):
+    """Training loads the model itself, so an architecture the planner does not count must not
+    block it; a config.json that is not JSON would stop the loader too, so it stops here."""
+    from tunesmith.config import build_config
+    from tunesmith.plan.device import Device
+    from tunesmith.plan.preflight import preflight
+
+    cpu = Device(type="cpu", name="test CPU", memory_gb=16, available_gb=8)
+    (tmp_path / "config.json").write_text(json.dumps({**SMALL_LLAMA, "model_type": "gpt_neox"}))
+    check = preflight(build_config({"model": {"source": str(tmp_path)}}), cpu)
+    assert check["fits"] is None and check["reason"].startswith("pre-flight skipped: ")
+    assert "gpt_neox" in check["reason"]
+    (tmp_path / "config.json").write_text("{not json")
+    with pytest.raises(UsageError, match="not valid JSON"):
+        preflight(build_config({"model": {"source": str(tmp_path)}}), cpu)
+
+
+def test_malformed_model_through_the_cli_is_exit_2_without_a_traceback(tmp_path):
+    from test_train_cli import tunesmith
+
+    (tmp_path / "config.json").write_bytes(b"\xff\xfe\x00garbage")
+    result = tunesmith("plan", "--model", tmp_path, "--tokens", "1M", check=False)
+    assert result.returncode == 2 and "Traceback" not in result.stderr and "this is a bug" not in result.stderr
+    assert f"{tmp_path / 'config.json'}:1: not UTF-8 text" in " ".join(result.stderr.split())

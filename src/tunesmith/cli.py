@@ -493,48 +493,62 @@ def plan_cmd(
     config: Optional[Path] = typer.Argument(None, help="run config (YAML); flags below override it"),
     model: Optional[str] = typer.Option(None, help="catalog alias, folder with config.json, .gguf, or a cached hub id"),
     method: Optional[str] = typer.Option(None, help="lora | qlora | full"),
-    seq_len: Optional[int] = typer.Option(None, "--seq-len", help="tokens per packed row (train.max_seq_len)"),
-    batch: Optional[int] = typer.Option(None, "--batch", help="rows per micro-batch per GPU"),
-    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", help="micro-batches per optimizer step"),
-    lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank"),
+    seq_len: Optional[int] = typer.Option(None, "--seq-len", min=16, help="tokens per packed row (train.max_seq_len)"),
+    batch: Optional[int] = typer.Option(None, "--batch", min=1, help="rows per micro-batch per GPU"),
+    grad_accum: Optional[int] = typer.Option(None, "--grad-accum", min=1, help="micro-batches per optimizer step"),
+    lora_r: Optional[int] = typer.Option(None, "--lora-r", min=1, help="LoRA rank"),
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
     optimizer: Optional[str] = typer.Option(None, help="adamw | adamw_8bit | paged_adamw | paged_adamw_8bit"),
-    gpus: Optional[int] = typer.Option(None, "--gpus", help="GPUs per node (default: the fewest of 1, 2, 4, 8 that fit)"),
+    gpus: Optional[int] = typer.Option(None, "--gpus", min=1, help="GPUs per node (default: the fewest of 1, 2, 4, 8 that fit)"),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="plan for this GPU type only (see `tunesmith gpus`)"),
     strategy: Optional[str] = typer.Option(None, help="with several GPUs: ddp | zero2 | fsdp | fsdp_offload"),
     tokens: Optional[str] = typer.Option(None, help="training tokens per epoch, e.g. 20M (or use --dataset)"),
     dataset: Optional[Path] = typer.Option(None, help="count tokens per epoch in this file with the model's tokenizer"),
     epochs: Optional[float] = typer.Option(None, help="passes over the data"),
     prices_file: Optional[Path] = typer.Option(None, "--prices", help="your own prices CSV (see `tunesmith gpus --help`)"),
-    calibrate: Optional[Path] = typer.Option(None, help="a run folder whose measured tokens/s replaces the MFU default"),
+    calibrate: Optional[Path] = typer.Option(None, help="a run folder whose measured speed replaces the defaults "
+                                             "(a GPU run: the MFU of the GPU rows; any run: this machine's time)"),
     json_out: bool = typer.Option(False, "--json", help="print the plan as JSON"),
     set_: Optional[list[str]] = SetOption,
 ) -> None:
     """Memory, time and cost of a fine-tuning run on every GPU in the catalog, before renting one.
     Exit 0 when some option fits, 1 when none does (the advice says what would)."""
+    from dataclasses import replace
+
     from tunesmith.catalog.gpu import load_gpus
     from tunesmith.catalog.prices import load_prices
     from tunesmith.config import build_config, load_config
+    from tunesmith.plan.build import build_plan
     from tunesmith.plan.device import visible_device
-    from tunesmith.plan.inputs import calibrate as read_calibration
-    from tunesmith.plan.inputs import on_device, run_from_config
-    from tunesmith.plan.planner import local_option, make_plan
+    from tunesmith.plan.inputs import TokenCount, calibrate as read_calibration, dataset_tokens, parse_tokens, run_tokens
+    from tunesmith.plan.memory import STRATEGIES
 
     args = locals()
-    overrides = [f"{field}={_as_yaml(args[flag])}" for flag, field in PLAN_FLAGS.items() if args[flag] is not None]
-    overrides += list(set_ or [])
-    cfg = load_config(config, overrides) if config else build_config({}, overrides, where="flags")
     if config is None and model is None:
         raise TunesmithError("give a CONFIG file or --model (see `tunesmith plan --help`)", exit_code=2)
+    if strategy is not None and strategy not in STRATEGIES:
+        raise TunesmithError(f"--strategy {strategy}: not a strategy; choose one of {', '.join(STRATEGIES)}", exit_code=2)
+    overrides = [f"{field}={_as_yaml(args[flag])}" for flag, field in PLAN_FLAGS.items() if args[flag] is not None]
+    overrides += list(set_ or [])
+    # A bad value is blamed on the flag that set it (`--epochs inf`), not on a --set.
+    flags = {field: "--" + flag.replace("_", "-") for flag, field in PLAN_FLAGS.items()}
+    cfg = load_config(config, overrides, flags=flags) if config else build_config({}, overrides, where="flags", flags=flags)
     catalog = load_gpus()
-    run = run_from_config(cfg, tokens=tokens, dataset=str(dataset) if dataset else None, gpus=gpus or 1,
-                          strategy=strategy)
-    mfu, rate, calibration = read_calibration(calibrate, catalog) if calibrate else (None, None, None)
-    plan = make_plan(run, catalog, load_prices(prices_file), mfu=mfu, count=gpus, strategy=strategy, only_gpu=gpu)
-    device = visible_device()
-    plan["this_machine"] = local_option(on_device(run, cfg, device.type), device, rate_flops=rate)
-    if calibration:
-        plan["calibration"] = calibration
+    prices = load_prices(prices_file)
+    calibration = read_calibration(calibrate, catalog) if calibrate else None
+    if tokens is not None:
+        count = TokenCount(parse_tokens(tokens), None, "--tokens")
+    elif dataset is not None or (cfg.data.train and Path(cfg.data.train).is_file()):
+        quiet_transformers()
+        count = dataset_tokens(str(dataset or cfg.data.train), cfg, "--dataset file" if dataset else "data.train file")
+    elif calibration is not None:
+        count = run_tokens(calibrate)
+        if cfg.data.train:
+            count = replace(count, source=f"data.train {cfg.data.train} not found here; {count.source}")
+    else:
+        count = TokenCount(None, None, f"data.train {cfg.data.train} not found: not counted" if cfg.data.train else None)
+    plan = build_plan(cfg, count, visible_device(), gpus=catalog, prices=prices, gpu_count=gpus, strategy=strategy,
+                      only_gpu=gpu, calibration=calibration)
     if json_out:
         print(json.dumps(plan, indent=2, ensure_ascii=False))
     else:
@@ -547,64 +561,111 @@ def print_plan(plan: dict[str, Any]) -> None:
     from rich import box
 
     s, p, t = plan["setup"], plan["params"], plan["tokens"]
-    out.print(f"[bold]{plan['model']['config_from']}[/]: {p['total'] / 1e9:.2f}B parameters, "
+    out.print(f"[bold]{escape(plan['model']['config_from'])}[/]: {p['total'] / 1e9:.2f}B parameters, "
               f"{p['trainable']:,} trained ({s['method']}"
               + (f", r={s['lora_r']}" if s["method"] != "full" else "") + ")", highlight=False)
     out.print(f"micro-batch {s['micro_batch']} x {s['seq_len']} tokens, grad-accum {s['grad_accum']}, "
               f"gradient checkpointing {'on' if s['gradient_checkpointing'] else 'off'}, {s['optimizer']}; "
-              + (f"{t['total']:,.0f} tokens ({t['per_epoch']:,} x {t['epochs']:g} epoch"
-                 f"{'' if t['epochs'] == 1 else 's'}, {t['from']})"
-                 if t["total"] else "no token count"), highlight=False)
+              + escape(_token_line(t)), highlight=False)
     m = plan["memory_gb"]
     parts = sorted(((value, name) for name, value in m.items() if name not in ("peak", "phase") and value >= 0.005),
                    reverse=True)
-    per = "one GPU" if s["gpus"] == 1 else f"each of {s['gpus']} GPUs ({s['strategy']})"
-    out.print(f"memory on {per}: [bold]{m['peak']:.1f} GB[/] peak, at the {m['phase'].replace('_', ' ')}", highlight=False)
-    out.print("  GB: " + ", ".join(f"{name.replace('_', ' ')} {value:.2f}" for value, name in parts), highlight=False)
+    per = "one GPU" if s["gpus"] == 1 else f"each of {s['gpus']:,} GPUs ({s['strategy']})"
+    out.print(f"memory on {per} ({s['dtype']} where it is a choice): [bold]{_gb(m['peak'])} GB[/] peak, "
+              f"at the {m['phase'].replace('_', ' ')}", highlight=False)
+    out.print("  GB: " + ", ".join(f"{name.replace('_', ' ')} {_gb(value, 2)}" for value, name in parts), highlight=False)
     table = Table(box=box.SIMPLE_HEAD, pad_edge=False)
-    for column in ("GPU", "n", "peak/GPU", "fits", "hours", "on-demand $", "spot $"):
+    for column in ("GPU", "n", "peak/GPU", "fits", "time", "on-demand", "spot"):
         table.add_column(column, justify="left" if column in ("GPU", "fits") else "right")
     for o in plan["options"]:
         fit = "yes" if o["headroom_ok"] else "tight" if o["fits"] else "no"
         color = {"yes": "green", "tight": "yellow", "no": "red"}[fit]
-        table.add_row(o["gpu"], str(o["count"]), f"{o['peak_gb']:.1f}/{o['memory_gb']:g}", f"[{color}]{fit}[/]",
+        table.add_row(o["gpu"], f"{o['count']:,}", f"{_gb(o['peak_gb'])}/{o['memory_gb']:g}", f"[{color}]{fit}[/]",
                       _hours(o["hours"]), _money(o["cost_on_demand"]), _money(o["cost_spot"]))
     out.print(table)
     sources = sorted({(o["provider_spot"] or o["provider_on_demand"], o["price_as_of"]) for o in plan["options"]
                       if o["price_as_of"]})
     unpriced = [o["gpu"] for o in plan["options"] if not o["price_as_of"]]
     out.print("[dim]$: midpoint of each price range; prices from "
-              + ("; ".join(f"{who} as of {when}" for who, when in sources) or "nowhere")
+              + escape("; ".join(f"{who} as of {when}" for who, when in sources) or "nowhere")
               + (f"; no price for {', '.join(unpriced)} (add yours: --prices FILE.csv)" if unpriced else "") + "[/]",
               highlight=False)
     r = plan["recommendation"]
     if r:
-        cost = f" for ${r['cost']:,.2f}" if r["cost"] is not None else ""
-        took = f", {_hours(r['hours'])} h" if r["hours"] is not None else ""
+        cost = f" for {_money(r['cost'])}" if r["cost"] is not None else ""
+        took = f", {_hours(r['hours'])}" if r["hours"] is not None else ""
         out.print(f"[bold green]recommended:[/] {r['count']} x {r['gpu']}{cost}{took} ({r['why']})", highlight=False)
     else:
         out.print("[bold red]nothing fits[/] with 10% headroom. What would:", highlight=False)
         for a in plan["advice"]:
-            out.print(f"  {a['change']}: peak {a['peak_gb']:.1f} GB -> {a['fits'] or 'still too big'}", highlight=False)
+            out.print(f"  {a['change']}: peak {_gb(a['peak_gb'])} GB -> {a['fits'] or 'still too big'}", highlight=False)
     here = plan.get("this_machine")
     if here:
-        d = here["device"]
-        verdict = "[green]fits[/]" if here["fits"] else "[red]does not fit[/]"
-        when = f", ~{_hours(here['hours'])} h" if here["hours"] is not None else ""
-        out.print(f"this machine: {d['name']}, {d['available_gb']:.1f} GB free: {verdict} "
-                  f"(peak {here['peak_gb']:.1f} GB{when})", highlight=False)
+        out.print(escape(_this_machine_line(here)), highlight=False)
+    calibration = plan.get("calibration")
     mfu = plan["mfu"]
-    out.print(f"[dim]time at {mfu['value']:.0%} MFU: {plan.get('calibration') or mfu['source']}[/]", highlight=False)
+    if calibration:
+        out.print(f"[dim]{escape(calibration['summary'])}: {escape(calibration['effect'])}[/]", highlight=False)
+    if not mfu["calibrated"]:
+        out.print(f"[dim]GPU time at {mfu['value']:.0%} MFU: {escape(mfu['source'])}[/]", highlight=False)
     for note in plan["notes"]:
-        out.print(f"[dim]note: {note}[/]", highlight=False)
+        out.print(f"[dim]note: {escape(note)}[/]", highlight=False)
+
+
+def _token_line(t: dict[str, Any]) -> str:
+    if t["total"] is None:
+        return "no token count" + (f" ({t['from']})" if t["from"] else "")
+    if t.get("max_steps") is not None:
+        counted = f"; {t['per_epoch']:,} per epoch from {t['from']}" if t["per_epoch"] else ""
+        return f"{t['total']:,.0f} tokens at most (train.max_steps {t['max_steps']:,}{counted})"
+    epochs = f"{t['epochs']:g} epoch{'' if t['epochs'] == 1 else 's'}"
+    return f"{t['total']:,.0f} tokens ({t['per_epoch']:,} x {epochs}, {t['from']})"
+
+
+def _this_machine_line(here: dict[str, Any]) -> str:
+    d, s = here["device"], here["setup"]
+    head = f"this machine: {d['name']}, {d['available_gb']:,.1f} GB free, {s['method']} in {s['dtype']}: "
+    if not here["runs_here"]:
+        return head + f"cannot run here: {here['cannot_run']} (peak would be {_gb(here['peak_gb'])} GB)"
+    verdict = "fits" if here["fits"] else "does not fit"
+    when = f", ~{_hours(here['hours'])} ({here['time_from']})" if here["hours"] is not None else ""
+    if here["hours"] is None and d["type"] == "cpu":
+        when = ", no time without a token count"
+    return head + f"{verdict} (peak {_gb(here['peak_gb'])} GB){when}"
 
 
 def _hours(value: Optional[float]) -> str:
-    return "" if value is None else f"{value:.2f}" if value < 10 else f"{value:,.1f}"
+    """A duration from hours: "<1 min", "12 min", "3.25 h", "12.5 h", "1,235 h", "5.33e+11 h"."""
+    if value is None:
+        return ""
+    minutes = value * 60
+    if minutes < 1:
+        return "<1 min"
+    if minutes < 59.5:
+        return f"{minutes:.0f} min"
+    if value < 10:
+        return f"{value:.2f} h"
+    if value < 100:
+        return f"{value:.1f} h"
+    return f"{value:,.0f} h" if value < 1e6 else f"{value:.3g} h"
 
 
 def _money(value: Optional[float]) -> str:
-    return "" if value is None else f"{value:,.2f}" if value < 1000 else f"{value:,.0f}"
+    """Dollars: "<$0.01", "$0.04", "$1,234", "$1.5e+15"."""
+    if value is None:
+        return ""
+    if value < 0.01:
+        return "<$0.01"
+    if value < 1000:
+        return f"${value:,.2f}"
+    return f"${value:,.0f}" if value < 1e9 else f"${value:.3g}"
+
+
+def _gb(value: float, decimals: int = 1) -> str:
+    """Gigabytes without overflowing a table cell: "4.1", "1,482", "3.2e+09"."""
+    if value < 1000:
+        return f"{value:.{decimals}f}"
+    return f"{value:,.0f}" if value < 1e7 else f"{value:.3g}"
 
 
 @app.command("gpus")

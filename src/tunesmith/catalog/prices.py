@@ -35,6 +35,7 @@ expected.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 import re
@@ -47,6 +48,7 @@ from typing import Any, Callable, Iterable
 
 from tunesmith.catalog.gpu import load_gpus
 from tunesmith.errors import UsageError
+from tunesmith.io import require_file
 
 Range = tuple[float, float]  # (low, high) $ per GPU-hour; a single price has low == high
 
@@ -160,13 +162,16 @@ _EXPECTED_PRICE = "expected $ per GPU-hour above 0, as a number (2.49) or a rang
 
 
 def csv_prices(path: Path) -> list[Price]:
-    """Read a --prices CSV (format in the module docstring); UsageError on the first bad row."""
+    """Read a --prices CSV (format in the module docstring); UsageError on the first bad row,
+    and for a path that is not a readable UTF-8 file."""
     path = Path(path)
-    if not path.is_file():
+    if not path.exists() and not path.is_symlink():
         raise UsageError(f"{path}: prices file not found (expected a CSV with header {CSV_HEADER})")
+    require_file(path, "prices file (CSV)")
     # utf-8-sig: spreadsheets often save a byte-order mark before the header.
-    with path.open(encoding="utf-8-sig", newline="") as f:
-        reader = csv.DictReader(f)
+    text = _utf8_text(path)
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
         header = [(name or "").strip().lower() for name in reader.fieldnames or []]
         missing = [c for c in CSV_COLUMNS if c not in header]
         unknown = [c for c in header if c not in CSV_COLUMNS + CSV_OPTIONAL]
@@ -177,6 +182,19 @@ def csv_prices(path: Path) -> list[Price]:
         reader.fieldnames = header
         # line_num is the line the row ends on, so quoted values over several lines still point right.
         return [_csv_row(row, f"{path}:{reader.line_num}") for row in reader]
+    except csv.Error as e:  # a NUL byte, a quote left open at the end of the file
+        raise UsageError(f"{path}:{reader.line_num}: not a CSV row the reader can parse ({e}); "
+                         f"expected {CSV_HEADER}") from None
+
+
+def _utf8_text(path: Path) -> str:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UsageError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as "
+                         "UTF-8 (\"CSV UTF-8\" in a spreadsheet) and try again") from None
 
 
 def _csv_row(row: dict[Any, Any], where: str) -> Price:

@@ -7,6 +7,8 @@ with transformers and compare.
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -15,6 +17,16 @@ from tunesmith.errors import UsageError
 # Which projections carry a bias, per family, where the config does not say.
 QKV_BIAS_FAMILIES = {"qwen2"}
 SUPPORTED = ("llama", "mistral", "qwen2", "mixtral", "gemma2")
+# Sizes every supported family's config.json has, and those some have (else derived).
+REQUIRED = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
+OPTIONAL = ("num_key_value_heads", "head_dim", "num_local_experts", "num_experts_per_tok")
+
+
+class UnsupportedModel(UsageError):
+    """A model the planner cannot read: an architecture it does not count, or a hub id whose
+    config is not on this machine. Training may still work (it loads the model itself), so
+    the pre-flight skips with a note instead of stopping; a config that is broken is a plain
+    UsageError everywhere."""
 
 
 @dataclass(frozen=True)
@@ -38,38 +50,77 @@ class ModelFacts:
     logit_softcap: float | None = None  # Gemma 2: tanh-capped final logits
 
     @classmethod
-    def from_config(cls, config: dict[str, Any]) -> "ModelFacts":
+    def from_config(cls, config: Any, where: str = "config") -> "ModelFacts":
+        """The facts of a transformers config (a dict); `where` names its file in errors.
+        UnsupportedModel for a family the planner cannot count; UsageError for a config that
+        is not one (not an object, a field missing or not a positive whole number)."""
+        if not isinstance(config, dict):
+            raise UsageError(f"{where}: expected a JSON object of model settings, found {_json_kind(config)}; "
+                             "is it a model's config.json?")
         model_type = config.get("model_type")
         if model_type not in SUPPORTED:
-            raise UsageError(
-                f"model architecture {model_type!r} is not supported by the planner; supported: {', '.join(SUPPORTED)}"
-            )
-        heads = config["num_attention_heads"]
-        hidden = config["hidden_size"]
+            shown = "missing" if model_type is None else repr(model_type)
+            raise UnsupportedModel(f"{where}: model architecture (model_type) {shown} is not supported by the "
+                                   f"planner; supported: {', '.join(SUPPORTED)}")
+        missing = [name for name in REQUIRED if config.get(name) is None]
+        if missing:
+            raise UsageError(f"{where}: a {model_type} config needs {', '.join(missing)}, which it lacks; "
+                             "is the file complete? copy the model's original config.json")
+        size = {name: _count(config, name, where) for name in REQUIRED + OPTIONAL if config.get(name) is not None}
+        heads, hidden = size["num_attention_heads"], size["hidden_size"]
+        experts = size.get("num_local_experts", 1)
+        active = size.get("num_experts_per_tok", 1)
+        if experts > 1 and active > experts:
+            raise UsageError(f"{where}: num_experts_per_tok = {active} is above num_local_experts = {experts}")
         attention_bias = bool(config.get("attention_bias", False))
         return cls(
             model_type=model_type,
-            layers=config["num_hidden_layers"],
+            layers=size["num_hidden_layers"],
             hidden=hidden,
-            intermediate=config["intermediate_size"],
+            intermediate=size["intermediate_size"],
             heads=heads,
-            kv_heads=config.get("num_key_value_heads") or heads,
-            head_dim=config.get("head_dim") or hidden // heads,
-            vocab=config["vocab_size"],
+            kv_heads=size.get("num_key_value_heads", heads),
+            head_dim=size.get("head_dim", hidden // heads),
+            vocab=size["vocab_size"],
             tied_embeddings=bool(config.get("tie_word_embeddings", model_type == "gemma2")),
-            experts=config.get("num_local_experts", 1),
-            active_experts=config.get("num_experts_per_tok", 1),
+            experts=experts,
+            active_experts=min(active, experts),
             qkv_bias=attention_bias or model_type in QKV_BIAS_FAMILIES,
             o_bias=attention_bias,
             mlp_bias=bool(config.get("mlp_bias", False)),
             norms_per_layer=4 if model_type == "gemma2" else 2,
             # transformers' Gemma 2 defaults when the config leaves them out
-            attention_softcap=config.get("attn_logit_softcapping", 50.0 if model_type == "gemma2" else None),
-            logit_softcap=config.get("final_logit_softcapping", 30.0 if model_type == "gemma2" else None),
+            attention_softcap=_softcap(config, "attn_logit_softcapping", 50.0 if model_type == "gemma2" else None, where),
+            logit_softcap=_softcap(config, "final_logit_softcapping", 30.0 if model_type == "gemma2" else None, where),
         )
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def _count(config: dict[str, Any], name: str, where: str) -> int:
+    """A size field as a positive whole number (JSON may write 4096.0; bool is not a size)."""
+    value = config[name]
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise UsageError(f"{where}: {name} = {json.dumps(value)} is not a positive whole number; "
+                         "copy the model's original config.json")
+    return value
+
+
+def _softcap(config: dict[str, Any], name: str, default: float | None, where: str) -> float | None:
+    value = config.get(name, default)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise UsageError(f"{where}: {name} = {json.dumps(value)} is not a positive number (or null)")
+    return float(value)
+
+
+def _json_kind(value: Any) -> str:
+    kinds = {list: "a list", str: "a string", bool: "true/false", type(None): "null"}
+    return kinds.get(type(value), "a number")
 
 
 def attention_params(f: ModelFacts) -> int:

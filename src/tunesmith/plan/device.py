@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import os
 import re
+import time
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 from typing import Any
 
 from tunesmith.plan.memory import GB
@@ -70,3 +72,31 @@ def cpu_name() -> str:
     except OSError:
         pass
     return f"CPU ({os.cpu_count()} cores)"
+
+
+# The shape of the matmul that rates a CPU: about what a small model's training step
+# multiplies (1,024 packed positions by a 1,024-wide projection), 2.1 GFLOP per call.
+MATMUL_SIZE = 1024
+MATMUL_BUDGET_S = 0.4  # stop timing after this long (a slow CPU still answers in well under a second)
+
+
+@lru_cache(maxsize=1)
+def cpu_matmul_flops() -> float:
+    """FLOP/s this CPU reaches on an fp32 matmul with torch's default threads, as the
+    training loop runs it: the best of a few timed calls after one warm-up (contention from
+    other processes only ever slows a call, so the best is the least disturbed). Measured
+    once per process."""
+    import torch
+
+    n = MATMUL_SIZE
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)  # warm-up: thread pool start, first allocation
+    best = float("inf")
+    started = time.perf_counter()
+    for attempt in range(8):
+        t0 = time.perf_counter()
+        torch.mm(a, b)
+        best = min(best, time.perf_counter() - t0)
+        if attempt >= 1 and time.perf_counter() - started > MATMUL_BUDGET_S:
+            break
+    return 2 * n**3 / best

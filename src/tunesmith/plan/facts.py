@@ -10,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import UsageError
-from tunesmith.plan.arch import ModelFacts
+from tunesmith.io import require_file
+from tunesmith.plan.arch import SUPPORTED, ModelFacts, UnsupportedModel
 
 # Aliases of models.source that name a catalog entry with the same architecture.
 SOURCE_ALIASES = {"smollm2-135m-instruct": "smollm2-135m"}
@@ -27,32 +28,50 @@ def catalog_entry(alias: str) -> dict[str, Any]:
 
 
 def model_config(source: str) -> tuple[dict[str, Any], str]:
-    """(config fields, where they came from) for any model source."""
+    """(config fields, where they came from) for any model source. UsageError naming the
+    file for one that cannot be read; UnsupportedModel for a hub id not on this machine."""
     alias = SOURCE_ALIASES.get(source, source)
     if alias in catalog_aliases():
         return catalog_entry(alias)["config"], f"catalog:{alias}"
     path = Path(source).expanduser()
     if path.is_dir():
         config_file = path / "config.json"
-        if not config_file.is_file():
+        if not config_file.exists():
             raise UsageError(f"{source}: folder has no config.json (is it a model folder?)")
-        return json.loads(config_file.read_text(encoding="utf-8")), str(config_file)
+        return read_config_json(config_file), str(config_file)
     if source.endswith(".gguf"):
-        if not path.is_file():
-            raise UsageError(f"{source}: GGUF file not found")
+        require_file(path, "GGUF file")
         return _gguf_config(path), str(path)
     cached = _cached_hub_config(source)
     if cached is None:
-        raise UsageError(
+        raise UnsupportedModel(
             f"{source}: not a catalog alias, folder or .gguf file, and its config.json is not in the local "
             f"HF cache (nothing is downloaded); catalog: {', '.join(catalog_aliases())}"
         )
-    return json.loads(Path(cached).read_text(encoding="utf-8")), cached
+    return read_config_json(Path(cached)), cached
 
 
 def model_facts(source: str) -> tuple[ModelFacts, str]:
     config, where = model_config(source)
-    return ModelFacts.from_config(config), where
+    return ModelFacts.from_config(config, where), where
+
+
+def read_config_json(path: Path) -> Any:
+    """A model's config.json as parsed JSON, or one UsageError naming the file, the place and
+    what to do (its shape is checked by ModelFacts.from_config)."""
+    require_file(path, "model config")
+    data = path.read_bytes()
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UsageError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); a config.json is JSON "
+                         "text: copy the model's original file") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}); "
+                         "copy the model's original config.json") from None
 
 
 def _cached_hub_config(repo_id: str) -> str | None:
@@ -65,9 +84,39 @@ def _cached_hub_config(repo_id: str) -> str | None:
     return found if isinstance(found, str) else None
 
 
+GGUF_MAGIC = b"GGUF"
+
+
 def _gguf_config(path: Path) -> dict[str, Any]:
     """The transformers config a GGUF file describes, from its metadata (no weights read)."""
-    from transformers import AutoConfig
+    with path.open("rb") as f:
+        magic = f.read(4)
+    if magic != GGUF_MAGIC:
+        raise UsageError(f"{path}: not a GGUF file (it does not start with the bytes GGUF); "
+                         "give the .gguf file itself, or a model folder with config.json")
+    try:
+        from transformers import AutoConfig
 
-    config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+        config = AutoConfig.from_pretrained(str(path.parent), gguf_file=path.name)
+    except ImportError:
+        raise UsageError(f"{path}: reading a .gguf file needs the gguf package: pip install gguf") from None
+    except ValueError as e:
+        if "is not supported" in str(e):  # transformers cannot map this GGUF architecture
+            raise UnsupportedModel(f"{path}: {_first_line(e)}; the planner supports "
+                                   f"{', '.join(SUPPORTED)}") from None
+        raise _unreadable_gguf(path, e) from None
+    # The metadata parser is a third-party reader of a user's file: a truncated or damaged
+    # file surfaces as whatever it trips on (struct, index, key errors), never as a bug here.
+    except Exception as e:  # noqa: BLE001
+        raise _unreadable_gguf(path, e) from None
     return config.to_dict()
+
+
+def _unreadable_gguf(path: Path, e: Exception) -> UsageError:
+    return UsageError(f"{path}: cannot read its GGUF metadata ({type(e).__name__}: {_first_line(e)}); "
+                      "the file may be truncated or damaged: download it again")
+
+
+def _first_line(e: Exception) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else "no detail"

@@ -4,12 +4,14 @@
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from tunesmith.catalog.gpu import Gpu
 from tunesmith.errors import UsageError
+from tunesmith.io import require_file
 from tunesmith.plan.arch import ModelFacts
 from tunesmith.plan.facts import model_facts
 from tunesmith.plan.memory import Setup
@@ -44,6 +46,15 @@ def default_strategy(method: str, gpus: int) -> str:
 
 
 @dataclass(frozen=True)
+class TokenCount:
+    """Tokens per epoch and where they come from (or why there is no count)."""
+
+    per_epoch: int | None
+    trained_per_epoch: int | None = None  # positions with a loss; None: plan for all of them
+    source: str | None = None
+
+
+@dataclass(frozen=True)
 class Run:
     """What is being planned: the model, the setup, and how many tokens it trains on."""
 
@@ -55,31 +66,53 @@ class Run:
     tokens_from: str | None
     grad_accum: int = 1
     save_every: int = 200
+    max_steps: int | None = None
+
+    @property
+    def step_tokens(self) -> int:
+        """Token positions one optimizer step trains on, packed rows assumed full."""
+        return self.setup.micro_batch * self.grad_accum * self.setup.seq_len
 
     @property
     def total_tokens(self) -> float | None:
+        # The loop runs exactly max_steps steps when it is set (repeating the data if one
+        # epoch is shorter, stopping early if it is longer): epochs no longer count.
+        if self.max_steps is not None:
+            return float(self.max_steps * self.step_tokens)
         return None if self.tokens_per_epoch is None else self.tokens_per_epoch * self.epochs
 
 
+# Beyond this a token count is a typo, not a fine-tuning set: 10 trillion tokens is the
+# scale of a whole pre-training corpus, and the time and cost figures stop meaning anything.
+MAX_TOKENS = 1e13
+_SCALE = {"k": 1e3, "m": 1e6, "b": 1e9, "t": 1e12}
+
+
 def parse_tokens(text: str) -> int:
-    """"20M", "1.5B", "350k" or "2000000" -> tokens."""
-    scale = {"k": 1e3, "m": 1e6, "b": 1e9}
+    """"20M", "1.5B", "350k" or "2000000" -> tokens; UsageError naming --tokens for anything
+    that is not a finite count from 1 to MAX_TOKENS."""
     t = text.strip().lower().replace(",", "").replace("_", "")
     try:
-        value = float(t[:-1]) * scale[t[-1]] if t and t[-1] in scale else float(t)
+        value = float(t[:-1]) * _SCALE[t[-1]] if t and t[-1] in _SCALE else float(t)
     except ValueError:
         raise UsageError(f"--tokens {text!r}: expected a number of tokens like 2000000, 350k, 20M or 1.5B") from None
-    if value <= 0:
-        raise UsageError(f"--tokens {text!r}: must be above 0")
+    if not math.isfinite(value):
+        raise UsageError(f"--tokens {text!r}: expected a finite number of tokens like 20M, not inf or nan")
+    if value < 1:
+        raise UsageError(f"--tokens {text!r}: must be at least 1 token")
+    if value > MAX_TOKENS:
+        raise UsageError(f"--tokens {text!r}: {value:.3g} tokens per epoch is above 10T, the size of a whole "
+                         "pre-training corpus, not a fine-tuning set; check the unit (k, M, B)")
     return int(value)
 
 
-def dataset_tokens(path: str, cfg: Any) -> dict[str, Any]:
+def dataset_tokens(path: str, cfg: Any, what: str = "data file") -> TokenCount:
     """Tokens per epoch of a data file as training would see it: cleaned with the run's
     clean settings and counted with the model's own tokenizer and chat template."""
     from tunesmith.data.clean import clean_file
     from tunesmith.data.tokens import load_target_tokenizer, token_encoder
 
+    require_file(path, what)
     try:
         tokenizer = load_target_tokenizer(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
     except (OSError, ValueError) as e:
@@ -87,36 +120,37 @@ def dataset_tokens(path: str, cfg: Any) -> dict[str, Any]:
                          f"({str(e).splitlines()[0]}); give --tokens N instead") from None
     result = clean_file(path, cfg.clean, encode=token_encoder(tokenizer, cfg.data.train_on_inputs),
                         max_seq_len=cfg.train.max_seq_len, tokenizer_name=cfg.model.source, seed=cfg.train.seed)
-    tokens = result.report["tokens"]
-    return {"per_epoch": tokens["per_epoch"], "trained_per_epoch": tokens["trained_per_epoch"],
-            "rows": result.report["kept"]}
+    return report_tokens(result.report, path)
 
 
-def run_from_config(cfg: Any, *, tokens: str | None = None, dataset: str | None = None, device: str = "cuda",
-                    gpus: int = 1, strategy: str | None = None, count_data: bool = True) -> Run:
-    """What to plan, from a run config and the plan command's token flags. Without either,
-    the config's training file is counted, unless `count_data` is off."""
-    facts, config_from = model_facts(cfg.model.source)
+def report_tokens(report: dict[str, Any], path: str) -> TokenCount:
+    """The token count in a data report (report.json) of `path`: what `train` plans with, and
+    what `plan --dataset` counts, so the two agree."""
+    tokens = report.get("tokens")
+    per_epoch = tokens.get("per_epoch") if isinstance(tokens, dict) else None
+    if not _positive_int(per_epoch):
+        return TokenCount(None, None, f"{path}: no tokens counted")
+    trained = tokens.get("trained_per_epoch")
+    rows = report.get("kept")
+    return TokenCount(per_epoch, trained if _positive_int(trained) else None,
+                      f"{path}: {rows:,} rows after cleaning" if _positive_int(rows) else str(path))
+
+
+def run_from_config(cfg: Any, count: TokenCount | None = None, *, device: str = "cuda", gpus: int = 1,
+                    strategy: str | None = None, facts: tuple[ModelFacts, str] | None = None) -> Run:
+    """What to plan: the config's model and setup on `device`, trained on `count` tokens per
+    epoch (or the config's max_steps). `facts`: (facts, where) already read, to read them once."""
+    facts, config_from = facts or model_facts(cfg.model.source)
+    count = count or TokenCount(None)
     setup = setup_from_config(cfg, device=device, gpus=gpus, strategy=strategy)
-    per_epoch, tokens_from = None, None
-    if dataset is None and tokens is None and count_data and cfg.data.train:
-        if Path(cfg.data.train).is_file():
-            dataset = cfg.data.train
-        else:
-            tokens_from = f"data.train {cfg.data.train} not found: not counted"
-    if tokens is not None:
-        per_epoch, tokens_from = parse_tokens(tokens), "--tokens"
-    elif dataset:
-        counted = dataset_tokens(dataset, cfg)
-        per_epoch, tokens_from = counted["per_epoch"], f"{dataset}: {counted['rows']:,} rows after cleaning"
-        if counted["per_epoch"]:
-            # A packed micro-batch mixes many examples, so its share of trained positions stays
-            # near the file's; a quarter more covers uneven batches.
-            share = counted["trained_per_epoch"] / counted["per_epoch"]
-            setup = replace(setup, trained_fraction=min(1.0, 1.25 * share))
-    return Run(facts=facts, config_from=config_from, setup=setup, tokens_per_epoch=per_epoch,
-               epochs=cfg.train.epochs, tokens_from=tokens_from, grad_accum=cfg.train.grad_accum,
-               save_every=cfg.train.save_every)
+    if count.per_epoch and count.trained_per_epoch is not None:
+        # A packed micro-batch mixes many examples, so its share of trained positions stays
+        # near the file's; a quarter more covers uneven batches.
+        share = count.trained_per_epoch / count.per_epoch
+        setup = replace(setup, trained_fraction=min(1.0, 1.25 * share))
+    return Run(facts=facts, config_from=config_from, setup=setup, tokens_per_epoch=count.per_epoch,
+               epochs=cfg.train.epochs, tokens_from=count.source, grad_accum=cfg.train.grad_accum,
+               save_every=cfg.train.save_every, max_steps=cfg.train.max_steps)
 
 
 def on_device(run: Run, cfg: Any, device_type: str) -> Run:
@@ -125,36 +159,137 @@ def on_device(run: Run, cfg: Any, device_type: str) -> Run:
     return replace(run, setup=replace(setup, trained_fraction=run.setup.trained_fraction))
 
 
-def calibrate(run_dir: Any, gpus: list[Gpu]) -> tuple[Mfu | None, float | None, str]:
-    """From a finished or running run folder: (MFU on its catalog GPU, or None on CPU; model
-    FLOP/s it achieved; one line saying what was measured)."""
+# ---------------------------------------------------------------- calibration
+
+@dataclass(frozen=True)
+class Calibration:
+    """What a real run measured: its device, method and speed."""
+
+    run_dir: str
+    device: dict[str, Any]  # plan.json's this_machine.device: type, name, catalog_gpu
+    method: str
+    tokens_per_s: float
+    flops_per_s: float  # executed FLOPs (recomputation included) per second it achieved
+    mfu: Mfu | None  # on its catalog GPU; None on a CPU or a GPU not in the catalog
+    summary: str  # "calibrated from RUN: N tokens/s of MODEL METHOD on DEVICE"
+
+    def same_device(self, device: Any) -> bool:
+        """Did the run train on this kind of machine (same device type and name)?"""
+        return self.device.get("type") == device.type and self.device.get("name") == device.name
+
+
+def calibrate(run_dir: Any, gpus: list[Gpu]) -> Calibration:
+    """From a finished or running run folder: its measured speed, as the executed FLOP/s it
+    achieved (and the utilisation of its GPU's peak, when that is in the catalog). Every file
+    it reads gives one UsageError naming it when missing or malformed."""
     from tunesmith.config import load_config
 
     run_dir = Path(run_dir)
-    metrics, plan_file, config_file = run_dir / "metrics.jsonl", run_dir / "plan.json", run_dir / "config.yaml"
-    for needed in (metrics, plan_file, config_file):
-        if not needed.is_file():
-            raise UsageError(f"--calibrate {run_dir}: no {needed.name} there (is it a run folder written by `tunesmith train`?)")
-    last = None
-    for number, line in enumerate(metrics.read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
-            try:
-                last = json.loads(line)
-            except json.JSONDecodeError:
-                raise UsageError(f"{metrics}:{number}: not valid JSON") from None
-    if not last or not last.get("tokens_per_s"):
-        raise UsageError(f"{metrics}: no step with tokens_per_s logged yet")
-    device = json.loads(plan_file.read_text(encoding="utf-8")).get("this_machine", {}).get("device", {})
+    if not run_dir.is_dir():
+        raise UsageError(f"--calibrate {run_dir}: not a folder; give a run folder written by `tunesmith train`")
+    tokens_per_s = _last_speed(run_dir / "metrics.jsonl")
+    device = _run_device(run_dir / "plan.json")
+    config_file = run_dir / "config.yaml"
+    if not config_file.exists():
+        raise UsageError(f"--calibrate {run_dir}: no config.yaml there (is it a run folder written by `tunesmith train`?)")
     cfg = load_config(config_file)
     facts, _ = model_facts(cfg.model.source)
     setup = setup_from_config(cfg, device=device.get("type", "cuda"))
-    tokens_per_s = float(last["tokens_per_s"])
-    rate = tokens_per_s * flops_per_token(facts, setup)["model"]
+    work = flops_per_token(facts, setup)
+    # Executed FLOPs: a plan with another checkpointing choice then gets the time right too.
+    rate = tokens_per_s * work["executed"]
     where = device.get("catalog_gpu") or device.get("name") or device.get("type", "?")
-    line = f"calibrated from {run_dir}: {tokens_per_s:,.0f} tokens/s of {cfg.model.source} {setup.method} on {where}"
+    summary = f"calibrated from {run_dir}: {tokens_per_s:,.0f} tokens/s of {cfg.model.source} {setup.method} on {where}"
     gpu = next((g for g in gpus if g.name == device.get("catalog_gpu")), None)
-    if device.get("type") != "cuda" or gpu is None:
-        return None, rate, line
-    value = rate / (gpu.bf16_tflops * 1e12)
-    line += f" = {value:.1%} MFU"
-    return Mfu(round(value, 4), line, calibrated=True), rate, line
+    mfu = None
+    if device.get("type") == "cuda" and gpu is not None:
+        # Utilisation of the executed work, so the same setup reproduces the measured speed
+        # (hours() charges recomputation at the same rate); equal to MFU without checkpointing.
+        value = rate / (gpu.bf16_tflops * 1e12)
+        summary += f" = {value:.1%} MFU"
+        mfu = Mfu(float(f"{value:.4g}"), summary, calibrated=True)  # a tiny model on a big GPU is far below 0.01%
+    return Calibration(str(run_dir), device, setup.method, tokens_per_s, rate, mfu, summary)
+
+
+def _last_speed(metrics: Path) -> float:
+    """tokens_per_s of the last logged step in metrics.jsonl."""
+    if not metrics.exists():
+        raise UsageError(f"--calibrate {metrics.parent}: no metrics.jsonl there (is it a run folder written by "
+                         "`tunesmith train`?)")
+    require_file(metrics, "metrics file")
+    last = None
+    for number, line in enumerate(_utf8_lines(metrics), start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{metrics}:{number}: not valid JSON ({e.msg}); each line is one logged step") from None
+        if not isinstance(record, dict):
+            raise UsageError(f"{metrics}:{number}: expected a JSON object per step, found {type(record).__name__}")
+        last = (number, record)
+    if last is None or last[1].get("tokens_per_s") is None:
+        raise UsageError(f"{metrics}: no step with tokens_per_s logged yet; calibrate once the run has logged a step")
+    number, record = last
+    value = record["tokens_per_s"]
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise UsageError(f"{metrics}:{number}: tokens_per_s = {json.dumps(value)} is not a speed above 0")
+    return float(value)
+
+
+def _run_device(plan_file: Path) -> dict[str, Any]:
+    """The device a run trained on, from its plan.json."""
+    if not plan_file.exists():
+        raise UsageError(f"--calibrate {plan_file.parent}: no plan.json there (is it a run folder written by "
+                         "`tunesmith train`?)")
+    here = _json_object(plan_file).get("this_machine")
+    device = here.get("device") if isinstance(here, dict) else None
+    if not isinstance(device, dict) or device.get("type") not in ("cuda", "cpu"):
+        raise UsageError(f"{plan_file}: no this_machine.device with type cuda or cpu; it is not a plan.json "
+                         "written by `tunesmith train`")
+    return device
+
+
+def run_tokens(run_dir: Any) -> TokenCount:
+    """A run's own token count: its data report (tokens per epoch of its cleaned training
+    file), else its plan.json."""
+    run_dir = Path(run_dir)
+    report = run_dir / "data" / "report.json"
+    if report.exists():
+        data = _json_object(report)
+        count = report_tokens(data, str(data.get("file") or report))
+        if count.per_epoch:
+            return replace(count, source=f"calibrated run {run_dir}: {count.source}")
+    plan_file = run_dir / "plan.json"
+    tokens = _json_object(plan_file).get("tokens") if plan_file.exists() else None
+    per_epoch = tokens.get("per_epoch") if isinstance(tokens, dict) else None
+    if _positive_int(per_epoch):
+        return TokenCount(per_epoch, None, f"calibrated run {run_dir}: its plan.json")
+    return TokenCount(None, None, f"calibrated run {run_dir} has no token count (data/report.json, plan.json)")
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def _json_object(path: Path) -> dict[str, Any]:
+    """A JSON file tunesmith wrote (an object), or one UsageError naming it and the place."""
+    require_file(path, "JSON file")
+    try:
+        data = json.loads("\n".join(_utf8_lines(path)))
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+    if not isinstance(data, dict):
+        raise UsageError(f"{path}: expected a JSON object, found {type(data).__name__}; "
+                         "it is not a file `tunesmith train` wrote")
+    return data
+
+
+def _utf8_lines(path: Path) -> list[str]:
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8").splitlines()
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        raise UsageError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); it is not a file "
+                         "`tunesmith train` wrote") from None

@@ -9,7 +9,7 @@ asks it before loading anything (the pre-flight).
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Callable
 
 from tunesmith.catalog.gpu import Gpu
 from tunesmith.catalog.gpu import gpu as catalog_gpu
@@ -42,6 +42,8 @@ class Option:
     provider_on_demand: str | None
     provider_spot: str | None
     price_as_of: str | None
+    mfu: float | None = None  # the utilisation this row's time assumes
+    mfu_calibrated: bool = False
 
     @property
     def best_cost(self) -> float | None:
@@ -70,13 +72,20 @@ def option_for(run: Run, gpu: Gpu, count: int, strategy: str | None, prices: lis
     return Option(
         gpu=gpu.name, count=count, strategy=setup.strategy, memory_gb=gpu.memory_gb,
         peak_gb=round(memory.peak / GB, 2), fits=fits(memory, gpu), headroom_ok=fits(memory, gpu, HEADROOM),
-        hours=None if od_hours is None else round(od_hours, 3),
+        hours=significant(od_hours),
         cost_on_demand=cost_od, cost_on_demand_range=cost_od_range,
         cost_spot=cost_spot, cost_spot_range=cost_spot_range,
-        spot_hours=None if spot_hours is None else round(spot_hours, 3),
+        spot_hours=significant(spot_hours),
         provider_on_demand=od.provider if od else None, provider_spot=spot.provider if spot else None,
         price_as_of=(od or spot).as_of if (od or spot) else None,
+        mfu=mfu.value, mfu_calibrated=mfu.calibrated,
     )
+
+
+def significant(value: float | None, digits: int = 4) -> float | None:
+    """Round to `digits` significant digits: a 2-minute run keeps its minutes and cents
+    (fixed decimals rounded them to 0), a million-hour one loses nothing that matters."""
+    return None if value is None else float(f"{value:.{digits}g}")
 
 
 def _cost(price_range: tuple[float, float] | None, count: int, wall: float | None) -> tuple[float | None, tuple[float, float] | None]:
@@ -84,11 +93,13 @@ def _cost(price_range: tuple[float, float] | None, count: int, wall: float | Non
     if price_range is None or wall is None:
         return None, None
     low, high = price_range
-    return round(mid(price_range) * count * wall, 2), (round(low * count * wall, 2), round(high * count * wall, 2))
+    return significant(mid(price_range) * count * wall), (significant(low * count * wall), significant(high * count * wall))
 
 
 def steps(run: Run, setup: Setup) -> float:
     """Optimizer steps for all epochs, assuming packed rows (full to max_seq_len)."""
+    if run.max_steps is not None:
+        return float(run.max_steps)
     per_step = setup.micro_batch * run.grad_accum * setup.seq_len * setup.gpus
     return (run.total_tokens or 0) / per_step
 
@@ -144,54 +155,122 @@ def recommend(ranked: list[Option]) -> dict[str, Any] | None:
         return {"gpu": best.gpu, "count": best.count, "pricing": pricing, "cost": best.best_cost,
                 "hours": best.spot_hours if pricing == "spot" else best.hours, "peak_gb": best.peak_gb, "why": why}
     best = min(good, key=lambda o: (o.count * o.memory_gb, o.hours or 0.0))
+    # No cost to compare: without a token count there is no time, else no GPU that fits is priced.
+    why = ("no token count, so no cost to compare (give --tokens or --dataset)" if best.hours is None
+           else "no price known for it (add yours with --prices FILE.csv)")
     return {"gpu": best.gpu, "count": best.count, "pricing": None, "cost": None, "hours": best.hours,
-            "peak_gb": best.peak_gb, "why": "smallest GPU memory that fits with headroom; no price known for it "
-                                           "(add yours with --prices FILE.csv)"}
+            "peak_gb": best.peak_gb, "why": f"smallest GPU memory that fits with headroom; {why}"}
 
 
-def advice(run: Run, gpus: list[Gpu]) -> list[dict[str, Any]]:
+Remedy = tuple[str, list[str], Setup]  # (the change in plan flags, the --set fields, the setup after it)
+
+
+def advice(run: Run, gpus: list[Gpu], prices: list[Price] = ()) -> list[dict[str, Any]]:
     """The guide's remedies for an OOM, in its order and each on top of the ones before:
-    what the peak becomes and the smallest GPU (or 8 of the largest) it would then fit.
-    Each has the `plan` flags and the config fields (`--set`) that make the change."""
-    s = run.setup
-    gpu_only = s.device == "cuda"  # 4-bit weights, 8-bit optimizers and GPU counts need CUDA
-    ladder: list[tuple[str, list[str], Setup]] = []
-    if not s.gradient_checkpointing:
-        s = replace(s, gradient_checkpointing=True)
-        ladder.append(("--gradient-checkpointing (recompute activations: ~30% slower)",
-                       ["train.gradient_checkpointing=true"], s))
-    if s.micro_batch > 1:
-        accum = s.micro_batch * run.grad_accum
-        s = replace(s, micro_batch=1)
-        ladder.append((f"--batch 1 --grad-accum {accum} (same effective batch)",
-                       ["train.micro_batch=1", f"train.grad_accum={accum}"], s))
-    if s.method == "lora" and gpu_only:
-        s = replace(s, method="qlora")
-        ladder.append(("--method qlora (4-bit base; within ~1% on benchmarks per the guide)", ["method.name=qlora"], s))
-    if s.method == "full" and not s.optimizer.endswith("8bit") and gpu_only:
-        s = replace(s, optimizer="adamw_8bit")
-        ladder.append(("--optimizer adamw_8bit (2 B of state per parameter instead of 8)", ["train.optimizer=adamw_8bit"], s))
-    largest = max(gpus, key=lambda g: g.memory_gb)
+    what the peak becomes and the smallest GPU (or 8 of the cheapest priced that fit) it would
+    then fit. Each has the `plan` flags and the config fields (`--set`) that make the change.
+
+    A remedy that does not lower the peak is neither listed nor applied: with full
+    fine-tuning the optimizer step sets the peak, and a smaller batch changes nothing. It is
+    tried again after each later remedy, since sharding the optimizer over 8 GPUs can make
+    the activations the peak again."""
+    gpu_only = run.setup.device == "cuda"  # 4-bit weights, 8-bit optimizers and GPU counts need CUDA
+    ladder: list[Callable[[Setup], Remedy | None]] = [_checkpointing, lambda s: _batch_one(s, run.grad_accum)]
     if gpu_only:
-        ladder.append((f"--gpus 8 --gpu {largest.name} (FSDP shards weights, gradients and optimizer state)", [],
-                       replace(s, gpus=8, strategy="fsdp")))
-    by_memory = sorted(gpus, key=lambda g: g.memory_gb)
-    out = []
-    for number, (change, fields, setup) in enumerate(ladder):
-        memory = estimate(run.facts, setup)
-        if setup.gpus > 1:
-            where = f"8 x {largest.name}" if fits(memory, largest, HEADROOM) else None
-        else:
-            where = next((g.name for g in by_memory if fits(memory, g, HEADROOM)), None)
-        out.append({"change": ("then " if number else "") + change, "set": fields,
-                    "peak_gb": round(memory.peak / GB, 2), "fits": where})
+        ladder += [_qlora, _eight_bit, lambda s: _eight_gpus(s, run, gpus, prices)]
+    setup, peak = run.setup, estimate(run.facts, run.setup).peak
+    out: list[dict[str, Any]] = []
+    deferred: list[Callable[[Setup], Remedy | None]] = []
+    for remedy in ladder:
+        for attempt in [remedy] + (deferred if out else []):
+            found = attempt(setup)
+            if found is None:
+                continue
+            change, fields, candidate = found
+            memory = estimate(run.facts, candidate)
+            if memory.peak >= peak:
+                if attempt is remedy:
+                    deferred.append(remedy)
+                continue
+            if attempt is not remedy:
+                deferred.remove(attempt)
+            setup, peak = candidate, memory.peak
+            out.append({"change": ("then " if out else "") + change, "set": fields,
+                        "peak_gb": round(memory.peak / GB, 2), "fits": _where(run, candidate, memory, gpus, prices)})
     return out
+
+
+def _checkpointing(s: Setup) -> Remedy | None:
+    if s.gradient_checkpointing:
+        return None
+    return ("--gradient-checkpointing (recompute activations: ~30% slower)", ["train.gradient_checkpointing=true"],
+            replace(s, gradient_checkpointing=True))
+
+
+def _batch_one(s: Setup, grad_accum: int) -> Remedy | None:
+    if s.micro_batch == 1:
+        return None
+    accum = s.micro_batch * grad_accum
+    return (f"--batch 1 --grad-accum {accum} (same effective batch)", ["train.micro_batch=1", f"train.grad_accum={accum}"],
+            replace(s, micro_batch=1))
+
+
+def _qlora(s: Setup) -> Remedy | None:
+    if s.method != "lora":
+        return None
+    return "--method qlora (4-bit base; within ~1% on benchmarks per the guide)", ["method.name=qlora"], replace(s, method="qlora")
+
+
+def _eight_bit(s: Setup) -> Remedy | None:
+    if s.method != "full" or s.optimizer.endswith("8bit"):
+        return None
+    return ("--optimizer adamw_8bit (2 B of state per parameter instead of 8)", ["train.optimizer=adamw_8bit"],
+            replace(s, optimizer="adamw_8bit"))
+
+
+def _eight_gpus(s: Setup, run: Run, gpus: list[Gpu], prices: list[Price]) -> Remedy | None:
+    if s.gpus >= 8:
+        return None
+    setup = replace(s, gpus=8, strategy="fsdp")
+    chosen, why, _ = eight_gpu_choice(replace(run, setup=setup), estimate(run.facts, setup), gpus, prices)
+    return f"--gpus 8 --gpu {chosen.name} (FSDP shards weights, gradients and optimizer state; {why})", [], setup
+
+
+def _where(run: Run, setup: Setup, memory: Memory, gpus: list[Gpu], prices: list[Price]) -> str | None:
+    """Where a setup fits with headroom: the smallest single GPU, or 8 of the chosen one."""
+    if setup.gpus > 1:
+        chosen, _, fitting = eight_gpu_choice(replace(run, setup=setup), memory, gpus, prices)
+        return f"8 x {chosen.name}" if fitting else None
+    return next((g.name for g in sorted(gpus, key=lambda g: g.memory_gb) if fits(memory, g, HEADROOM)), None)
+
+
+def eight_gpu_choice(run: Run, memory: Memory, gpus: list[Gpu], prices: list[Price]) -> tuple[Gpu, str, bool]:
+    """(GPU, why, whether it fits) for 8 GPUs: of those that fit with headroom, the cheapest
+    priced (the whole run when the tokens are known, else per hour); without a price, the
+    smallest that fits, saying no price is known; when none fits, the largest."""
+    fitting = [g for g in gpus if fits(memory, g, HEADROOM)]
+    priced = []
+    for g in fitting:
+        offers = [p for p in cheapest(prices, g.name).values() if p]
+        if not offers:
+            continue
+        total = option_for(run, g, 8, run.setup.strategy, prices, None).best_cost
+        hourly = min(mid(p.spot) if p.spot else mid(p.on_demand) for p in offers)
+        priced.append((total if total is not None else 8 * hourly, g.memory_gb, g, total))
+    if priced:
+        _, _, chosen, total = min(priced, key=lambda p: (p[0], p[1]))
+        return chosen, "the cheapest priced GPU that fits 8-way" + (f", ~${total:,.2f}" if total is not None else ""), True
+    if fitting:
+        chosen = min(fitting, key=lambda g: g.memory_gb)
+        return chosen, "no price is known for any GPU that fits 8-way (add yours: --prices FILE.csv)", True
+    return max(gpus, key=lambda g: g.memory_gb), "the largest GPU in the catalog", False
 
 
 def make_plan(run: Run, gpus: list[Gpu], prices: list[Price], *, mfu: Mfu | None = None, count: int | None = None,
               strategy: str | None = None, only_gpu: str | None = None) -> dict[str, Any]:
-    """The whole plan as plain data: what `tunesmith plan --json` prints and RUN/plan.json holds.
-    `mfu`: a calibrated value for every GPU; none: each GPU's default from catalog/mfu.json."""
+    """The GPU part of a plan as plain data (`build.build_plan` adds this machine: that is what
+    `tunesmith plan --json` prints and RUN/plan.json holds). `mfu`: a calibrated value for
+    every GPU; none: each GPU's default from catalog/mfu.json."""
     chosen = [g for g in gpus if only_gpu is None or g.name.lower() == only_gpu.lower()]
     if not chosen:
         raise UsageError(f"--gpu {only_gpu}: not in the GPU catalog; it has {', '.join(g.name for g in gpus)}")
@@ -202,24 +281,36 @@ def make_plan(run: Run, gpus: list[Gpu], prices: list[Price], *, mfu: Mfu | None
     recommendation = recommend(ranked)
     plan: dict[str, Any] = {
         "model": {"config_from": run.config_from, "architecture": run.facts.to_dict()},
-        "setup": {**asdict(run.setup), "target_modules": list(run.setup.target_modules),
-                  "grad_accum": run.grad_accum, "save_every": run.save_every},
+        "setup": {**setup_dict(run.setup), "grad_accum": run.grad_accum, "save_every": run.save_every},
         "params": {"total": counts["total"], "active": counts["active"],
                    "trainable": trainable_params(run.facts, run.setup)},
         "tokens": {"per_epoch": run.tokens_per_epoch, "epochs": run.epochs, "total": run.total_tokens,
-                   "from": run.tokens_from},
+                   "from": run.tokens_from, "max_steps": run.max_steps},
         "flops_per_token": flops_per_token(run.facts, run.setup),
         "memory_gb": {"peak": round(memory.peak / GB, 3), "phase": memory.peak_phase, **memory.gb()},
         "mfu": {"value": shown_mfu.value, "source": shown_mfu.source, "calibrated": shown_mfu.calibrated},
         "options": [_option_dict(o) for o in ranked],
         "recommendation": recommendation,
-        "advice": [] if recommendation else advice(run, gpus),
+        "advice": [] if recommendation else advice(run, gpus, prices),
         "assumptions": assumptions(),
         "notes": list(memory.notes),
     }
-    if run.total_tokens is None:
+    if run.max_steps is not None:
+        plan["notes"].append(
+            f"train.max_steps = {run.max_steps} sets the length: {run.max_steps:,} steps x {run.setup.micro_batch} rows "
+            f"x grad-accum {run.grad_accum} x {run.setup.seq_len} tokens = {run.total_tokens:,.0f} tokens at most "
+            "(packed rows are nearly full; epochs do not count)")
+    elif run.total_tokens is None:
         plan["notes"].append("no token count: give --tokens N or --dataset FILE for time and cost")
     return plan
+
+
+def setup_dict(setup: Setup) -> dict[str, Any]:
+    """A Setup as JSON: double quantisation only where there is a 4-bit base to quantise."""
+    d = {**asdict(setup), "target_modules": list(setup.target_modules)}
+    if setup.method != "qlora":
+        del d["double_quant"]
+    return d
 
 
 def _option_dict(o: Option) -> dict[str, Any]:
@@ -229,20 +320,46 @@ def _option_dict(o: Option) -> dict[str, Any]:
     return d
 
 
-def local_option(run: Run, device: Any, rate_flops: float | None = None) -> dict[str, Any]:
-    """Does the run (set up for `device.type`, see `on_device`) fit the device this process
-    sees, and how long would it take there? `rate_flops`: model FLOP/s a run measured on this
-    kind of device (calibration); without it, a catalog GPU uses its MFU default and a CPU has
-    no estimate."""
+def cannot_run(setup: Setup, device: Any, bitsandbytes: bool) -> str | None:
+    """Why this setup cannot train on `device` at all, whatever the memory: 4-bit weights
+    and 8-bit or paged optimizers are bitsandbytes kernels for CUDA GPUs. None: it can."""
+    needs = []
+    if setup.method == "qlora":
+        needs.append("QLoRA's 4-bit base")
+    if setup.optimizer != "adamw":
+        needs.append(f"the {setup.optimizer} optimizer")
+    if not needs:
+        return None
+    what = " and ".join(needs)
+    if device.type != "cuda":
+        return f"{what} needs a CUDA GPU and bitsandbytes; this machine has no CUDA GPU (use --method lora / adamw here)"
+    if not bitsandbytes:
+        return f"{what} needs bitsandbytes, which is not installed: pip install bitsandbytes"
+    return None
+
+
+def local_option(run: Run, device: Any, *, flops_per_s: float | None = None, time_from: str | None = None,
+                 bitsandbytes: bool = False) -> dict[str, Any]:
+    """Does the run (set up for `device.type`, see `on_device`) fit and run on the device this
+    process sees, and how long would it take there? `flops_per_s`: executed FLOP/s expected
+    there (a calibrated run's, or a CPU's measured matmul rate x its efficiency), with
+    `time_from` saying which; without it a catalog GPU uses its MFU default."""
     setup = run.setup
     memory = estimate(run.facts, setup)
+    total = run.total_tokens
     wall = None
-    if run.total_tokens and rate_flops:
-        wall = run.total_tokens * flops_per_token(run.facts, setup)["model"] / rate_flops / 3600
-    elif run.total_tokens and device.type == "cuda" and device.catalog_gpu:
+    if total and flops_per_s:
+        wall = total * flops_per_token(run.facts, setup)["executed"] / flops_per_s / 3600
+    elif total and device.type == "cuda" and device.catalog_gpu:
         gpu = catalog_gpu(device.catalog_gpu)
-        wall = hours(run.total_tokens, run.facts, setup, gpu, 1, default_mfu(setup.method, gpu.name))
-    return {"device": device.to_dict(), "peak_gb": round(memory.peak / GB, 2),
-            "fits": memory.peak <= device.available_gb * GB,
-            "hours": None if wall is None else float(f"{wall:.4g}"),  # short runs keep their precision
+        mfu = default_mfu(setup.method, gpu.name)
+        wall = hours(total, run.facts, setup, gpu, 1, mfu)
+        flops_per_s = gpu.bf16_tflops * 1e12 * mfu.value
+        time_from = f"{gpu.name} at the {mfu.value:.0%} MFU default"
+    blocked = cannot_run(setup, device, bitsandbytes)
+    return {"device": device.to_dict(), "setup": setup_dict(setup), "peak_gb": round(memory.peak / GB, 2),
+            "fits": memory.peak <= device.available_gb * GB, "runs_here": blocked is None, "cannot_run": blocked,
+            "hours": significant(wall),  # short runs keep their precision
+            "flops_per_s": flops_per_s if wall is not None else None,
+            "time_from": time_from if wall is not None else None,
             "memory_gb": memory.gb()}

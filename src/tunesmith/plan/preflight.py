@@ -3,27 +3,32 @@ device this process sees, and if not, what would."""
 
 from __future__ import annotations
 
+import importlib.util
 from typing import Any
 
 from tunesmith.catalog.gpu import Gpu
 from tunesmith.catalog.prices import Price
-from tunesmith.errors import UsageError
+from tunesmith.plan.arch import UnsupportedModel
 from tunesmith.plan.inputs import on_device, run_from_config
 from tunesmith.plan.planner import HEADROOM, advice, local_option, options
 
 
 def preflight(cfg: Any, device: Any) -> dict[str, Any]:
     """Will this config's training fit the device this process sees? Asked before anything
-    is loaded. {"fits": bool | None (None: could not plan), "peak_gb", "device", "reason",
-    "run": Run | None}."""
+    is loaded, with every position trained (the worst case: the data is not counted yet).
+    {"fits": bool | None (None: could not plan), "peak_gb", "device", "reason", "run": Run | None,
+    "cannot_run": why this device cannot train the setup at all, or None}.
+    A model the planner cannot read (an architecture it does not count, a hub id not cached
+    yet) skips the check with a note; a broken config.json stops here, as it would stop the
+    loader."""
     try:
-        run = run_from_config(cfg, device=device.type, count_data=False)  # memory needs no token count
-    except UsageError as e:  # a model the planner cannot read: say so, do not block training
-        return {"fits": None, "peak_gb": None, "device": device.to_dict(), "run": None,
+        run = run_from_config(cfg, device=device.type)  # memory needs no token count
+    except UnsupportedModel as e:
+        return {"fits": None, "peak_gb": None, "device": device.to_dict(), "run": None, "cannot_run": None,
                 "reason": f"pre-flight skipped: {e}"}
-    here = local_option(run, device)
+    here = local_option(run, device, bitsandbytes=importlib.util.find_spec("bitsandbytes") is not None)
     return {"fits": here["fits"], "peak_gb": here["peak_gb"], "device": device.to_dict(), "run": run,
-            "memory_gb": here["memory_gb"], "reason": None}
+            "memory_gb": here["memory_gb"], "cannot_run": here["cannot_run"], "reason": None}
 
 
 def refusal(check: dict[str, Any], cfg: Any, gpus: list[Gpu], prices: list[Price]) -> str:
@@ -41,12 +46,12 @@ def refusal(check: dict[str, Any], cfg: Any, gpus: list[Gpu], prices: list[Price
             f"{o.count} x {o.gpu} ({o.peak_gb:.1f} of {o.memory_gb:g} GB"
             + (f", ~${o.best_cost:,.2f}" if o.best_cost is not None else "") + ")" for o in ranked) + ".")
     else:
-        fix = _first_fix(advice(run, gpus), lambda step: step["fits"] is not None)
+        fix = _first_fix(advice(run, gpus, prices), lambda step: step["fits"] is not None)
         if fix:
             where = fix[1]["fits"] if " x " in fix[1]["fits"] else f"1 x {fix[1]['fits']}"
             lines.append(f"As configured it fits no GPU in the catalog; with {fix[0]} it fits {where} "
                          f"({fix[1]['peak_gb']:.1f} GB).")
-    fix = _first_fix(advice(check["run"], gpus), lambda step: step["peak_gb"] <= d["available_gb"] * (1 - HEADROOM))
+    fix = _first_fix(advice(check["run"], gpus, prices), lambda step: step["peak_gb"] <= d["available_gb"] * (1 - HEADROOM))
     if fix:
         lines.append(f"Here, {fix[0]} brings it to {fix[1]['peak_gb']:.1f} GB.")
     lines.append("See `tunesmith plan` for the whole table; to try anyway, run train with --no-preflight.")

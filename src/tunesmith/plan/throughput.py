@@ -6,7 +6,8 @@ train, 2 more for weight gradients. So full fine-tuning is ~6P and LoRA ~4P + 6P
 (frozen weights need no weight gradient); gradient checkpointing runs the forward twice
 (+2P); causal attention adds 6 x layers x q_width x row/2 x 2 per token.
 MFU defaults live in `catalog/mfu.json`, each with its source; a real run's metrics.jsonl
-replaces them (`calibrate`).
+replaces them (`calibrate`). A CPU has no catalog peak: its time is the executed work over a
+matmul rate measured in this process times an efficiency measured once (`cpu_efficiency`).
 """
 
 from __future__ import annotations
@@ -65,6 +66,20 @@ def assumptions() -> dict[str, Any]:
     """The multi-GPU efficiency, spot preemption and checkpoint-write assumptions, with sources."""
     table = _table()
     return {key: table[key] for key in ("multi_gpu_efficiency", "spot", "checkpoint_write_gb_per_s")}
+
+
+@dataclass(frozen=True)
+class CpuEfficiency:
+    """Share of a CPU's measured fp32 matmul rate that training turns into executed FLOPs."""
+
+    value: float
+    measured: str  # one line for the plan
+    source: str  # how it was measured, in full
+
+
+def cpu_efficiency() -> CpuEfficiency:
+    entry = _table()["cpu_efficiency"]
+    return CpuEfficiency(entry["value"], entry["measured"], entry["source"])
 
 
 def default_mfu(method: str, gpu: str) -> Mfu:

@@ -215,13 +215,16 @@ def train(
 
 
 def check_fit(cfg: RunConfig, *, enforce: bool) -> dict[str, Any]:
-    """The planner's pre-flight for this machine; refuses (exit 1) a run predicted not to fit,
-    naming what would, unless `enforce` is off."""
+    """The planner's pre-flight for this machine; refuses a run predicted not to fit (exit 1,
+    naming what would) or that cannot run here at all (QLoRA or an 8-bit optimizer without
+    a CUDA GPU and bitsandbytes: exit 2), unless `enforce` is off."""
     from tunesmith.plan.device import visible_device
     from tunesmith.plan.preflight import preflight, refusal
 
     check = preflight(cfg, visible_device())
     check["enforced"] = enforce
+    if check["cannot_run"] and enforce:
+        raise UsageError(f"pre-flight: {check['cannot_run']}; to try anyway, run train with --no-preflight")
     if check["fits"] is False and enforce:
         from tunesmith.catalog.gpu import load_gpus
         from tunesmith.catalog.prices import load_prices
@@ -231,25 +234,23 @@ def check_fit(cfg: RunConfig, *, enforce: bool) -> dict[str, Any]:
 
 
 def run_plan(cfg: RunConfig, check: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
-    """RUN/plan.json: the plan for the cleaned data's token count, what this machine was
-    predicted to need, and the device (so `tunesmith plan --calibrate RUN` knows what ran)."""
-    here = {"device": check["device"], "peak_gb": check["peak_gb"], "fits": check["fits"],
-            "preflight": "enforced" if check["enforced"] else "overridden (--no-preflight)"}
+    """RUN/plan.json: the plan `tunesmith plan RUN/config.yaml --dataset DATA` makes (the same
+    function, the cleaned data's token count), plus what the pre-flight checked before the
+    data was counted and the device (so `tunesmith plan --calibrate RUN` knows what ran)."""
+    preflight = {"peak_gb": check["peak_gb"], "fits": check["fits"],
+                 "enforced": check["enforced"], "note": "every position trained: the worst case"}
     if check["run"] is None:
-        return {"this_machine": {**here, "skipped": check["reason"]}}
-    from dataclasses import replace
-
+        return {"this_machine": {"device": check["device"], "preflight": {**preflight, "skipped": check["reason"]}}}
     from tunesmith.catalog.gpu import load_gpus
     from tunesmith.catalog.prices import load_prices
-    from tunesmith.plan.inputs import on_device
-    from tunesmith.plan.planner import make_plan
+    from tunesmith.plan.build import build_plan
+    from tunesmith.plan.device import Device
+    from tunesmith.plan.inputs import report_tokens
 
-    # The pre-flight's run, on a GPU, with the token count the data stage just measured.
-    per_epoch = (report.get("tokens") or {}).get("per_epoch")
-    run = replace(on_device(check["run"], cfg, "cuda"), tokens_per_epoch=per_epoch,
-                  tokens_from="the cleaned training data" if per_epoch else None)
-    plan = make_plan(run, load_gpus(), load_prices())
-    plan["this_machine"] = {**here, "memory_gb": check["memory_gb"]}
+    run = check["run"]
+    plan = build_plan(cfg, report_tokens(report, cfg.data.train), Device(**check["device"]), gpus=load_gpus(),
+                      prices=load_prices(), facts=(run.facts, run.config_from))
+    plan["this_machine"]["preflight"] = preflight
     return plan
 
 
