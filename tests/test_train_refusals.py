@@ -94,8 +94,8 @@ def test_a_folder_of_other_files_is_never_a_run_folder(tiny_model_dir, tmp_path)
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--method", "qlora"], "method.name = 'qlora' (a 4-bit base) needs a CUDA GPU with bitsandbytes"),
-        (["--set", "train.optimizer=adamw_8bit"], "train.optimizer = 'adamw_8bit' needs a CUDA GPU"),
+        (["--method", "qlora"], "QLoRA's 4-bit base needs a CUDA GPU and bitsandbytes; this machine has no CUDA GPU (here: --method lora)"),
+        (["--set", "train.optimizer=adamw_8bit"], "the adamw_8bit optimizer needs a CUDA GPU and bitsandbytes; this machine has no CUDA GPU (here: --set train.optimizer=adamw)"),
         (["--val", "SAME"], "is the same file as data.train (--data)"),
         (["--epochs", "inf"], "--epochs inf: train.epochs: expected a finite number"),
         (["--lr", "3"], "--lr 3.0: train.lr: must be less than 1"),
@@ -176,3 +176,29 @@ def test_an_unexpected_error_is_one_line_and_a_log_to_report(tmp_path):
     assert len(logs) == 1 and str(logs[0]) in "".join(lines)
     text = logs[0].read_text()
     assert "Traceback (most recent call last)" in text and "simulated failure deep inside" in text
+
+
+def test_running_out_of_memory_is_one_line_with_the_remedies(tmp_path):
+    """Regression: a run past the pre-flight (--no-preflight) that ran out of memory while
+    loading the model ended in "this is a bug" with torch's allocator message. The process
+    gets an 8 GB address-space limit, so the 70B model cannot be allocated here."""
+    import resource
+
+    from big_model import write_big_model_folder
+
+    model = write_big_model_folder(tmp_path / "llama-70b")
+    data = write_rows(tmp_path / "d.jsonl", order_rows(10))
+
+    def limit_memory():
+        resource.setrlimit(resource.RLIMIT_AS, (8 * 2**30, 8 * 2**30))
+
+    result = subprocess.run([sys.executable, "-m", "tunesmith.cli", "train", "--model", str(model), "--data",
+                             str(data), "--out", str(tmp_path / "run"), "--no-progress", "--no-preflight"],
+                            capture_output=True, text=True, preexec_fn=limit_memory, timeout=600,
+                            env={**os.environ, "TUNESMITH_HOME": str(tmp_path / "home")})
+    said = " ".join(result.stderr.split())
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert "error: out of CPU memory while loading the model (the pre-flight predicted a peak of ~" in said
+    assert "and was overridden with --no-preflight" in said
+    assert "--set train.gradient_checkpointing=true" in said and "--method qlora" in said
+    assert not (tmp_path / "home" / "logs").exists()  # not reported as a bug

@@ -12,7 +12,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tunesmith.errors import TunesmithError, UsageError
+from tunesmith.errors import OutOfMemory, TunesmithError, UsageError, memory_kind
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False)
 config_app = typer.Typer(no_args_is_help=True, help="Inspect run configs.")
@@ -786,7 +786,12 @@ def run_guarded(args: list[str]) -> int:
         err.print(f"[red]error:[/] {escape(str(failure))}", highlight=False, soft_wrap=True)
         return failure.exit_code
     except Exception as e:  # noqa: BLE001 - the net under every bug we have not found yet
-        return report_bug(e)
+        kind = memory_kind(e)
+        if kind is None:
+            return report_bug(e)
+        failure = OutOfMemory(kind, "running the command", str(e).splitlines()[0][:200] if str(e) else "")
+        err.print(f"[red]error:[/] {escape(str(failure))}", highlight=False, soft_wrap=True)
+        return failure.exit_code
     return 0
 
 

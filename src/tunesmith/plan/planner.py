@@ -323,16 +323,18 @@ def _option_dict(o: Option) -> dict[str, Any]:
 def cannot_run(setup: Setup, device: Any, bitsandbytes: bool) -> str | None:
     """Why this setup cannot train on `device` at all, whatever the memory: 4-bit weights
     and 8-bit or paged optimizers are bitsandbytes kernels for CUDA GPUs. None: it can."""
-    needs = []
+    needs, instead = [], []
     if setup.method == "qlora":
         needs.append("QLoRA's 4-bit base")
+        instead.append("--method lora")
     if setup.optimizer != "adamw":
         needs.append(f"the {setup.optimizer} optimizer")
+        instead.append("--set train.optimizer=adamw")
     if not needs:
         return None
     what = " and ".join(needs)
     if device.type != "cuda":
-        return f"{what} needs a CUDA GPU and bitsandbytes; this machine has no CUDA GPU (use --method lora / adamw here)"
+        return f"{what} needs a CUDA GPU and bitsandbytes; this machine has no CUDA GPU (here: {' '.join(instead)})"
     if not bitsandbytes:
         return f"{what} needs bitsandbytes, which is not installed: pip install bitsandbytes"
     return None

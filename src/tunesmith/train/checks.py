@@ -30,35 +30,29 @@ RUN_ENTRIES = (
 # Entries that mean training got somewhere: a folder without them holds only an attempt that
 # stopped before the first step (pre-flight, data stage), which a new attempt may replace.
 TRAINED_ENTRIES = ("metrics.jsonl", "checkpoints", "adapter", "model", "eval", "summary.json")
-GPU_ONLY_OPTIMIZERS = ("adamw_8bit", "paged_adamw", "paged_adamw_8bit")
 
 
 def check_run_inputs(cfg: RunConfig, device_type: str) -> None:
     """The data files exist and differ, the model can be loaded (read from its files, not
     loaded), and this machine can run the method and optimizer."""
     check_data_files(cfg)
+    check_device_support(cfg, device_type)  # before the model: QLoRA here is wrong whatever the model
     check_model_source(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
-    check_device_support(cfg, device_type)
 
 
 def check_device_support(cfg: RunConfig, device_type: str) -> None:
     """QLoRA and bitsandbytes optimizers need a CUDA GPU: say so before the pre-flight and the
-    data stage, not after a model load."""
-    needs = []
-    if cfg.method.name == "qlora":
-        needs.append(("method.name = 'qlora' (a 4-bit base)", "--method lora"))
-    if cfg.train.optimizer in GPU_ONLY_OPTIMIZERS:
-        needs.append((f"train.optimizer = {cfg.train.optimizer!r}", "--set train.optimizer=adamw"))
-    if not needs:
-        return
-    what, instead = needs[0]
-    if device_type != "cuda":
-        raise UsageError(f"{what} needs a CUDA GPU with bitsandbytes, and this machine has no CUDA GPU: use "
-                         f"{instead} here, or run it on a GPU (`tunesmith plan` says which fits)")
-    try:
-        import bitsandbytes  # noqa: F401
-    except ImportError:
-        raise UsageError(f"{what} needs bitsandbytes: pip install bitsandbytes") from None
+    data stage, not after a model load. The planner's own rule decides (`plan` says the same)."""
+    import importlib.util
+    from types import SimpleNamespace
+
+    from tunesmith.plan.inputs import setup_from_config
+    from tunesmith.plan.planner import cannot_run
+
+    why = cannot_run(setup_from_config(cfg, device=device_type), SimpleNamespace(type=device_type),
+                     bitsandbytes=importlib.util.find_spec("bitsandbytes") is not None)
+    if why:
+        raise UsageError(f"{why}; `tunesmith plan` says which GPU fits")
 
 
 # ---------------------------------------------------------------- the run folder

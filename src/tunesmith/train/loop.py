@@ -10,16 +10,16 @@ import json
 import math
 import random
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
 from tunesmith.config import RunConfig
 from tunesmith.data.prepare import prepare_run_data
-from tunesmith.errors import TunesmithError, UsageError
+from tunesmith.errors import OutOfMemory, TunesmithError, UsageError, memory_kind
 from tunesmith.io import write_dir_atomic, write_json_atomic, write_text_atomic
 from tunesmith.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunesmith.models.source import resolve_source
@@ -160,21 +160,31 @@ def train(
     write_json_atomic(run_dir / "plan.json", run_plan(cfg, check, data.report))
     steps = plan_steps(data.train, cfg)
 
-    set_seed(cfg.train.seed)  # LoRA init must not depend on how much data work came first
-    model = build_model(cfg, path, device)
+    phase = Phase("loading the model")
+    with out_of_memory_says_where(phase, check):
+        set_seed(cfg.train.seed)  # LoRA init must not depend on how much data work came first
+        model = build_model(cfg, path, device)
+        fitted = fit(model, cfg, steps, data.val, tokenizer.pad_token_id, device, run_dir,
+                     MetricsLog(run_dir / "metrics.jsonl", on_log), progress, phase)
+        phase.now = "saving the trained weights"
+        save_trained(model, tokenizer, run_dir, cfg)
+    return TrainResult(run_dir=run_dir, steps=len(steps), data=data.report, **fitted)
+
+
+def fit(model: Any, cfg: RunConfig, steps: list[Step], val: list[Encoded], pad_id: int, device: torch.device,
+        run_dir: Path, log: "MetricsLog", progress: bool, phase: "Phase") -> dict[str, Any]:
+    """The optimizer steps, with eval loss, metrics and checkpoints on their schedules."""
     accelerator = make_accelerator(cfg, device)
     optimizer = make_optimizer(cfg, model, device)
     scheduler = make_scheduler(cfg, optimizer, len(steps))
     loss_fn, optimizer = accelerator.prepare(TokenLoss(model), optimizer)
-
-    pad_id = tokenizer.pad_token_id
-    log = MetricsLog(run_dir / "metrics.jsonl", on_log)  # the folder was cleared by inspect_run_dir
     tokens = 0
     train_seconds = 0.0
     start = time.perf_counter()
     last_loss = last_eval = None
     with progress_bar(progress, len(steps)) as bar:
         for number, step in enumerate(steps, start=1):
+            phase.now = f"training step {number} of {len(steps)}"
             t0 = time.perf_counter()
             loss, n_real, grad_norm = run_step(loss_fn, optimizer, accelerator, step, pad_id, cfg.train.max_grad_norm, device)
             scheduler.step()
@@ -183,7 +193,7 @@ def train(
             last_loss = loss
             record: dict[str, Any] = {}
             if number % cfg.train.eval_every == 0 or number == len(steps):
-                last_eval = evaluate_loss(loss_fn, data.val, cfg, pad_id, device)
+                last_eval = evaluate_loss(loss_fn, val, cfg, pad_id, device)
                 if last_eval is not None:
                     record["eval_loss"] = round(last_eval, 6)
             if record or number % cfg.train.log_every == 0 or number == len(steps):
@@ -201,30 +211,45 @@ def train(
             if number % cfg.train.save_every == 0 and number < len(steps):
                 save_checkpoint(model, run_dir, number, tokens)
             bar.advance(loss, tokens / train_seconds, last_eval)
-    save_trained(model, tokenizer, run_dir, cfg)
-    return TrainResult(
-        run_dir=run_dir,
-        steps=len(steps),
-        tokens=tokens,
-        train_seconds=train_seconds,
-        tokens_per_s=tokens / train_seconds if train_seconds else 0.0,
-        final_loss=last_loss,
-        final_eval_loss=last_eval,
-        data=data.report,
-    )
+    return {"tokens": tokens, "train_seconds": train_seconds,
+            "tokens_per_s": tokens / train_seconds if train_seconds else 0.0,
+            "final_loss": last_loss, "final_eval_loss": last_eval}
+
+
+@dataclass
+class Phase:
+    """What training is doing now, for a message if it runs out of memory."""
+
+    now: str
+
+
+@contextmanager
+def out_of_memory_says_where(phase: Phase, check: dict[str, Any]) -> Iterator[None]:
+    """An out-of-memory error becomes one line: where it happened, what the pre-flight had
+    predicted, and the guide's remedies (instead of a traceback from deep inside torch)."""
+    try:
+        yield
+    except (MemoryError, RuntimeError) as e:
+        kind = memory_kind(e)
+        if kind is None:
+            raise
+        predicted = ""
+        if check.get("peak_gb") is not None:
+            predicted = (f"the pre-flight predicted a peak of ~{check['peak_gb']:.1f} GB of "
+                         f"{check['device']['available_gb']:.1f} GB free"
+                         + ("" if check.get("enforced", True) else ", and was overridden with --no-preflight"))
+        raise OutOfMemory(kind, phase.now, predicted) from None
 
 
 def check_fit(cfg: RunConfig, *, enforce: bool) -> dict[str, Any]:
     """The planner's pre-flight for this machine; refuses a run predicted not to fit (exit 1,
-    naming what would) or that cannot run here at all (QLoRA or an 8-bit optimizer without
-    a CUDA GPU and bitsandbytes: exit 2), unless `enforce` is off."""
+    naming what would), unless `enforce` is off. (A run that cannot run here at all, QLoRA
+    without CUDA, was refused before this by `check_run_inputs`.)"""
     from tunesmith.plan.device import visible_device
     from tunesmith.plan.preflight import preflight, refusal
 
     check = preflight(cfg, visible_device())
     check["enforced"] = enforce
-    if check["cannot_run"] and enforce:
-        raise UsageError(f"pre-flight: {check['cannot_run']}; to try anyway, run train with --no-preflight")
     if check["fits"] is False and enforce:
         from tunesmith.catalog.gpu import load_gpus
         from tunesmith.catalog.prices import load_prices
