@@ -105,7 +105,7 @@ def locate_source(source: str, *, trust_remote_code: bool = False) -> Located:
     """Classify a source and run its cheap checks (see `check_model_source`)."""
     if source in ALIASES:
         return Located(str(check_gguf(alias_gguf_path(source))), "gguf")
-    from tunesmith.plan.facts import catalog_aliases, catalog_entry
+    from tunesmith.catalog.model_configs import catalog_aliases, catalog_entry
 
     if source in catalog_aliases():  # the planner's aliases name real hub models
         hub_id = catalog_entry(source)["hub_id"]

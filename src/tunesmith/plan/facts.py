@@ -5,26 +5,16 @@ config.json is already in the local HF cache. Nothing is downloaded."""
 from __future__ import annotations
 
 import json
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import UsageError
 from tunesmith.io import require_file
 from tunesmith.plan.arch import SUPPORTED, ModelFacts, UnsupportedModel
+from tunesmith.catalog.model_configs import catalog_aliases, catalog_entry  # noqa: F401 (re-exported)
 
 # Aliases of models.source that name a catalog entry with the same architecture.
 SOURCE_ALIASES = {"smollm2-135m-instruct": "smollm2-135m"}
-
-
-def catalog_aliases() -> list[str]:
-    folder = resources.files("tunesmith.catalog") / "models"
-    return sorted(p.name[: -len(".json")] for p in folder.iterdir() if p.name.endswith(".json"))
-
-
-def catalog_entry(alias: str) -> dict[str, Any]:
-    path = resources.files("tunesmith.catalog") / "models" / f"{alias}.json"
-    return json.loads(path.read_text(encoding="utf-8"))
 
 
 def model_config(source: str) -> tuple[dict[str, Any], str]:
