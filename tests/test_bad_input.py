@@ -186,6 +186,8 @@ ROWS = [
     Row("plan-gpus-zero", ["plan", "--model", "llama-3.1-8b", "--gpus", "0"], 2, ["--gpus"]),
     Row("plan-epochs-inf", ["plan", "--model", "llama-3.1-8b", "--tokens", "1M", "--epochs", "inf"], 2, ["--epochs"]),
     Row("plan-batch", ["plan", "--model", "llama-3.1-8b", "--batch", "0"], 2, ["--batch"]),
+    Row("plan-set-epochs", ["plan", "--model", "llama-3.1-8b", "--tokens", "1M", "--set", "train.epochs=inf"], 2,
+        ["--set train.epochs=inf", "finite"]),
     Row("plan-gpu", ["plan", "--model", "llama-3.1-8b", "--gpu", "Z80"], 2, ["--gpu Z80", "not in the GPU catalog"]),
     Row("plan-model-unknown", ["plan", "--model", "nobody/nothing"], 2, ["nobody/nothing"]),
     Row("plan-model-binary", ["plan", "--model", "{tmp}/m"], 2, ["m/config.json"], model_folder("m", PNG)),

@@ -531,7 +531,7 @@ def plan_cmd(
     overrides = [f"{field}={_as_yaml(args[flag])}" for flag, field in PLAN_FLAGS.items() if args[flag] is not None]
     overrides += list(set_ or [])
     # A bad value is blamed on the flag that set it (`--epochs inf`), not on a --set.
-    flags = {field: "--" + flag.replace("_", "-") for flag, field in PLAN_FLAGS.items()}
+    flags = {field: "--" + flag.replace("_", "-") for flag, field in PLAN_FLAGS.items() if args[flag] is not None}
     cfg = load_config(config, overrides, flags=flags) if config else build_config({}, overrides, where="flags", flags=flags)
     catalog = load_gpus()
     prices = load_prices(prices_file)
