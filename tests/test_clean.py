@@ -253,8 +253,8 @@ def test_characters_the_normaliser_merges_are_not_counted_against_a_row(tmp_path
     """The shortcut judges the text the tokenizer sees: with an NFC normaliser "e" + U+0301
     is one character, so a row that is over the bound only in decomposed form is tokenised
     and judged on its real count."""
-    from tokenizers import normalizers
     from tiny import build_tokenizer
+    from tokenizers import normalizers
 
     tokenizer = build_tokenizer()
     tokenizer.backend_tokenizer.normalizer = normalizers.NFC()
@@ -270,10 +270,10 @@ def test_characters_the_normaliser_merges_are_not_counted_against_a_row(tmp_path
 def test_a_tokenizer_that_drops_whitespace_gets_no_shortcut():
     """BERT-style pre-tokenizers drop spaces, so characters do not bound their tokens: such a
     row is left to the exact count."""
+    from tiny import build_tokenizer
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import PreTrainedTokenizerFast
 
-    from tiny import build_tokenizer
     from tunesmith.data.lengths import TokenEncoder
 
     words = Tokenizer(models.WordLevel({"[UNK]": 0, "a": 1}, unk_token="[UNK]"))
@@ -287,8 +287,9 @@ def test_a_row_the_chat_template_refuses_is_removed_with_its_words(tmp_path):
     """Regression: a system turn under a template that refuses one (Gemma's) raised out of
     the data stage: "this is a bug" instead of one removed row."""
     from tiny import build_tokenizer
+
     from tunesmith.data.tokens import token_encoder
-    from tunesmith.train.encode import CHATML
+    from tunesmith.models.encode import CHATML
 
     tokenizer = build_tokenizer()
     tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"

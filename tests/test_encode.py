@@ -1,4 +1,4 @@
-from tunesmith.train.encode import CHATML, encode, ensure_chat_template, prompt_ids, render
+from tunesmith.models.encode import CHATML, encode, ensure_chat_template, prompt_ids, render
 
 
 def trained_text(tokenizer, enc):

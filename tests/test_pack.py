@@ -1,8 +1,8 @@
 import torch
 import torch.nn.functional as F
-
 from tiny import build_model
-from tunesmith.train.encode import Encoded, encode
+
+from tunesmith.models.encode import Encoded, encode
 from tunesmith.train.loss import TokenLoss
 from tunesmith.train.pack import collate, one_per_row, pack
 

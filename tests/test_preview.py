@@ -1,7 +1,7 @@
 """Preview marks exactly the tokens training learns from, and shows whether EOS is one."""
 
 from tunesmith.data.preview import preview_row
-from tunesmith.train.encode import encode
+from tunesmith.models.encode import encode
 
 
 def chat(*turns):
@@ -32,8 +32,9 @@ def test_rows_that_cannot_be_shown_say_why_instead_of_failing():
     """Regression: a row the chat template refuses raised out of `data preview`; a 50 MB row
     would be tokenised in full to be shown."""
     from tiny import build_tokenizer
+
     from tunesmith.data.preview import Skipped, preview_rows
-    from tunesmith.train.encode import CHATML
+    from tunesmith.models.encode import CHATML
 
     tokenizer = build_tokenizer()
     tokenizer.chat_template = ("{% for m in messages %}{% if m['role'] == 'system' %}"

@@ -32,7 +32,7 @@ from tunesmith.data.pii import find_pii, redact
 from tunesmith.data.pii_ner import enable_ner
 from tunesmith.data.quality import quality_issues
 from tunesmith.data.tokens import Encoder
-from tunesmith.train.encode import Encoded, TemplateError
+from tunesmith.models.encode import Encoded, TemplateError
 
 # What a chat template raises for a row it does not take: jinja's errors (raise_exception in
 # the template, an undefined field) and ours (a template that does not render prefix by prefix).

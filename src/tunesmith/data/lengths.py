@@ -16,7 +16,7 @@ import json
 from functools import cached_property
 from typing import Any, Protocol
 
-from tunesmith.train.encode import Encoded, encode_many, render
+from tunesmith.models.encode import Encoded, encode_many, render
 
 Conversation = list[dict[str, str]]
 

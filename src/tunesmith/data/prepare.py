@@ -15,7 +15,7 @@ from tunesmith.data.split import remove_leaks, split_examples
 from tunesmith.data.tokens import token_encoder
 from tunesmith.errors import TunesmithError, UsageError
 from tunesmith.io import require_file, write_jsonl_atomic
-from tunesmith.train.encode import Encoded
+from tunesmith.models.encode import Encoded
 
 
 @dataclass

@@ -9,7 +9,7 @@ from typing import Any, Iterable, Iterator
 
 from tunesmith.data.clean import TEMPLATE_ERRORS, template_reason
 from tunesmith.data.lengths import TokenEncoder
-from tunesmith.train.encode import encode
+from tunesmith.models.encode import encode
 
 
 @dataclass

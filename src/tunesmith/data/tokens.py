@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any, Callable
 
 from tunesmith.data.lengths import TokenEncoder
-from tunesmith.train.encode import Encoded, ensure_chat_template
+from tunesmith.models.encode import Encoded, ensure_chat_template
 
 Conversation = list[dict[str, str]]
 # conversations -> their encodings; the clean stage calls it on chunks of rows

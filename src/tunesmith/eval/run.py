@@ -16,9 +16,9 @@ from tunesmith.errors import TunesmithError, UsageError
 from tunesmith.eval.generate import generate_greedy
 from tunesmith.eval.metrics import aggregate, score_example
 from tunesmith.io import write_json_atomic, write_jsonl_atomic
+from tunesmith.models.encode import ensure_chat_template, prompt_ids
 from tunesmith.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunesmith.models.source import resolve_source
-from tunesmith.train.encode import ensure_chat_template, prompt_ids
 
 # Room for a tuned answer a little longer than the longest reference, no more: the base
 # model often rambles, and every extra token is paid for on both models.

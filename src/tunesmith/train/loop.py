@@ -21,12 +21,12 @@ from tunesmith.config import RunConfig
 from tunesmith.data.prepare import prepare_run_data
 from tunesmith.errors import OutOfMemory, TunesmithError, UsageError, memory_kind
 from tunesmith.io import write_dir_atomic, write_json_atomic, write_text_atomic
+from tunesmith.models.encode import Encoded, ensure_chat_template
 from tunesmith.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunesmith.models.source import resolve_source
 from tunesmith.train.attention import use_packed_attention
 from tunesmith.train.checks import check_run_inputs, inspect_run_dir
 from tunesmith.train.dropout import use_bit_dropout
-from tunesmith.train.encode import Encoded, ensure_chat_template
 from tunesmith.train.loss import TokenLoss
 from tunesmith.train.pack import Row, collate, one_per_row, pack
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from tunesmith.train.encode import IGNORE
+from tunesmith.models.encode import IGNORE
 
 
 class TokenLoss(nn.Module):

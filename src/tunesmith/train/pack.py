@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from tunesmith.train.encode import IGNORE, Encoded
+from tunesmith.models.encode import IGNORE, Encoded
 
 # First-fit looks at this many open rows: near-zero waste at a bounded cost per example.
 OPEN_ROWS = 64
