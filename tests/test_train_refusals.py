@@ -202,3 +202,18 @@ def test_running_out_of_memory_is_one_line_with_the_remedies(tmp_path):
     assert "and was overridden with --no-preflight" in said
     assert "--set train.gradient_checkpointing=true" in said and "--method qlora" in said
     assert not (tmp_path / "home" / "logs").exists()  # not reported as a bug
+
+
+def test_the_demo_starts_its_own_run_over_but_not_another(finished_run, tmp_path):
+    """`make demo` twice must work: the same run is replaced; a different one still refused."""
+    from tunesmith.config import load_config
+    from tunesmith.errors import UsageError
+    from tunesmith.train.checks import inspect_run_dir
+
+    run, _ = finished_run
+    same = load_config(run / "config.yaml")
+    folder = inspect_run_dir(same, same_run_restarts=True)
+    assert {p.name for p in folder.replace} >= {"config.yaml", "adapter", "metrics.jsonl", "data", "plan.json"}
+    assert (run / "adapter").is_dir()  # nothing is removed until the run takes the folder
+    with pytest.raises(UsageError, match="holds another run"):
+        inspect_run_dir(load_config(run / "config.yaml", ["train.lr=1e-5"]), same_run_restarts=True)
