@@ -48,9 +48,7 @@ def config_show(
     set_: Optional[list[str]] = SetOption,
 ) -> None:
     """Print the resolved config with every default written out (`> run.yaml` starts a config)."""
-    from tunesmith.config import build_config, load_config
-
-    cfg = load_config(config, set_) if config else build_config({}, set_, where="defaults")
+    cfg = resolve_config(config, {}, {}, set_)
     out.print(cfg.to_yaml(), end="", highlight=False, markup=False)
 
 
@@ -73,34 +71,35 @@ BalanceCapOption = typer.Option(None, "--balance-cap", help="keep at most N rows
 ConfigOption = typer.Option(None, "--config", help="take model, max_seq_len and the clean section from a run config")
 
 
-# The options of `data check` and `data clean` that set a field of the config's clean section.
-CLEAN_FLAGS = ("task_type", "pii", "pii_ner", "fix_encoding", "dedup", "near_dup_threshold", "shingle_size",
-               "semantic_dedup", "drop", "keep", "balance_cap")
+# The options of `data check` and `data clean` that set a config field (parameter -> field).
+CLEAN_FLAGS = {key: f"clean.{key}" for key in ("task_type", "pii", "pii_ner", "fix_encoding", "dedup",
+               "near_dup_threshold", "shingle_size", "semantic_dedup", "drop", "keep", "balance_cap")}
+CLEAN_FLAGS["max_seq_len"] = "train.max_seq_len"
+# Flags whose name is not "--" + the parameter's name with dashes.
+FLAG_NAMES = {"out_dir": "--out"}
 
 
-def _clean_setup(args: dict[str, Any]) -> tuple[Any, Optional[str], int]:
-    """From a command's arguments: the run config (--config, then the clean flags and --set on
-    top), and the model and max_seq_len for lengths. Every value is checked by the config, so
-    a flag has the config's bounds and a wrong one is blamed on the flag."""
-    overrides = [f"clean.{key}={_as_yaml(args[key])}" for key in CLEAN_FLAGS if args[key] is not None]
-    flags = {f"clean.{key}": "--" + key.replace("_", "-") for key in CLEAN_FLAGS if args[key] is not None}
-    cfg = _data_config(args["config"], overrides, args["set_"], flags, max_seq_len=args["max_seq_len"])
-    model = args["model"] or (cfg.model.source if args["config"] else None)
-    return cfg, model, cfg.train.max_seq_len
-
-
-def _data_config(config: Optional[Path], overrides: list[str], set_: Optional[list[str]], flags: dict[str, str],
-                 max_seq_len: Optional[int] = None) -> Any:
-    """The run config a data command works with: --config (if any), its flags, then --set."""
+def resolve_config(config: Optional[Path], args: dict[str, Any], fields: dict[str, str],
+                   set_: Optional[list[str]] = None) -> Any:
+    """The run config a command works with: CONFIG (or the defaults), the given flags
+    (`fields`: parameter -> config field), then --set. Every value is checked by the config,
+    so a flag has the config's bounds, and a wrong one is blamed on the flag that set it."""
     from tunesmith.config import build_config, load_config
 
-    if max_seq_len is not None:
-        overrides = [*overrides, f"train.max_seq_len={max_seq_len}"]
-        flags = {**flags, "train.max_seq_len": "--max-seq-len"}
-    overrides = [*overrides, *(set_ or [])]
+    given = {param: args[param] for param in fields if args.get(param) is not None}
+    overrides = [f"{fields[param]}={_as_yaml(value)}" for param, value in given.items()] + list(set_ or [])
+    flags = {fields[param]: FLAG_NAMES.get(param, "--" + param.replace("_", "-")) for param in given}
     if config is not None:
         return load_config(config, overrides, flags=flags)
     return build_config({}, overrides, where="flags", flags=flags)
+
+
+def _clean_setup(args: dict[str, Any]) -> tuple[Any, Optional[str], int]:
+    """From `data check`'s or `data clean`'s arguments: the run config, and the model and
+    max_seq_len for lengths."""
+    cfg = resolve_config(args["config"], args, CLEAN_FLAGS, args["set_"])
+    model = args["model"] or (cfg.model.source if args["config"] else None)
+    return cfg, model, cfg.train.max_seq_len
 
 
 def _check_out(out_dir: Path, file: Path, writes: tuple[str, ...]) -> None:
@@ -108,7 +107,6 @@ def _check_out(out_dir: Path, file: Path, writes: tuple[str, ...]) -> None:
     input under a name the command writes (the input would be replaced by its own result)."""
     import os
 
-    from tunesmith.errors import UsageError
     from tunesmith.io import check_output_dir
 
     check_output_dir(out_dir, "--out")
@@ -233,7 +231,7 @@ def data_split(
     """Seeded split, stratified by category, with no near-duplicate of a validation row in train."""
     from tunesmith.data.split import SPLIT_FILES, split_file
 
-    _split_flags(val_fraction, max_val, subset, seed, near_dup_threshold)
+    _split_flags(locals())
     _check_out(out_dir, file, SPLIT_FILES)
     summary = split_file(file, out_dir, val_fraction=val_fraction, max_val=max_val, subset_fraction=subset,
                          seed=seed, leak_threshold=near_dup_threshold)
@@ -241,22 +239,16 @@ def data_split(
 
 
 # `data split` flags that are fields of the run config: checked there, with the config's bounds.
-SPLIT_FLAGS = {"val_fraction": ("data.val_fraction", "--val-fraction"),
-               "max_val": ("data.max_val_examples", "--max-val"),
-               "seed": ("train.seed", "--seed"),
-               "near_dup_threshold": ("clean.near_dup_threshold", "--near-dup-threshold")}
+SPLIT_FLAGS = {"val_fraction": "data.val_fraction", "max_val": "data.max_val_examples", "seed": "train.seed",
+               "near_dup_threshold": "clean.near_dup_threshold"}
 
 
-def _split_flags(val_fraction: float, max_val: Optional[int], subset: Optional[float], seed: int,
-                 near_dup_threshold: float) -> None:
+def _split_flags(args: dict[str, Any]) -> None:
     """Refuse nan, inf and out-of-range values naming the flag, before any work."""
     import math
 
-    from tunesmith.errors import UsageError
-
-    given = {"val_fraction": val_fraction, "max_val": max_val, "seed": seed, "near_dup_threshold": near_dup_threshold}
-    overrides = [f"{SPLIT_FLAGS[name][0]}={_as_yaml(value)}" for name, value in given.items() if value is not None]
-    _data_config(None, overrides, None, {field: flag for field, flag in SPLIT_FLAGS.values()})
+    resolve_config(None, args, SPLIT_FLAGS)
+    subset = args["subset"]
     if subset is not None and not (math.isfinite(subset) and 0 < subset <= 1):
         raise UsageError(f"--subset {subset:g}: must be a share of the training rows in (0, 1], e.g. 0.1")
 
@@ -289,7 +281,7 @@ def data_preview(
     from tunesmith.data.tokens import load_target_tokenizer
     from tunesmith.errors import DataError
 
-    limit = _data_config(None, [], None, {}, max_seq_len=max_seq_len).train.max_seq_len
+    limit = resolve_config(None, {"max_seq_len": max_seq_len}, {"max_seq_len": "train.max_seq_len"}).train.max_seq_len
     read = read_examples(file)
     if not read.kept:
         raise DataError(f"{file}: no row can be previewed: all {len(read.removed)} rows were removed: "
@@ -377,8 +369,6 @@ def print_report(report: dict[str, Any], removed: list[dict[str, Any]], where: s
 # `tunesmith train` flags that set a run-config field (the rest: --set, see `config show`).
 TRAIN_FLAGS = {"model": "model.source", "data": "data.train", "val": "data.val", "out_dir": "output.dir",
                "method": "method.name", "epochs": "train.epochs", "lr": "train.lr", "lora_r": "method.r"}
-TRAIN_FLAG_NAMES = {"model.source": "--model", "data.train": "--data", "data.val": "--val", "output.dir": "--out",
-                    "method.name": "--method", "train.epochs": "--epochs", "train.lr": "--lr", "method.r": "--lora-r"}
 
 
 @app.command("train")
@@ -399,21 +389,14 @@ def train_cmd(
 ) -> None:
     """Fine-tune a model: LoRA, QLoRA or full, into a run folder. Every other setting:
     --set section.key=value; `tunesmith config show` lists them all with their defaults."""
-    from tunesmith.config import build_config, load_config
     from tunesmith.train.loop import train
 
     quiet_transformers()
-    args = locals()
-    given = {field: args[flag] for flag, field in TRAIN_FLAGS.items() if args[flag] is not None}
-    overrides = [f"{field}={_as_yaml(value)}" for field, value in given.items()] + list(set_ or [])
-    flags = {field: TRAIN_FLAG_NAMES[field] for field in given}
-    if config is not None:
-        cfg = load_config(config, overrides, flags=flags)
-    else:
-        if not (model and data and out_dir):
-            raise UsageError("give a CONFIG file, or all of --model, --data and --out")
-        cfg = build_config({}, overrides, where="flags", flags=flags)
-    working_in(Path(cfg.output.dir))
+    if config is None and not (model and data and out_dir):
+        raise UsageError("give a CONFIG file, or all of --model, --data and --out")
+    cfg = resolve_config(config, locals(), TRAIN_FLAGS, set_)
+    working_in(Path(cfg.output.dir), "to start over, run the same command with --restart (resuming is not "
+                                     "implemented yet)")
     result = train(cfg, progress=progress, preflight=preflight, restart=restart, on_preflight=print_preflight,
                    on_data=lambda report: out.print(
                        f"data: {data_summary(report)}; report: {Path(cfg.output.dir) / 'data' / 'report.html'}",
@@ -444,7 +427,7 @@ def eval_cmd(
     from tunesmith.eval.run import evaluate_run
 
     quiet_transformers()
-    working_in(run)
+    working_in(run, "run the same command again to evaluate from the start")
     scores = evaluate_run(run, set_, on_progress=_eval_progress)
     err.print()
     out.print(score_table(scores))
@@ -461,7 +444,7 @@ def demo_cmd(
     from tunesmith.demo.run import run_demo
 
     quiet_transformers()
-    working_in(out_dir)
+    working_in(out_dir, "run the same command again to start the demo over")
     out.print("[bold]1/3 data[/]: check and clean the sample (the first run converts the model once, ~30 s)")
 
     def cleaned(report: dict[str, Any]) -> None:
@@ -517,22 +500,16 @@ def plan_cmd(
 
     from tunesmith.catalog.gpu import load_gpus
     from tunesmith.catalog.prices import load_prices
-    from tunesmith.config import build_config, load_config
     from tunesmith.plan.build import build_plan
     from tunesmith.plan.device import visible_device
     from tunesmith.plan.inputs import TokenCount, calibrate as read_calibration, dataset_tokens, parse_tokens, run_tokens
     from tunesmith.plan.memory import STRATEGIES
 
-    args = locals()
     if config is None and model is None:
-        raise TunesmithError("give a CONFIG file or --model (see `tunesmith plan --help`)", exit_code=2)
+        raise UsageError("give a CONFIG file or --model (see `tunesmith plan --help`)")
     if strategy is not None and strategy not in STRATEGIES:
-        raise TunesmithError(f"--strategy {strategy}: not a strategy; choose one of {', '.join(STRATEGIES)}", exit_code=2)
-    overrides = [f"{field}={_as_yaml(args[flag])}" for flag, field in PLAN_FLAGS.items() if args[flag] is not None]
-    overrides += list(set_ or [])
-    # A bad value is blamed on the flag that set it (`--epochs inf`), not on a --set.
-    flags = {field: "--" + flag.replace("_", "-") for flag, field in PLAN_FLAGS.items() if args[flag] is not None}
-    cfg = load_config(config, overrides, flags=flags) if config else build_config({}, overrides, where="flags", flags=flags)
+        raise UsageError(f"--strategy {strategy}: not a strategy; choose one of {', '.join(STRATEGIES)}")
+    cfg = resolve_config(config, locals(), PLAN_FLAGS, set_)
     catalog = load_gpus()
     prices = load_prices(prices_file)
     calibration = read_calibration(calibrate, catalog) if calibrate else None
@@ -775,41 +752,41 @@ def run_guarded(args: list[str]) -> int:
             err.print(f"\n[yellow]interrupted[/]: {interrupted_note()}", highlight=False, soft_wrap=True)
         return code
     except TunesmithError as e:
-        err.print(f"[red]error:[/] {escape(str(e))}", highlight=False, soft_wrap=True)
-        return e.exit_code
+        return say(e)
     except OSError as e:
-        if e.filename is None:
-            return report_bug(e)
         from tunesmith.io import describe_os_error
 
-        failure = describe_os_error(e)
-        err.print(f"[red]error:[/] {escape(str(failure))}", highlight=False, soft_wrap=True)
-        return failure.exit_code
+        return say(describe_os_error(e)) if e.filename is not None else report_bug(e)
     except Exception as e:  # noqa: BLE001 - the net under every bug we have not found yet
         kind = memory_kind(e)
         if kind is None:
             return report_bug(e)
-        failure = OutOfMemory(kind, "running the command", str(e).splitlines()[0][:200] if str(e) else "")
-        err.print(f"[red]error:[/] {escape(str(failure))}", highlight=False, soft_wrap=True)
-        return failure.exit_code
+        return say(OutOfMemory(kind, "running the command", str(e).splitlines()[0][:200] if str(e) else ""))
     return 0
 
 
+def say(error: TunesmithError) -> int:
+    """The one line a user sees for an error, and its exit code."""
+    err.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+    return error.exit_code
+
+
 INTERRUPTED = 130
-# The run folder the current command works in, once it is known: where error.log goes.
+# The run folder the current command works in, once it is known (where error.log goes), and
+# what running the command again does, for the line Ctrl-C prints.
 _run_dir: Optional[Path] = None
+_again = ""
 
 
-def working_in(run_dir: Path) -> None:
-    global _run_dir
-    _run_dir = run_dir
+def working_in(run_dir: Path, again: str) -> None:
+    global _run_dir, _again
+    _run_dir, _again = run_dir, again
 
 
 def interrupted_note() -> str:
     if _run_dir is not None and _run_dir.is_dir():
         return (f"{_run_dir} keeps what was finished (every file there is complete: each is written whole "
-                f"or not at all); to start over, run the same command with --restart (resuming is not "
-                f"implemented yet)")
+                f"or not at all); {_again}")
     return "nothing half-written was left behind (files are written whole or not at all)"
 
 

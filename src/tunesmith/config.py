@@ -15,7 +15,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from tunesmith.errors import UsageError
-from tunesmith.io import require_file
+from tunesmith.io import read_utf8
 
 ALL_LINEAR = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 
@@ -192,7 +192,7 @@ class RunConfig(Section):
 
 # ---------------------------------------------------------------- reading a config
 
-Path_ = tuple[str, ...]  # a field's place: ("train", "lr")
+FieldPath = tuple[str, ...]  # a field's place: ("train", "lr")
 
 
 @dataclass(frozen=True)
@@ -200,7 +200,7 @@ class Override:
     """One field set on the command line, and how to name it in a message: `--set
     train.lr=1e-4`, or the flag that set it (`--epochs 3`)."""
 
-    path: Path_
+    path: FieldPath
     raw: str
     label: str
 
@@ -276,7 +276,7 @@ def deep_merge(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
 
 
 def build_config(raw: dict[str, Any], overrides: list[str] | None = None, where: str = "config", *,
-                 flags: dict[str, str] | None = None, lines: dict[Path_, int] | None = None) -> RunConfig:
+                 flags: dict[str, str] | None = None, lines: dict[FieldPath, int] | None = None) -> RunConfig:
     """Validate a config (from a file, or {} for the defaults) with the command line on top.
     A wrong field is one line blamed on what set it: the flag, the `--set`, or
     `FILE:LINE` (`lines`: where each field of the file is)."""
@@ -294,8 +294,7 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *,
     if not path.exists() and not path.is_symlink():
         raise UsageError(f"{path}: config file not found; `tunesmith config show > {path.name}` writes one "
                          f"with every field and its default")
-    require_file(path, "config file")
-    text = _utf8(path, path.read_bytes())
+    text = read_utf8(path, "config file", "save the file as UTF-8", column=True)
     raw, lines = parse_yaml(text, path)
     if raw is None:
         raw = {}
@@ -303,16 +302,6 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *,
         raise UsageError(f"{path}: expected a mapping with sections model, data, clean, method, train, eval, "
                          f"output; found {_kind(raw)}")
     return build_config(raw, overrides, where=str(path), flags=flags, lines=lines)
-
-
-def _utf8(path: Path, data: bytes) -> str:
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        column = e.start - (data.rfind(b"\n", 0, e.start) + 1) + 1
-        raise UsageError(f"{path}:{line}:{column}: not UTF-8 text (byte 0x{data[e.start]:02x}); "
-                         f"save the file as UTF-8") from None
 
 
 class _StrictLoader(yaml.SafeLoader):
@@ -335,7 +324,7 @@ class _DuplicateKey(Exception):
         self.key, self.line, self.first = key, line, first
 
 
-def parse_yaml(text: str, path: Path) -> tuple[Any, dict[Path_, int]]:
+def parse_yaml(text: str, path: Path) -> tuple[Any, dict[FieldPath, int]]:
     """The document, and the line of every mapping key by its path (for messages)."""
     loader = _StrictLoader(text)
     try:
@@ -350,12 +339,12 @@ def parse_yaml(text: str, path: Path) -> tuple[Any, dict[Path_, int]]:
         raise UsageError(f"{path}{at}: not valid YAML ({getattr(e, 'problem', None) or e})") from None
     finally:
         loader.dispose()
-    lines: dict[Path_, int] = {}
+    lines: dict[FieldPath, int] = {}
     _key_lines(node, (), lines)
     return data, lines
 
 
-def _key_lines(node: Any, prefix: Path_, lines: dict[Path_, int]) -> None:
+def _key_lines(node: Any, prefix: FieldPath, lines: dict[FieldPath, int]) -> None:
     if isinstance(node, yaml.MappingNode):
         for key_node, value_node in node.value:
             place = (*prefix, str(key_node.value))
@@ -380,7 +369,7 @@ TYPE_PROBLEMS = {
 
 
 def describe_validation_error(e: ValidationError, where: str, given: list[Override] | None = None,
-                              lines: dict[Path_, int] | None = None) -> str:
+                              lines: dict[FieldPath, int] | None = None) -> str:
     """One line for the first problem: who set it (flag, --set, or FILE:LINE), the field, the
     value as written, and what is allowed."""
     err = e.errors()[0]
@@ -400,7 +389,7 @@ def describe_validation_error(e: ValidationError, where: str, given: list[Overri
     return f"{place}: {field} = {_yaml_text(err.get('input'))}: {problem}"
 
 
-def _problem(err: Any, loc: Path_) -> str:
+def _problem(err: Any, loc: FieldPath) -> str:
     kind = err["type"]
     if kind == "extra_forbidden":
         section = ".".join(loc[:-1])
@@ -417,7 +406,7 @@ def _problem(err: Any, loc: Path_) -> str:
     return str(err["msg"]).lower().replace("input should be", "must be")
 
 
-def _culprit(loc: Path_, given: list[Override]) -> Override | None:
+def _culprit(loc: FieldPath, given: list[Override]) -> Override | None:
     """The command-line override that set this field, or a section holding it (last wins,
     as in the merge)."""
     for o in reversed(given):
@@ -426,7 +415,7 @@ def _culprit(loc: Path_, given: list[Override]) -> Override | None:
     return None
 
 
-def _file_place(where: str, loc: Path_, lines: dict[Path_, int]) -> str:
+def _file_place(where: str, loc: FieldPath, lines: dict[FieldPath, int]) -> str:
     for depth in range(len(loc), 0, -1):
         if loc[:depth] in lines:
             return f"{where}:{lines[loc[:depth]]}"

@@ -150,6 +150,30 @@ def _stat_problem(path: Path, e: OSError) -> str:
     return f"cannot be read ({e.strerror})"
 
 
+def read_utf8(path: str | Path, what: str, fix: str, *, column: bool = False) -> str:
+    """A text file as a string (a UTF-8 BOM is fine), after `require_file`; bytes that are
+    not UTF-8 are one UsageError naming FILE:LINE (and the column, where the file's other
+    messages give one), the byte, and `fix`."""
+    path = require_file(path, what)
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as e:
+        line = data[: e.start].count(b"\n") + 1
+        line_start = data.rfind(b"\n", 0, e.start) + 1
+        at = f":{e.start - line_start + 1}" if column else ""
+        raise UsageError(f"{path}:{line}{at}: not UTF-8 text (byte 0x{data[e.start]:02x}); {fix}") from None
+
+
+def read_json(path: str | Path, what: str, fix: str) -> Any:
+    """A JSON file's value, or one UsageError naming FILE:LINE:COLUMN and `fix`."""
+    text = read_utf8(path, what, fix)
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}); {fix}") from None
+
+
 def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
     """Make sure an output folder can be created (or written, when it exists) before any
     work starts, without leaving anything behind: the folders it had to create for the

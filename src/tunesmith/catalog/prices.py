@@ -48,7 +48,7 @@ from typing import Any, Callable, Iterable
 
 from tunesmith.catalog.gpu import load_gpus
 from tunesmith.errors import UsageError
-from tunesmith.io import require_file
+from tunesmith.io import read_utf8
 
 Range = tuple[float, float]  # (low, high) $ per GPU-hour; a single price has low == high
 
@@ -167,9 +167,8 @@ def csv_prices(path: Path) -> list[Price]:
     path = Path(path)
     if not path.exists() and not path.is_symlink():
         raise UsageError(f"{path}: prices file not found (expected a CSV with header {CSV_HEADER})")
-    require_file(path, "prices file (CSV)")
-    # utf-8-sig: spreadsheets often save a byte-order mark before the header.
-    text = _utf8_text(path)
+    text = read_utf8(  # a byte-order mark, which spreadsheets often save before the header, is fine
+        path, "prices file (CSV)", "save the file as UTF-8 (\"CSV UTF-8\" in a spreadsheet) and try again")
     reader = csv.DictReader(io.StringIO(text, newline=""))
     try:
         header = [(name or "").strip().lower() for name in reader.fieldnames or []]
@@ -185,16 +184,6 @@ def csv_prices(path: Path) -> list[Price]:
     except csv.Error as e:  # a NUL byte, a quote left open at the end of the file
         raise UsageError(f"{path}:{reader.line_num}: not a CSV row the reader can parse ({e}); "
                          f"expected {CSV_HEADER}") from None
-
-
-def _utf8_text(path: Path) -> str:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise UsageError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as "
-                         "UTF-8 (\"CSV UTF-8\" in a spreadsheet) and try again") from None
 
 
 def _csv_row(row: dict[Any, Any], where: str) -> Price:

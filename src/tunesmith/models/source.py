@@ -116,7 +116,7 @@ def locate_source(source: str, *, trust_remote_code: bool = False) -> Located:
     if path.is_dir():
         check_config(path, trust_remote_code=trust_remote_code)
         return Located(str(path), "folder")
-    if path.exists() or source.startswith((".", "/", "~")) or not _is_hub_id(source):
+    if path.exists() or source.startswith((".", "/", "~")) or not is_hub_id(source):
         raise UsageError(
             f"model.source {source}: is neither a model folder, a .gguf file nor a hub id (org/name); "
             f"give one of those or a built-in alias: {', '.join(ALIASES)}"
@@ -324,7 +324,7 @@ def locate_hub_id(repo_id: str, *, label: str, trust_remote_code: bool = False) 
     )
 
 
-def _is_hub_id(source: str) -> bool:
+def is_hub_id(source: str) -> bool:
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:

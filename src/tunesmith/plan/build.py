@@ -9,7 +9,6 @@ its own `setup` (on a CPU: fp32 where the config says auto), memory and time.
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any, Callable
 
 from tunesmith.catalog.gpu import Gpu
@@ -35,8 +34,7 @@ def build_plan(cfg: Any, count: TokenCount, device: Device, *, gpus: list[Gpu], 
     plan = make_plan(run, gpus, prices, mfu=mfu, count=gpu_count, strategy=strategy, only_gpu=only_gpu)
     here = on_device(run, cfg, device.type)
     rate, time_from = local_rate(here, device, calibration, matmul_flops)
-    plan["this_machine"] = local_option(here, device, flops_per_s=rate, time_from=time_from,
-                                        bitsandbytes=importlib.util.find_spec("bitsandbytes") is not None)
+    plan["this_machine"] = local_option(here, device, flops_per_s=rate, time_from=time_from)
     plan["figures_for"] = {
         "setup, memory_gb, flops_per_token, options": f"one {run.setup.device} GPU per row ({run.setup.dtype})",
         "this_machine": f"{device.name} ({here.setup.device}, {here.setup.dtype})",

@@ -100,3 +100,11 @@ def cpu_matmul_flops() -> float:
         if attempt >= 1 and time.perf_counter() - started > MATMUL_BUDGET_S:
             break
     return 2 * n**3 / best
+
+
+def bitsandbytes_installed() -> bool:
+    """Whether bitsandbytes (4-bit weights, 8-bit optimizers) can be imported, found without
+    importing it: its import initialises CUDA."""
+    import importlib.util
+
+    return importlib.util.find_spec("bitsandbytes") is not None

@@ -4,14 +4,14 @@ config.json is already in the local HF cache. Nothing is downloaded."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from tunesmith.errors import UsageError
-from tunesmith.io import require_file
-from tunesmith.plan.arch import SUPPORTED, ModelFacts, UnsupportedModel
 from tunesmith.catalog.model_configs import catalog_aliases, catalog_entry  # noqa: F401 (re-exported)
+from tunesmith.errors import UsageError
+from tunesmith.io import read_json, require_file
+from tunesmith.models.source import GGUF_MAGIC, brief, cached_snapshot, is_hub_id
+from tunesmith.plan.arch import SUPPORTED, ModelFacts, UnsupportedModel
 
 # Aliases of models.source that name a catalog entry with the same architecture.
 SOURCE_ALIASES = {"smollm2-135m-instruct": "smollm2-135m"}
@@ -32,13 +32,14 @@ def model_config(source: str) -> tuple[dict[str, Any], str]:
     if source.endswith(".gguf"):
         require_file(path, "GGUF file")
         return _gguf_config(path), str(path)
-    cached = _cached_hub_config(source)
-    if cached is None:
+    snapshot = cached_snapshot(source) if is_hub_id(source) else None
+    if snapshot is None:
         raise UnsupportedModel(
             f"{source}: not a catalog alias, folder or .gguf file, and its config.json is not in the local "
             f"HF cache (nothing is downloaded); catalog: {', '.join(catalog_aliases())}"
         )
-    return read_config_json(Path(cached)), cached
+    cached = snapshot / "config.json"
+    return read_config_json(cached), str(cached)
 
 
 def model_facts(source: str) -> tuple[ModelFacts, str]:
@@ -49,32 +50,9 @@ def model_facts(source: str) -> tuple[ModelFacts, str]:
 def read_config_json(path: Path) -> Any:
     """A model's config.json as parsed JSON, or one UsageError naming the file, the place and
     what to do (its shape is checked by ModelFacts.from_config)."""
-    require_file(path, "model config")
-    data = path.read_bytes()
-    try:
-        text = data.decode("utf-8-sig")
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise UsageError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); a config.json is JSON "
-                         "text: copy the model's original file") from None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}); "
-                         "copy the model's original config.json") from None
+    return read_json(path, "model config", "copy the model's original config.json")
 
 
-def _cached_hub_config(repo_id: str) -> str | None:
-    from huggingface_hub import try_to_load_from_cache
-
-    try:
-        found = try_to_load_from_cache(repo_id, "config.json")
-    except ValueError:  # not a valid hub id (a path that does not exist, say)
-        return None
-    return found if isinstance(found, str) else None
-
-
-GGUF_MAGIC = b"GGUF"
 
 
 def _gguf_config(path: Path) -> dict[str, Any]:
@@ -92,7 +70,7 @@ def _gguf_config(path: Path) -> dict[str, Any]:
         raise UsageError(f"{path}: reading a .gguf file needs the gguf package: pip install gguf") from None
     except ValueError as e:
         if "is not supported" in str(e):  # transformers cannot map this GGUF architecture
-            raise UnsupportedModel(f"{path}: {_first_line(e)}; the planner supports "
+            raise UnsupportedModel(f"{path}: {brief(e)}; the planner supports "
                                    f"{', '.join(SUPPORTED)}") from None
         raise _unreadable_gguf(path, e) from None
     # The metadata parser is a third-party reader of a user's file: a truncated or damaged
@@ -103,10 +81,5 @@ def _gguf_config(path: Path) -> dict[str, Any]:
 
 
 def _unreadable_gguf(path: Path, e: Exception) -> UsageError:
-    return UsageError(f"{path}: cannot read its GGUF metadata ({type(e).__name__}: {_first_line(e)}); "
+    return UsageError(f"{path}: cannot read its GGUF metadata ({type(e).__name__}: {brief(e)}); "
                       "the file may be truncated or damaged: download it again")
-
-
-def _first_line(e: Exception) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else "no detail"

@@ -11,7 +11,7 @@ from typing import Any
 
 from tunesmith.catalog.gpu import Gpu
 from tunesmith.errors import UsageError
-from tunesmith.io import require_file
+from tunesmith.io import read_json, read_utf8, require_file
 from tunesmith.plan.arch import ModelFacts
 from tunesmith.plan.facts import model_facts
 from tunesmith.plan.memory import Setup
@@ -216,9 +216,8 @@ def _last_speed(metrics: Path) -> float:
     if not metrics.exists():
         raise UsageError(f"--calibrate {metrics.parent}: no metrics.jsonl there (is it a run folder written by "
                          "`tunesmith train`?)")
-    require_file(metrics, "metrics file")
     last = None
-    for number, line in enumerate(_utf8_lines(metrics), start=1):
+    for number, line in enumerate(read_utf8(metrics, "metrics file", NOT_OURS).splitlines(), start=1):
         if not line.strip():
             continue
         try:
@@ -268,28 +267,16 @@ def run_tokens(run_dir: Any) -> TokenCount:
     return TokenCount(None, None, f"calibrated run {run_dir} has no token count (data/report.json, plan.json)")
 
 
+NOT_OURS = "it is not a file `tunesmith train` wrote"
+
+
 def _positive_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _json_object(path: Path) -> dict[str, Any]:
     """A JSON file tunesmith wrote (an object), or one UsageError naming it and the place."""
-    require_file(path, "JSON file")
-    try:
-        data = json.loads("\n".join(_utf8_lines(path)))
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg})") from None
+    data = read_json(path, "JSON file", NOT_OURS)
     if not isinstance(data, dict):
-        raise UsageError(f"{path}: expected a JSON object, found {type(data).__name__}; "
-                         "it is not a file `tunesmith train` wrote")
+        raise UsageError(f"{path}: expected a JSON object, found {type(data).__name__}; {NOT_OURS}")
     return data
-
-
-def _utf8_lines(path: Path) -> list[str]:
-    data = path.read_bytes()
-    try:
-        return data.decode("utf-8").splitlines()
-    except UnicodeDecodeError as e:
-        line = data[: e.start].count(b"\n") + 1
-        raise UsageError(f"{path}:{line}: not UTF-8 text (byte 0x{data[e.start]:02x}); it is not a file "
-                         "`tunesmith train` wrote") from None

@@ -16,6 +16,7 @@ from tunesmith.catalog.gpu import gpu as catalog_gpu
 from tunesmith.catalog.prices import Price, cheapest, mid
 from tunesmith.errors import UsageError
 from tunesmith.plan.arch import count_params
+from tunesmith.plan.device import bitsandbytes_installed
 from tunesmith.plan.inputs import Run, default_strategy
 from tunesmith.plan.memory import GB, Memory, Setup, estimate, trainable_params
 from tunesmith.plan.throughput import Mfu, assumptions, default_mfu, flops_per_token, hours
@@ -320,9 +321,9 @@ def _option_dict(o: Option) -> dict[str, Any]:
     return d
 
 
-def cannot_run(setup: Setup, device: Any, bitsandbytes: bool) -> str | None:
-    """Why this setup cannot train on `device` at all, whatever the memory: 4-bit weights
-    and 8-bit or paged optimizers are bitsandbytes kernels for CUDA GPUs. None: it can."""
+def cannot_run(setup: Setup, device_type: str, bitsandbytes: bool) -> str | None:
+    """Why this setup cannot train on a `device_type` device at all, whatever the memory:
+    4-bit weights and 8-bit or paged optimizers are bitsandbytes kernels for CUDA GPUs."""
     needs, instead = [], []
     if setup.method == "qlora":
         needs.append("QLoRA's 4-bit base")
@@ -333,7 +334,7 @@ def cannot_run(setup: Setup, device: Any, bitsandbytes: bool) -> str | None:
     if not needs:
         return None
     what = " and ".join(needs)
-    if device.type != "cuda":
+    if device_type != "cuda":
         return f"{what} needs a CUDA GPU and bitsandbytes; this machine has no CUDA GPU (here: {' '.join(instead)})"
     if not bitsandbytes:
         return f"{what} needs bitsandbytes, which is not installed: pip install bitsandbytes"
@@ -341,11 +342,12 @@ def cannot_run(setup: Setup, device: Any, bitsandbytes: bool) -> str | None:
 
 
 def local_option(run: Run, device: Any, *, flops_per_s: float | None = None, time_from: str | None = None,
-                 bitsandbytes: bool = False) -> dict[str, Any]:
+                 bitsandbytes: bool | None = None) -> dict[str, Any]:
     """Does the run (set up for `device.type`, see `on_device`) fit and run on the device this
     process sees, and how long would it take there? `flops_per_s`: executed FLOP/s expected
     there (a calibrated run's, or a CPU's measured matmul rate x its efficiency), with
-    `time_from` saying which; without it a catalog GPU uses its MFU default."""
+    `time_from` saying which; without it a catalog GPU uses its MFU default. `bitsandbytes`:
+    whether it is installed (None: look)."""
     setup = run.setup
     memory = estimate(run.facts, setup)
     total = run.total_tokens
@@ -358,7 +360,7 @@ def local_option(run: Run, device: Any, *, flops_per_s: float | None = None, tim
         wall = hours(total, run.facts, setup, gpu, 1, mfu)
         flops_per_s = gpu.bf16_tflops * 1e12 * mfu.value
         time_from = f"{gpu.name} at the {mfu.value:.0%} MFU default"
-    blocked = cannot_run(setup, device, bitsandbytes)
+    blocked = cannot_run(setup, device.type, bitsandbytes_installed() if bitsandbytes is None else bitsandbytes)
     return {"device": device.to_dict(), "setup": setup_dict(setup), "peak_gb": round(memory.peak / GB, 2),
             "fits": memory.peak <= device.available_gb * GB, "runs_here": blocked is None, "cannot_run": blocked,
             "hours": significant(wall),  # short runs keep their precision

@@ -3,7 +3,6 @@ device this process sees, and if not, what would."""
 
 from __future__ import annotations
 
-import importlib.util
 from typing import Any
 
 from tunesmith.catalog.gpu import Gpu
@@ -16,19 +15,19 @@ from tunesmith.plan.planner import HEADROOM, advice, local_option, options
 def preflight(cfg: Any, device: Any) -> dict[str, Any]:
     """Will this config's training fit the device this process sees? Asked before anything
     is loaded, with every position trained (the worst case: the data is not counted yet).
-    {"fits": bool | None (None: could not plan), "peak_gb", "device", "reason", "run": Run | None,
-    "cannot_run": why this device cannot train the setup at all, or None}.
+    {"fits": bool | None (None: could not plan), "peak_gb", "device", "reason", "run": Run | None}.
+    (A setup this device cannot run at all, QLoRA without CUDA, is refused before this.)
     A model the planner cannot read (an architecture it does not count, a hub id not cached
     yet) skips the check with a note; a broken config.json stops here, as it would stop the
     loader."""
     try:
         run = run_from_config(cfg, device=device.type)  # memory needs no token count
     except UnsupportedModel as e:
-        return {"fits": None, "peak_gb": None, "device": device.to_dict(), "run": None, "cannot_run": None,
+        return {"fits": None, "peak_gb": None, "device": device.to_dict(), "run": None,
                 "reason": f"pre-flight skipped: {e}"}
-    here = local_option(run, device, bitsandbytes=importlib.util.find_spec("bitsandbytes") is not None)
+    here = local_option(run, device)
     return {"fits": here["fits"], "peak_gb": here["peak_gb"], "device": device.to_dict(), "run": run,
-            "memory_gb": here["memory_gb"], "cannot_run": here["cannot_run"], "reason": None}
+            "memory_gb": here["memory_gb"], "reason": None}
 
 
 def refusal(check: dict[str, Any], cfg: Any, gpus: list[Gpu], prices: list[Price]) -> str:

@@ -43,14 +43,11 @@ def check_run_inputs(cfg: RunConfig, device_type: str) -> None:
 def check_device_support(cfg: RunConfig, device_type: str) -> None:
     """QLoRA and bitsandbytes optimizers need a CUDA GPU: say so before the pre-flight and the
     data stage, not after a model load. The planner's own rule decides (`plan` says the same)."""
-    import importlib.util
-    from types import SimpleNamespace
-
+    from tunesmith.plan.device import bitsandbytes_installed
     from tunesmith.plan.inputs import setup_from_config
     from tunesmith.plan.planner import cannot_run
 
-    why = cannot_run(setup_from_config(cfg, device=device_type), SimpleNamespace(type=device_type),
-                     bitsandbytes=importlib.util.find_spec("bitsandbytes") is not None)
+    why = cannot_run(setup_from_config(cfg, device=device_type), device_type, bitsandbytes=bitsandbytes_installed())
     if why:
         raise UsageError(f"{why}; `tunesmith plan` says which GPU fits")
 
