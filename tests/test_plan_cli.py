@@ -540,3 +540,16 @@ def test_train_writes_the_plan_that_plan_prints_for_the_same_config(cpu_run):
     assert written["setup"]["device"] == "cuda" and "double_quant" not in written["setup"]
     assert here_w["setup"]["device"] == "cpu" and here_w["setup"]["dtype"] == "fp32"
     assert here_w["preflight"]["enforced"] is True and "preflight" not in here_p
+
+
+def test_the_plan_says_training_runs_on_one_gpu_when_it_counts_several():
+    """Promise only what runs: the planner sizes 8-GPU FSDP runs, `tunesmith train` uses one
+    device, and a plan that shows several GPUs says so."""
+    from tunesmith.plan.planner import ONE_DEVICE
+
+    big, code = plan_json("--model", "llama-3.1-70b", "--method", "full", "--seq-len", "4096", "--batch", "4",
+                          "--tokens", "50M")
+    assert code == 1 and any(a["gpus"] == 8 for a in big["advice"])
+    assert ONE_DEVICE in big["notes"]
+    small, code = plan_json("--model", "smollm2-135m", "--tokens", "1M")
+    assert code == 0 and all(o["count"] == 1 for o in small["options"]) and ONE_DEVICE not in small["notes"]

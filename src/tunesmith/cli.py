@@ -482,9 +482,10 @@ def plan_cmd(
     lora_r: Optional[int] = typer.Option(None, "--lora-r", min=1, help="LoRA rank"),
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
     optimizer: Optional[str] = typer.Option(None, help="adamw | adamw_8bit | paged_adamw | paged_adamw_8bit"),
-    gpus: Optional[int] = typer.Option(None, "--gpus", min=1, help="GPUs per node (default: the fewest of 1, 2, 4, 8 that fit)"),
+    gpus: Optional[int] = typer.Option(None, "--gpus", min=1, help="GPUs per node (default: the fewest of 1, 2, 4, 8 that fit; "
+                                      "planning only: train uses one GPU today)"),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="plan for this GPU type only (see `tunesmith gpus`)"),
-    strategy: Optional[str] = typer.Option(None, help="with several GPUs: ddp | zero2 | fsdp | fsdp_offload"),
+    strategy: Optional[str] = typer.Option(None, help="with several GPUs: ddp | zero2 | fsdp | fsdp_offload (planning only)"),
     tokens: Optional[str] = typer.Option(None, help="training tokens per epoch, e.g. 20M (or use --dataset)"),
     dataset: Optional[Path] = typer.Option(None, help="count tokens per epoch in this file with the model's tokenizer"),
     epochs: Optional[float] = typer.Option(None, help="passes over the data"),

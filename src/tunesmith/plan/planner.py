@@ -22,6 +22,9 @@ from tunesmith.plan.memory import GB, Memory, Setup, estimate, trainable_params
 from tunesmith.plan.throughput import Mfu, assumptions, default_mfu, flops_per_token, hours
 
 COUNTS = (1, 2, 4, 8)  # GPUs per node the planner tries
+# Promise only what runs: the planner sizes several GPUs, the training loop uses one.
+ONE_DEVICE = ("`tunesmith train` runs on one GPU today: rows and remedies with several GPUs are for planning "
+              "(training on several GPUs is not implemented yet)")
 HEADROOM = 0.10  # keep 10% of the GPU free: fragmentation spikes and longer-than-planned rows
 
 
@@ -196,7 +199,7 @@ def advice(run: Run, gpus: list[Gpu], prices: list[Price] = ()) -> list[dict[str
             if attempt is not remedy:
                 deferred.remove(attempt)
             setup, peak = candidate, memory.peak
-            out.append({"change": ("then " if out else "") + change, "set": fields,
+            out.append({"change": ("then " if out else "") + change, "set": fields, "gpus": candidate.gpus,
                         "peak_gb": round(memory.peak / GB, 2), "fits": _where(run, candidate, memory, gpus, prices)})
     return out
 
@@ -303,6 +306,8 @@ def make_plan(run: Run, gpus: list[Gpu], prices: list[Price], *, mfu: Mfu | None
             "(packed rows are nearly full; epochs do not count)")
     elif run.total_tokens is None:
         plan["notes"].append("no token count: give --tokens N or --dataset FILE for time and cost")
+    if any(o["count"] > 1 for o in plan["options"]) or any(a["gpus"] > 1 for a in plan["advice"]):
+        plan["notes"].append(ONE_DEVICE)
     return plan
 
 

@@ -9,7 +9,7 @@ from tunesmith.catalog.gpu import Gpu
 from tunesmith.catalog.prices import Price
 from tunesmith.plan.arch import UnsupportedModel
 from tunesmith.plan.inputs import on_device, run_from_config
-from tunesmith.plan.planner import HEADROOM, advice, local_option, options
+from tunesmith.plan.planner import HEADROOM, ONE_DEVICE, advice, local_option, options
 
 
 def preflight(cfg: Any, device: Any) -> dict[str, Any]:
@@ -43,7 +43,8 @@ def refusal(check: dict[str, Any], cfg: Any, gpus: list[Gpu], prices: list[Price
     if ranked:
         lines.append("GPUs that would fit: " + "; ".join(
             f"{o.count} x {o.gpu} ({o.peak_gb:.1f} of {o.memory_gb:g} GB"
-            + (f", ~${o.best_cost:,.2f}" if o.best_cost is not None else "") + ")" for o in ranked) + ".")
+            + (f", ~${o.best_cost:,.2f}" if o.best_cost is not None else "") + ")" for o in ranked) + "."
+            + (f" ({ONE_DEVICE}.)" if any(o.count > 1 for o in ranked) else ""))
     else:
         fix = _first_fix(advice(run, gpus, prices), lambda step: step["fits"] is not None)
         if fix:
