@@ -287,7 +287,7 @@ def test_sampler_finds_the_gpu_by_uuid():
     nvml = FakeNvml([])
     NvmlSampler(device="58d3c2a4-0000-1111-2222-333344445555", nvml=nvml)._open()
     NvmlSampler(device="MIG-abc", nvml=nvml)._open()
-    assert nvml.handles == [("uuid", "GPU-58d3c2a4-0000-1111-2222-333344445555"), ("uuid", "MIG-abc")]
+    assert nvml.handles == [("uuid", b"GPU-58d3c2a4-0000-1111-2222-333344445555"), ("uuid", b"MIG-abc")]
 
 
 def test_sampler_without_a_driver_is_inactive_without_error():

@@ -418,7 +418,9 @@ class NvmlSampler:
         if isinstance(self.device, int):
             return self._nvml.nvmlDeviceGetHandleByIndex(self.device)
         uuid = self.device if self.device.startswith(("GPU-", "MIG-")) else f"GPU-{self.device}"
-        return self._nvml.nvmlDeviceGetHandleByUUID(uuid)
+        # bytes: older nvidia-ml-py hands the argument to ctypes' c_char_p as it is; newer ones
+        # convert str to bytes themselves and pass bytes through.
+        return self._nvml.nvmlDeviceGetHandleByUUID(uuid.encode())
 
     def _run(self) -> None:
         while not self._closing.is_set():
