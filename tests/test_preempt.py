@@ -253,6 +253,12 @@ def serve():
         server.server_close()
 
 
+def wait_until(condition) -> None:
+    t0 = time.monotonic()
+    while not condition() and time.monotonic() - t0 < DEADLINE:
+        time.sleep(0.005)
+
+
 def wait_for_stop(stop: StopRequest, watcher: PreemptionWatcher) -> float:
     t0 = time.monotonic()
     while stop.requested is None and time.monotonic() - t0 < DEADLINE:
@@ -333,7 +339,7 @@ def test_unreachable_endpoint_never_raises_and_close_is_prompt():
     stop = StopRequest()
     # Port 9 on localhost: nothing listens, the connection is refused at once.
     watcher = PreemptionWatcher(stop, provider="aws", interval=FAST, base_url="http://127.0.0.1:9").start()
-    time.sleep(0.2)
+    wait_until(lambda: watcher.polls >= 2)
     t0 = time.monotonic()
     watcher.close()
     assert time.monotonic() - t0 < 2 and not watcher.running
@@ -346,7 +352,7 @@ def test_close_stops_a_watcher_that_saw_no_notice(serve):
     md = Metadata("aws", notice_after=10_000)
     stop = StopRequest()
     watcher = PreemptionWatcher(stop, provider="aws", interval=FAST, base_url=serve(md)).start()
-    time.sleep(0.2)
+    wait_until(lambda: md.polls >= 2)
     with watcher:
         pass  # __exit__ closes
     assert not watcher.running and stop.requested is None and md.polls > 1

@@ -264,7 +264,6 @@ def test_sampler_samples_off_thread_and_drains_in_order():
     nvml = FakeNvml([10, 20, 30, 40])
     clock = iter(range(100)).__next__
     sampler = NvmlSampler(interval=0.001, nvml=nvml, clock=lambda: float(clock())).start()
-    assert sampler.active
     deadline = time.monotonic() + 5
     while sampler._thread.is_alive() and time.monotonic() < deadline:
         time.sleep(0.005)  # it stops by itself when the fake runs out of values
@@ -279,6 +278,7 @@ def test_sampler_close_stops_the_thread():
     nvml = FakeNvml([50] * 100_000)
     with NvmlSampler(interval=0.01, nvml=nvml) as sampler:
         time.sleep(0.05)
+        assert sampler.active
     assert not sampler._thread.is_alive() and nvml.shut
     assert len(sampler.drain()) >= 1
 
