@@ -104,7 +104,8 @@ def summarise(per_step: list[dict], steps: int) -> dict:
 def run_tunesmith(args: argparse.Namespace) -> dict:
     import torch
 
-    import tunesmith.train.loop as loop
+    import tunesmith.train.fit as fit
+    from tunesmith.train.setup import train
     from tunesmith.config import build_config
 
     limit_threads(args.threads)
@@ -136,22 +137,19 @@ def run_tunesmith(args: argparse.Namespace) -> dict:
 
     # Observe (not change) each step: real tokens, padded slots and trained tokens of its batches.
     shapes: list[dict] = []
-    original_run_step = loop.run_step
+    original_run_step = fit.run_step
 
-    def is_step(value) -> bool:  # one optimizer step: a list of micro-batches, each a list of rows
-        return isinstance(value, list) and bool(value) and isinstance(value[0], list) and hasattr(value[0][0], "input_ids")
-
-    def observed_run_step(*a, **kw):
-        step = next(v for v in [*a, *kw.values()] if is_step(v))
+    def observed_run_step(parts, rows, micro_batch, *rest):
+        step = [rows[i : i + micro_batch] for i in range(0, len(rows), micro_batch)]  # as run_step cuts it
         tokens = sum(len(r) for mb in step for r in mb)
         slots = sum(len(mb) * max(len(r) for r in mb) for mb in step)  # collate pads to the longest row
         trained = sum(sum(r.trained[1:]) for mb in step for r in mb)  # targets: labels[:, 1:] != -100
         shapes.append({"tokens": tokens, "slots": slots, "trained": trained})
-        return original_run_step(*a, **kw)
+        return original_run_step(parts, rows, micro_batch, *rest)
 
-    loop.run_step = observed_run_step
-    result = loop.train(cfg, progress=False)
-    loop.run_step = original_run_step
+    fit.run_step = observed_run_step
+    result = train(cfg, progress=False)
+    fit.run_step = original_run_step
 
     # Seconds per step from tunesmith's own metrics.jsonl: train_seconds = tokens / tokens_per_s
     # (cumulative), so each step's time is the delta. (The time of collate + forward/backward +

@@ -5,7 +5,7 @@ from safetensors.torch import load_file
 
 from tiny import order_rows, write_rows
 from tunesmith.config import build_config
-from tunesmith.train.loop import train
+from tunesmith.train.setup import train
 
 
 def run(model_dir, data, out, seed, extra=()):

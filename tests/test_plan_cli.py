@@ -56,7 +56,7 @@ def test_work_per_token_matches_torchs_flop_counter_on_a_real_step(method, gc):
 
     from tunesmith.config import build_config
     from tunesmith.plan.facts import catalog_entry
-    from tunesmith.train.loop import prepare_model
+    from tunesmith.train.setup import prepare_model
     from tunesmith.train.loss import TokenLoss
 
     config = catalog_entry("smollm2-135m")["config"]

@@ -204,7 +204,7 @@ def test_full_fine_tuning_under_bf16_autocast_saves_what_the_gpu_path_predicts(f
     import transformers
 
     from tunesmith.plan.measure import saved_bytes
-    from tunesmith.train.loop import prepare_model
+    from tunesmith.train.setup import prepare_model
     from tunesmith.train.loss import TokenLoss
 
     config, batch, seq = FAMILIES[family], 2, 64

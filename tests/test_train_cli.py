@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
 from tiny import order_rows, write_rows
@@ -52,7 +53,20 @@ def test_train_writes_metrics_adapter_config_and_data(trained_run):
     assert any("lora_A" in k for k in weights) and any("lora_B" in k for k in weights)
     config = json.loads((run / "adapter" / "adapter_config.json").read_text())
     assert (config["r"], config["lora_alpha"]) == (4, 8)
-    assert (run / "checkpoints" / "latest").read_text().strip() == "step-000002"
+    # Checkpoints every 2 steps and at each new best eval loss; RUN/adapter is the best one.
+    evals = {r["step"]: r["eval_loss"] for r in records if "eval_loss" in r}
+    best = min(evals, key=evals.get)
+    record = json.loads((run / "train.json").read_text())
+    assert (record["status"], record["steps_planned"], record["steps_done"]) == ("completed", 4, 4)
+    assert (record["best_step"], record["adapter_step"]) == (best, best)
+    assert record["best_eval_loss"] == pytest.approx(evals[best], abs=1e-6)
+    assert record["tokens"] == records[-1]["tokens"] and record["resumes"] == []
+    saved = sorted(p.name for p in (run / "checkpoints").iterdir() if p.name.startswith("step-"))
+    assert saved == (["step-000002", "step-000004"] if best == 4 else ["step-000002"])
+    assert (run / "checkpoints" / "latest").read_text().strip() == saved[-1]
+    best_weights = load_file(run / "checkpoints" / f"step-{best:06d}" / "weights.safetensors")
+    assert {k.replace(".default", "") for k in best_weights} == set(weights)
+    assert all(torch.equal(best_weights[k], weights[k.replace(".default", "")]) for k in best_weights)
     assert "train:" in (run / "config.yaml").read_text()
     removed = [json.loads(line) for line in (run / "data" / "removed.jsonl").read_text().splitlines()]
     assert sorted((r["line"], r["reasons"][0].split(":")[0]) for r in removed) == [(41, "invalid_json"), (42, "empty_field")]

@@ -384,28 +384,58 @@ def train_cmd(
     lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank (default 16)"),
     set_: Optional[list[str]] = SetOption,
     restart: bool = typer.Option(False, "--restart", help="delete the run already in --out and start over"),
-    progress: bool = typer.Option(True, help="show a progress bar"),
+    resume: Optional[Path] = typer.Option(
+        None, "--resume", help="continue from this checkpoint (RUN/checkpoints/step-N); by default the same "
+                               "command continues from the newest complete one"),
+    progress: bool = typer.Option(True, help="show a progress bar (without a terminal: one line per logged step)"),
     preflight: bool = typer.Option(True, help="refuse a run the planner predicts will not fit this machine"),
 ) -> None:
-    """Fine-tune a model: LoRA, QLoRA or full, into a run folder. Every other setting:
-    --set section.key=value; `tunesmith config show` lists them all with their defaults."""
-    from tunesmith.train.loop import train
+    """Fine-tune a model: LoRA, QLoRA or full, into a run folder. Run the same command again
+    after a kill or a preemption and it continues from the newest checkpoint. Every other
+    setting: --set section.key=value; `tunesmith config show` lists them all with their defaults."""
+    from tunesmith.train.setup import train
 
     quiet_transformers()
     if config is None and not (model and data and out_dir):
         raise UsageError("give a CONFIG file, or all of --model, --data and --out")
+    if restart and resume is not None:
+        raise UsageError("--restart deletes the run that --resume would continue: give one of them")
     cfg = resolve_config(config, locals(), TRAIN_FLAGS, set_)
-    working_in(Path(cfg.output.dir), "to start over, run the same command with --restart (resuming is not "
-                                     "implemented yet)")
-    result = train(cfg, progress=progress, preflight=preflight, restart=restart, on_preflight=print_preflight,
+    working_in(Path(cfg.output.dir), "run the same command again to continue from the newest checkpoint")
+    bar = progress and err.is_terminal
+    result = train(cfg, progress=bar, preflight=preflight, restart=restart, resume=resume,
+                   on_preflight=print_preflight, on_note=print_note,
+                   on_log=print_log_line if progress and not bar else None,
                    on_data=lambda report: out.print(
                        f"data: {data_summary(report)}; report: {Path(cfg.output.dir) / 'data' / 'report.html'}",
                        highlight=False))
+    if result.status in ("completed", "stopped_early") and result.steps and result.data:
+        print_trained(result)
+
+
+def print_trained(result: Any) -> None:
     eval_part = f", eval loss {result.final_eval_loss:.4f}" if result.final_eval_loss is not None else ""
+    early = (f" (stopped early: {result.steps} of {result.steps_planned} planned)"
+             if result.status == "stopped_early" else "")
     out.print(
-        f"trained {result.steps} steps, {result.tokens:,} tokens at {result.tokens_per_s:,.0f} tokens/s; "
-        f"final loss {result.final_loss:.4f}{eval_part} -> {result.run_dir}"
-    )
+        f"trained {result.steps} steps{early}, {result.tokens:,} tokens at {result.tokens_per_s:,.0f} tokens/s; "
+        f"final loss {result.final_loss:.4f}{eval_part} -> {result.run_dir}", highlight=False)
+    if result.best_step is not None:
+        out.print(f"kept the weights of step {result.adapter_step}, the lowest eval loss", highlight=False)
+
+
+def print_note(text: str) -> None:
+    out.print(f"[yellow]note:[/] {escape(text)}", highlight=False, soft_wrap=True)
+
+
+def print_log_line(record: dict[str, Any]) -> None:
+    """Without a terminal (CI, nohup, a cloud job's log) a progress bar prints nothing: one
+    plain line per logged step instead."""
+    parts = [f"step {record['step']}", f"loss {record['loss']:.4f}"]
+    if "eval_loss" in record:
+        parts.append(f"eval_loss {record['eval_loss']:.4f}")
+    parts += [f"lr {record['lr']:.3g}", f"{record['tokens_per_s']:,.0f} tokens/s", f"{record['elapsed']:.0f}s"]
+    print("train: " + "  ".join(parts), flush=True)
 
 
 def print_preflight(check: dict[str, Any]) -> None:
@@ -768,7 +798,9 @@ def run_guarded(args: list[str]) -> int:
 
 def say(error: TunesmithError) -> int:
     """The one line a user sees for an error, and its exit code."""
-    err.print(f"[red]error:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+    label = getattr(error, "label", "error")
+    colour = "yellow" if label != "error" else "red"
+    err.print(f"[{colour}]{label}:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     return error.exit_code
 
 

@@ -150,6 +150,14 @@ class TrainConfig(Section):
     eval_every: int = Field(50, ge=1, description="optimizer steps between validation-loss passes")
     save_every: int = Field(200, ge=1, description="optimizer steps between checkpoints")
     log_every: int = Field(1, ge=1, description="optimizer steps between metrics.jsonl lines")
+    keep_checkpoints: int = Field(3, ge=1, description="newest checkpoints kept (the best by eval loss is kept too)")
+    early_stopping_patience: int = Field(
+        3, ge=0, description="stop after this many evaluations without a better eval loss; 0: never stop early"
+    )
+    early_stopping_min_delta: float = Field(0.0, ge=0, description="how much lower eval loss must be to count as better")
+    watch_preemption: Literal["off", "auto", "aws", "gcp"] = Field(
+        "off", description="poll the cloud's metadata for a spot preemption notice and checkpoint at once"
+    )
 
 
 class EvalConfig(Section):
@@ -188,6 +196,17 @@ class RunConfig(Section):
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def flat_fields(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """`{"train": {"lr": 2e-4}}` as `{"train.lr": 2e-4}` (lists stay values)."""
+    flat: dict[str, Any] = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flat_fields(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 # ---------------------------------------------------------------- reading a config

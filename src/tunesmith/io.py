@@ -100,6 +100,33 @@ def replace_dir_atomic(tmp_dir: Path, final_dir: Path) -> None:
         os.replace(tmp_dir, final_dir)
 
 
+def fsync_tree(folder: Path) -> None:
+    """Flush every file under `folder`, then the folders themselves, to the disk: a rename
+    that follows publishes data that is really there after a power cut."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            fd = os.open(os.path.join(root, name), os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        fsync_dir(Path(root))
+
+
+def fsync_dir(folder: Path) -> None:
+    """Make a rename or a new entry in `folder` durable (a no-op where folders cannot be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
 def write_dir_atomic(final_dir: Path, fill: Callable[[Path], None]) -> Path:
     """Let `fill` write into a temp folder beside `final_dir`, then move it into place:
     the folder is complete or absent, never half-written (a crash leaves only a temp dir)."""

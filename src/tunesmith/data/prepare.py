@@ -4,7 +4,7 @@ write everything into RUN/data so each row's fate can be looked up, a blocked ru
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -87,8 +87,12 @@ def prepare_run_data(cfg: RunConfig, tokenizer: Any, run_dir: Path) -> Prepared:
     write_jsonl_atomic(data_dir / "train.jsonl", train)
     write_jsonl_atomic(data_dir / "val.jsonl", val)
     write_jsonl_atomic(data_dir / "removed.jsonl", _in_file_order(removed))
-    return Prepared([cleaned.encodings[r["line"]] for r in train], [val_encodings[r["line"]] for r in val],
-                    cleaned.report)
+    return Prepared([_from(cleaned.encodings, cfg.data.train, r["line"]) for r in train],
+                    [_from(val_encodings, cfg.data.val or cfg.data.train, r["line"]) for r in val], cleaned.report)
+
+
+def _from(encodings: dict[int, Encoded], file: str, line: int) -> Encoded:
+    return replace(encodings[line], origin=f"{file}:{line}")
 
 
 def _no_training_rows(cfg: RunConfig, kept: int, val: int, leaks: int) -> str:

@@ -12,7 +12,7 @@ import yaml
 from tunesmith.config import RunConfig, build_config
 from tunesmith.eval.run import evaluate_run
 from tunesmith.io import write_json_atomic
-from tunesmith.train.loop import TrainResult, train
+from tunesmith.train.setup import TrainResult, train
 
 
 def sample_path(name: str) -> Path:

@@ -24,6 +24,7 @@ IGNORE = -100
 class Encoded:
     input_ids: list[int]
     trained: list[bool]  # per token: is this token a training target?
+    origin: str = ""  # FILE:LINE of the input row, for messages about a training step
 
     @property
     def n_trained(self) -> int:

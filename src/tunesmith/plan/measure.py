@@ -89,7 +89,8 @@ def measure_training_step(model_config: dict[str, Any], cfg: Any, device: torch.
     """
     import transformers
 
-    from tunesmith.train.loop import make_accelerator, make_optimizer, prepare_model, run_step
+    from tunesmith.train.fit import Parts, make_accelerator, make_optimizer, run_step
+    from tunesmith.train.setup import prepare_model
     from tunesmith.train.loss import TokenLoss
     from tunesmith.train.pack import Row
 
@@ -114,7 +115,8 @@ def measure_training_step(model_config: dict[str, Any], cfg: Any, device: torch.
         return [Row(input_ids=r, trained=[True] * len(r), position_ids=list(range(len(r)))) for r in ids.tolist()]
 
     def step() -> None:
-        run_step(loss_fn, optimizer, accelerator, [rows() for _ in range(t.grad_accum)], 0, t.max_grad_norm, device)
+        step_rows = [row for _ in range(t.grad_accum) for row in rows()]
+        run_step(Parts(model, loss_fn, optimizer, None, accelerator), step_rows, t.micro_batch, 0, t.max_grad_norm, device)
 
     step()  # the first step allocates the optimizer state
     resident = sum(p.numel() * p.element_size() for p in loss_fn.parameters())

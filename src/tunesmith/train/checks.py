@@ -15,17 +15,19 @@ from typing import Any
 
 import yaml
 
-from tunesmith.config import RunConfig
+from tunesmith.config import RunConfig, flat_fields
 from tunesmith.data.prepare import check_data_files
 from tunesmith.errors import UsageError
 from tunesmith.io import check_output_dir
 from tunesmith.models.source import check_model_source
+from tunesmith.train.checkpoint import relevant_fields
+from tunesmith.train.record import FINISHED, read_record
 
 # What a run writes into its folder (DESIGN.md, "The run folder"). --restart removes these
 # and nothing else: a file we did not write is never deleted.
 RUN_ENTRIES = (
     "config.yaml", "data", "plan.json", "metrics.jsonl", "train.json", "checkpoints", "adapter", "model",
-    "eval", "review", "launch", "summary.json", "error.log", "tensorboard", "mlflow.db",
+    "eval", "review", "launch", "summary.json", "error.log", "tensorboard", "mlflow.db", "wandb",
 )
 # Entries that mean training got somewhere: a folder without them holds only an attempt that
 # stopped before the first step (pre-flight, data stage), which a new attempt may replace.
@@ -57,10 +59,13 @@ def check_device_support(cfg: RunConfig, device_type: str) -> None:
 @dataclass(frozen=True)
 class RunFolder:
     """A run folder this run may write into; `replace` lists what an earlier run left there
-    that must go first (nothing is removed until `take` is called)."""
+    that must go first (nothing is removed until `take` is called). `resume`: the folder
+    holds this same run, unfinished; `finished`: this same run, done."""
 
     path: Path
     replace: tuple[Path, ...] = ()
+    resume: bool = False
+    finished: bool = False
 
     def take(self) -> Path:
         for entry in self.replace:
@@ -70,13 +75,18 @@ class RunFolder:
                 entry.unlink(missing_ok=True)
         return self.path
 
+    def restart_all(self) -> "RunFolder":
+        """The same folder, everything of the earlier run to be replaced."""
+        return RunFolder(self.path, _ours(self.path))
+
 
 def inspect_run_dir(cfg: RunConfig, *, restart: bool = False, same_run_restarts: bool = False,
-                    flag: str = "--out") -> RunFolder:
+                    resuming: bool = False, flag: str = "--out") -> RunFolder:
     """May this run write into cfg.output.dir? An absent or empty folder: yes. A folder with
-    another tunesmith run in it: only with `restart`. This same run (same config) with
-    results: only with `restart` too, until resuming exists (`same_run_restarts`: the demo,
-    which always starts over). A folder of other files: never. Nothing is removed here."""
+    another tunesmith run in it: only with `restart`. This same run (the config fields that
+    matter are equal): continue it, or nothing to do when it finished (`same_run_restarts`:
+    start over instead, as the demo does). A folder of other files: never. Nothing is removed
+    here."""
     path = Path(cfg.output.dir)
     check_output_dir(path, flag)
     entries = sorted(p for p in path.iterdir() if not p.name.startswith(".")) if path.is_dir() else []
@@ -86,21 +96,36 @@ def inspect_run_dir(cfg: RunConfig, *, restart: bool = False, same_run_restarts:
         shown = ", ".join(p.name for p in entries[:5]) + (", ..." if len(entries) > 5 else "")
         raise UsageError(f"{flag} {path}: the folder holds other files ({shown}) and no tunesmith run: give a new "
                          f"or empty folder")
-    ours = tuple(path / name for name in RUN_ENTRIES if (path / name).exists() or (path / name).is_symlink())
-    leftovers = tuple(p for p in path.iterdir() if p.name.startswith(".") and p.name.endswith((".tmp", ".old")))
     trained = [name for name in TRAINED_ENTRIES if (path / name).exists()]
     if restart or not trained:  # nothing trained yet: an attempt the data stage or a crash stopped
-        return RunFolder(path, ours + leftovers)
+        return RunFolder(path, _ours(path))
     differences = config_differences(_previous_config(path / "config.yaml"), cfg.to_dict())
-    state = describe_run(path)
-    if not differences and same_run_restarts:
-        return RunFolder(path, ours + leftovers)
     if differences:
-        raise UsageError(f"{flag} {path} holds another run ({state}) that differs in {'; '.join(differences[:3])}"
+        raise UsageError(f"{flag} {path} holds another run ({describe_run(path)}) that differs in "
+                         f"{'; '.join(differences[:3])}"
                          + (f" and {len(differences) - 3} more" if len(differences) > 3 else "")
                          + f": choose another {flag}, or add --restart to delete it and start over")
-    raise UsageError(f"{flag} {path} already holds this run ({state}); resuming is not implemented yet: add "
-                     f"--restart to delete it and start over, or choose another {flag}")
+    if same_run_restarts:
+        return RunFolder(path, _ours(path))
+    if _finished(path) and not resuming:
+        return RunFolder(path, finished=True)
+    return RunFolder(path, resume=True)
+
+
+def _ours(path: Path) -> tuple[Path, ...]:
+    """What an earlier run wrote here: our entries and the temp files a kill left behind."""
+    ours = tuple(path / name for name in RUN_ENTRIES if (path / name).exists() or (path / name).is_symlink())
+    leftovers = tuple(p for p in path.iterdir() if p.name.startswith(".") and p.name.endswith((".tmp", ".old")))
+    return ours + leftovers
+
+
+def _finished(path: Path) -> bool:
+    """Trained to the end: train.json says so (or, from before train.json, the weights are there)."""
+    weights = (path / "adapter").is_dir() or (path / "model").is_dir()
+    record = read_record(path)
+    if record is None:
+        return weights
+    return weights and record.get("status") in FINISHED
 
 
 def _previous_config(path: Path) -> dict[str, Any] | None:
@@ -112,28 +137,16 @@ def _previous_config(path: Path) -> dict[str, Any] | None:
 
 
 def config_differences(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
-    """`["train.lr 0.0002 -> 0.0001", ...]` between two resolved configs; the folder itself
-    (output.dir, which may be spelled differently) does not count."""
+    """`["train.lr 0.0002 -> 0.0001", ...]` between two resolved configs, in the fields that
+    fix the weights (not the folder itself, how often to log or save, eval or tracking)."""
     if old is None:
         return ["its config.yaml, which cannot be read"]
-    flat_old, flat_new = _flatten(old), _flatten(new)
+    flat_old, flat_new = relevant_fields(flat_fields(old)), relevant_fields(flat_fields(new))
     changed = []
     for key in sorted(set(flat_old) | set(flat_new)):
-        if key == "output.dir":
-            continue
         if flat_old.get(key, "(absent)") != flat_new.get(key, "(absent)"):
             changed.append(f"{key} {flat_old.get(key, '(absent)')} -> {flat_new.get(key, '(absent)')}")
     return changed
-
-
-def _flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    flat: dict[str, Any] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            flat.update(_flatten(value, f"{prefix}{key}."))
-        else:
-            flat[f"{prefix}{key}"] = value
-    return flat
 
 
 def describe_run(path: Path) -> str:

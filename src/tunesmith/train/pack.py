@@ -23,8 +23,11 @@ class Row:
     input_ids: list[int] = field(default_factory=list)
     trained: list[bool] = field(default_factory=list)
     position_ids: list[int] = field(default_factory=list)
+    origins: list[str] = field(default_factory=list)  # FILE:LINE of each example in the row
 
     def add(self, example: Encoded) -> None:
+        if example.origin:
+            self.origins.append(example.origin)
         self.input_ids.extend(example.input_ids)
         self.trained.extend(example.trained)
         self.position_ids.extend(range(len(example.input_ids)))

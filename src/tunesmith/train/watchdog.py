@@ -427,3 +427,49 @@ class NvmlSampler:
             if self.sample_once() is None:
                 return
             self._closing.wait(self.interval)
+
+
+class Watchdogs:
+    """The watchdogs one training run keeps, as the step loop uses them: `before_update`
+    decides whether a step's update is applied, `after_step` and `after_eval` return the
+    alarms to record. Their state goes into each checkpoint."""
+
+    def __init__(self, total_steps: int, settings: Mapping[str, Any], sampler: NvmlSampler | None = None) -> None:
+        self.spike = LossSpike()
+        self.nonfinite = NonFinite()
+        self.slow = SlowConvergence(total_steps, settings=settings)
+        self.utilisation = LowUtilisation()
+        self.sampler = sampler
+        self.verdict = Verdict(skip=False, stop=False, alarm=None)
+
+    def before_update(self, step: int, loss: float, grad_norm: float) -> bool:
+        """Apply this step's update? Not when its loss or gradients are not finite."""
+        self.verdict = self.nonfinite.check(step, loss, grad_norm)
+        return not self.verdict.skip
+
+    def after_step(self, step: int, loss: float, rows: Sequence[str]) -> list[Alarm]:
+        alarms = [self.verdict.alarm] if self.verdict.alarm else []
+        if not self.verdict.skip:
+            alarms.append(self.spike.check(step, loss, rows))
+        if self.sampler is not None and self.sampler.active:
+            self.utilisation.add(self.sampler.drain())
+            alarms.append(self.utilisation.check(step, time.monotonic()))
+        return [a for a in alarms if a is not None]
+
+    def after_eval(self, step: int, eval_loss: float | None) -> list[Alarm]:
+        alarm = self.slow.check(step, eval_loss)
+        return [alarm] if alarm else []
+
+    @property
+    def stop(self) -> bool:
+        return self.verdict.stop
+
+    def state(self) -> dict[str, Any]:
+        return {"loss_spike": self.spike.state(), "non_finite": self.nonfinite.state(),
+                "slow_convergence": self.slow.state(), "low_gpu_utilisation": self.utilisation.state()}
+
+    def load_state(self, state: Mapping[str, Any]) -> None:
+        self.spike.load_state(state["loss_spike"])
+        self.nonfinite.load_state(state["non_finite"])
+        self.slow.load_state(state["slow_convergence"])
+        self.utilisation.load_state(state["low_gpu_utilisation"])

@@ -1,0 +1,312 @@
+"""The checkpoint contract: everything needed to continue a run exactly, and nothing that
+needs unpickling to read.
+
+    checkpoints/step-NNNNNN/
+      weights.safetensors   the trained parameters by name (LoRA adapters, or every weight)
+      state.safetensors     optimizer tensors (`optimizer.<param>.<key>`) and RNG states (`rng.*`)
+      state.json            step, tokens, times, the loop's state, the fingerprint, optimizer and
+                            scheduler scalars, python/numpy RNG, and each file's size and sha256
+    checkpoints/latest      the name of the newest complete checkpoint
+
+A checkpoint is written into a temp folder, fsynced, then renamed: it is complete or absent.
+Reading one checks every file against the sizes and hashes in state.json, so a checkpoint
+damaged after the fact (a full disk, a bad copy) is refused with a reason and the run falls
+back to the one before.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+import re
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+
+from tunesmith.config import RunConfig, flat_fields
+from tunesmith.io import fsync_dir, fsync_tree, write_dir_atomic, write_json_atomic, write_text_atomic
+
+FORMAT = 1
+STEP_NAME = re.compile(r"^step-(\d{6,})$")
+WEIGHTS, TENSORS, STATE = "weights.safetensors", "state.safetensors", "state.json"
+
+# Config fields that may change between a run and its resumption: they do not touch the
+# weights or the order of the data (where results go, how often to log or save, how the
+# finished model is evaluated, where metrics are mirrored).
+FREE_TO_CHANGE = ("output.dir", "train.log_every", "train.save_every", "train.keep_checkpoints",
+                  "train.watch_preemption", "eval.", "track.")
+
+
+class CorruptCheckpoint(Exception):
+    """A checkpoint folder that cannot be used; the message says why."""
+
+
+# ---------------------------------------------------------------- fingerprint
+
+def file_sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def config_fingerprint(cfg: RunConfig) -> dict[str, Any]:
+    """The resolved config fields that fix the schedule and the weights."""
+    return relevant_fields(flat_fields(cfg.to_dict()))
+
+
+def relevant_fields(flat: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in flat.items()
+            if not any(key == free or (free.endswith(".") and key.startswith(free)) for free in FREE_TO_CHANGE)}
+
+
+def input_hashes(cfg: RunConfig) -> dict[str, str]:
+    """sha256 of the data files as given: a changed file is caught before any work."""
+    files = {"data.train": cfg.data.train, "data.val": cfg.data.val}
+    return {field: file_sha256(path) for field, path in files.items() if path}
+
+
+def fingerprint(cfg: RunConfig, cleaned: dict[str, str] | None = None, world_size: int = 1) -> dict[str, Any]:
+    """What a checkpoint may only be continued with: the config fields that matter, the
+    input files' hashes, the cleaned data's hashes (once the data stage ran), world size."""
+    return {"config": config_fingerprint(cfg), "inputs": input_hashes(cfg), "data": cleaned,
+            "world_size": world_size}
+
+
+def cleaned_hashes(data_dir: Path) -> dict[str, str]:
+    return {name: file_sha256(data_dir / name) for name in ("train.jsonl", "val.jsonl")}
+
+
+def fingerprint_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """`["train.lr 0.0002 -> 0.0001", "data.train: the file's content changed"]`; parts of
+    `new` that are None (not computed yet) are not compared."""
+    changed = []
+    old_config, new_config = old.get("config", {}), new.get("config", {})
+    for key in sorted(set(old_config) | set(new_config)):
+        before, after = old_config.get(key, "(absent)"), new_config.get(key, "(absent)")
+        if before != after:
+            changed.append(f"{key} {before} -> {after}")
+    old_inputs, new_inputs = old.get("inputs", {}), new.get("inputs", {})
+    for field in sorted(set(old_inputs) | set(new_inputs)):
+        if field in old_inputs and field in new_inputs and old_inputs[field] != new_inputs[field]:
+            changed.append(f"{field}: the file's content changed")
+    if new.get("data") is not None and old.get("data") is not None and new["data"] != old["data"]:
+        changed.append("the cleaned data (RUN/data) differs from what the checkpoint trained on")
+    if new.get("world_size") != old.get("world_size"):
+        changed.append(f"world size {old.get('world_size')} -> {new.get('world_size')}")
+    return changed
+
+
+# ---------------------------------------------------------------- writing
+
+def trained_weights(model: Any) -> dict[str, torch.Tensor]:
+    """The trained parameters by their names in `model` (tied weights appear once)."""
+    return {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def save_checkpoint(run_dir: Path, step: int, *, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+                    state: dict[str, Any], fingerprint: dict[str, Any]) -> Path:
+    """checkpoints/step-NNNNNN, complete or absent; then `latest` names it."""
+
+    def fill(folder: Path) -> None:
+        save_file(trained_weights(model), str(folder / WEIGHTS))
+        optimizer_tensors, optimizer_meta = _split_optimizer(optimizer.state_dict())
+        rng_tensors, rng_meta = _capture_rng()
+        save_file({**optimizer_tensors, **rng_tensors}, str(folder / TENSORS))
+        files = {name: {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
+                 for name in (WEIGHTS, TENSORS)}
+        write_json_atomic(folder / STATE, {
+            "format": FORMAT, "step": step, **state, "fingerprint": fingerprint,
+            "optimizer": optimizer_meta, "scheduler": _json_safe(scheduler.state_dict()), "rng": rng_meta,
+            "files": files,
+        })
+        fsync_tree(folder)
+
+    final = write_dir_atomic(checkpoint_dir(run_dir, step), fill)
+    fsync_dir(final.parent)
+    write_text_atomic(run_dir / "checkpoints" / "latest", final.name + "\n")
+    return final
+
+
+def checkpoint_dir(run_dir: Path, step: int) -> Path:
+    return run_dir / "checkpoints" / f"step-{step:06d}"
+
+
+def _split_optimizer(state_dict: dict[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors to safetensors under `optimizer.<param>.<key>`; scalars and groups to JSON."""
+    tensors: dict[str, torch.Tensor] = {}
+    scalars: dict[str, dict[str, Any]] = {}
+    for index, per_param in state_dict["state"].items():
+        for key, value in per_param.items():
+            if isinstance(value, torch.Tensor):
+                tensors[f"optimizer.{index}.{key}"] = value.detach().contiguous().cpu()
+            else:
+                scalars.setdefault(str(index), {})[key] = value
+    return tensors, {"param_groups": _json_safe(state_dict["param_groups"]), "scalars": _json_safe(scalars)}
+
+
+def _capture_rng() -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Every generator training can draw from: torch CPU (which also drives the CPU LoRA
+    dropout), each CUDA device, python's and numpy's global ones."""
+    tensors = {"rng.torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        for i, state in enumerate(torch.cuda.get_rng_state_all()):
+            tensors[f"rng.cuda.{i}"] = state
+    version, internal, gauss = random.getstate()
+    kind, keys, pos, has_gauss, cached = np.random.get_state(legacy=True)
+    meta = {"python": [version, list(internal), gauss],
+            "numpy": [kind, keys.tolist(), int(pos), int(has_gauss), float(cached)]}
+    return tensors, meta
+
+
+def _json_safe(value: Any) -> Any:
+    """Optimizer groups and scheduler state as JSON (tuples become lists; tensors, which a
+    scheduler may hold, become numbers); anything else is a bug to hear about."""
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    if isinstance(value, torch.Tensor) and value.numel() == 1:
+        return value.item()
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    raise TypeError(f"cannot store {type(value).__name__} in a checkpoint's state.json")
+
+
+# ---------------------------------------------------------------- reading
+
+@dataclass
+class Checkpoint:
+    path: Path
+    state: dict[str, Any]  # state.json
+
+    @property
+    def step(self) -> int:
+        return int(self.state["step"])
+
+    def weights(self) -> dict[str, torch.Tensor]:
+        return load_file(str(self.path / WEIGHTS))
+
+
+def read_checkpoint(folder: Path) -> Checkpoint:
+    """A checkpoint whose files all match state.json; CorruptCheckpoint says what does not."""
+    try:
+        state = json.loads((folder / STATE).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CorruptCheckpoint(f"{folder.name}: has no {STATE}") from None
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise CorruptCheckpoint(f"{folder.name}/{STATE} cannot be read ({e})") from None
+    if not isinstance(state, dict) or state.get("format") != FORMAT or not isinstance(state.get("files"), dict):
+        raise CorruptCheckpoint(f"{folder.name}/{STATE} is not a format-{FORMAT} checkpoint state")
+    for name, expected in state["files"].items():
+        path = folder / name
+        if not path.is_file():
+            raise CorruptCheckpoint(f"{folder.name}/{name} is missing")
+        if path.stat().st_size != expected["bytes"]:
+            raise CorruptCheckpoint(f"{folder.name}/{name} has {path.stat().st_size} bytes, "
+                                    f"{expected['bytes']} were written")
+        if file_sha256(path) != expected["sha256"]:
+            raise CorruptCheckpoint(f"{folder.name}/{name} does not match the hash written with it")
+    return Checkpoint(folder, state)
+
+
+def list_checkpoints(run_dir: Path) -> list[Path]:
+    """Checkpoint folders, oldest first (temp folders of an interrupted write are not listed)."""
+    root = run_dir / "checkpoints"
+    if not root.is_dir():
+        return []
+    found = [p for p in root.iterdir() if p.is_dir() and STEP_NAME.match(p.name)]
+    return sorted(found, key=lambda p: int(STEP_NAME.match(p.name).group(1)))
+
+
+def newest_valid(run_dir: Path) -> tuple[Checkpoint | None, list[str]]:
+    """The newest checkpoint that reads back whole, and a note for each newer one skipped."""
+    notes = []
+    for folder in reversed(list_checkpoints(run_dir)):
+        try:
+            return read_checkpoint(folder), notes
+        except CorruptCheckpoint as e:
+            notes.append(f"checkpoint {e}: using the one before it")
+    return None, notes
+
+
+# ---------------------------------------------------------------- restoring
+
+def restore(checkpoint: Checkpoint, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
+    """Put weights, optimizer, scheduler and every RNG back exactly as they were saved."""
+    load_weights(model, checkpoint.weights(), checkpoint.path.name)
+    tensors = load_file(str(checkpoint.path / TENSORS))
+    optimizer.load_state_dict(_join_optimizer(checkpoint.state["optimizer"], tensors))
+    scheduler.load_state_dict(checkpoint.state["scheduler"])
+    _restore_rng(checkpoint.state["rng"], tensors)
+
+
+def load_weights(model: Any, weights: dict[str, torch.Tensor], where: str) -> None:
+    params = {name: p for name, p in model.named_parameters() if p.requires_grad}
+    if set(params) != set(weights):
+        missing, extra = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
+        raise CorruptCheckpoint(f"{where}: its weights do not match this model (missing {missing[:3]}, "
+                                f"unexpected {extra[:3]})")
+    with torch.no_grad():
+        for name, p in params.items():
+            p.copy_(weights[name])
+
+
+def _join_optimizer(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:
+    state: dict[int, dict[str, Any]] = {}
+    for name, tensor in tensors.items():
+        if name.startswith("optimizer."):
+            _, index, key = name.split(".", 2)
+            state.setdefault(int(index), {})[key] = tensor
+    for index, scalars in meta["scalars"].items():
+        state.setdefault(int(index), {}).update(scalars)
+    return {"state": state, "param_groups": meta["param_groups"]}
+
+
+def _restore_rng(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> None:
+    torch.set_rng_state(tensors["rng.torch"])
+    cuda = [tensors[f"rng.cuda.{i}"] for i in range(len(tensors)) if f"rng.cuda.{i}" in tensors]
+    if cuda and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(cuda)
+    version, internal, gauss = meta["python"]
+    random.setstate((version, tuple(internal), gauss))
+    kind, keys, pos, has_gauss, cached = meta["numpy"]
+    np.random.set_state((kind, np.array(keys, dtype=np.uint32), pos, has_gauss, cached))
+
+
+# ---------------------------------------------------------------- housekeeping
+
+def prune(run_dir: Path, keep: int, best_step: int | None) -> list[Path]:
+    """Delete all but the newest `keep` checkpoints and the best one; returns what went."""
+    folders = list_checkpoints(run_dir)
+    keep_names = {p.name for p in folders[-keep:]} if keep > 0 else set()
+    if best_step is not None:
+        keep_names.add(checkpoint_dir(run_dir, best_step).name)
+    removed = [p for p in folders if p.name not in keep_names]
+    for folder in removed:
+        shutil.rmtree(folder)
+    return removed
+
+
+def discard_after(run_dir: Path, step: int) -> list[Path]:
+    """Checkpoints newer than the one a run continues from belong to a future that will be
+    trained again: remove them (and temp folders a kill left mid-write)."""
+    root = run_dir / "checkpoints"
+    gone = [p for p in list_checkpoints(run_dir) if int(STEP_NAME.match(p.name).group(1)) > step]
+    if root.is_dir():
+        gone += [p for p in root.iterdir() if p.name.startswith(".")]
+    for path in gone:
+        if path.is_dir():
+            shutil.rmtree(path, ignore_errors=True)
+        else:
+            path.unlink(missing_ok=True)
+    if step and root.is_dir():
+        write_text_atomic(root / "latest", f"step-{step:06d}\n")
+    return gone

@@ -1,0 +1,119 @@
+"""RUN/train.json, the training stage's outcome, rewritten atomically as training goes, and
+the lock that keeps two `tunesmith train` processes out of one run folder.
+
+train.json says at any moment how far the run got: a reader (a person, `tunesmith plan
+--calibrate`, a cloud job's log) never sees half a file. While the run is alive its `status`
+is "running" and `heartbeat` moves; a train.json that says "running" when no process holds the
+folder's lock belongs to a process that died without a word (most often: killed by the
+kernel for lack of memory).
+"""
+
+from __future__ import annotations
+
+import datetime
+import fcntl
+import json
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from tunesmith.errors import UsageError
+from tunesmith.io import write_json_atomic
+
+STATUSES = ("running", "completed", "stopped_early", "interrupted", "failed")
+FINISHED = ("completed", "stopped_early")
+# train.json is rewritten at events (eval, checkpoint, alarm, end) and at least this often.
+HEARTBEAT_SECONDS = 30.0
+
+
+def now_iso() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def read_record(run_dir: Path) -> dict[str, Any] | None:
+    try:
+        record = json.loads((run_dir / "train.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+class RunRecord:
+    """train.json in memory; `write()` puts it on disk whole."""
+
+    def __init__(self, run_dir: Path, fields: dict[str, Any]) -> None:
+        self.path = run_dir / "train.json"
+        self.fields = fields
+        self._written = 0.0
+
+    @classmethod
+    def start(cls, run_dir: Path, *, steps_planned: int, previous: dict[str, Any] | None,
+              resumed_from: int | None) -> "RunRecord":
+        """A new record, or the previous one carried on (its resumes, alarms and changes)."""
+        keep = previous if resumed_from is not None and previous else {}
+        fields = {
+            "status": "running", "steps_planned": steps_planned, "steps_done": resumed_from or 0,
+            "best_step": keep.get("best_step"), "best_eval_loss": keep.get("best_eval_loss"),
+            "adapter_step": None, "resumes": list(keep.get("resumes", [])), "alarms": list(keep.get("alarms", [])),
+            "memory_changes": list(keep.get("memory_changes", [])), "tokens": keep.get("tokens", 0),
+            "train_seconds": keep.get("train_seconds", 0.0), "tracking": keep.get("tracking", {}),
+            "pid": os.getpid(), "started": keep.get("started", now_iso()), "heartbeat": now_iso(),
+        }
+        return cls(run_dir, fields)
+
+    def update(self, **fields: Any) -> None:
+        self.fields.update(fields)
+
+    def write(self) -> None:
+        self.fields["heartbeat"] = now_iso()
+        write_json_atomic(self.path, self.fields)
+        self._written = time.monotonic()
+
+    def beat(self) -> None:
+        """Rewrite only when the last write is older than the heartbeat interval."""
+        if time.monotonic() - self._written >= HEARTBEAT_SECONDS:
+            self.write()
+
+
+class RunLock:
+    """An exclusive lock on RUN/.train.lock for as long as the run trains. The kernel drops
+    it when the process dies, however it dies, so a stale lock cannot block a resume."""
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = run_dir / ".train.lock"
+        self._fd: int | None = None
+
+    def __enter__(self) -> "RunLock":
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
+            os.close(fd)
+            raise UsageError(f"{self.path.parent}: another `tunesmith train` (pid {holder}) is training in this "
+                             f"folder now; wait for it, stop it, or choose another --out") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, str(os.getpid()).encode())
+        self._fd = fd
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._fd is not None:
+            os.close(self._fd)  # closing releases the lock; the file stays (it is hidden and tiny)
+            self._fd = None
+
+
+def process_start_time() -> float:
+    """When this process started (seconds since the epoch): the clock a resume's restart time
+    is measured from. Linux: /proc; elsewhere the moment tunesmith was imported."""
+    try:
+        ticks = int(Path("/proc/self/stat").read_text().rsplit(")", 1)[1].split()[19])
+        uptime = float(Path("/proc/uptime").read_text().split()[0])
+        return time.time() - uptime + ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return _IMPORTED
+
+
+_IMPORTED = time.time()
