@@ -354,6 +354,29 @@ def test_wandb_follows_the_users_own_setting(tmp_path, monkeypatch):
     assert not list((tmp_path / "wandb").glob("offline-run-*"))
 
 
+@pytest.mark.parametrize("env, mode", [({}, "offline"), ({"WANDB_API_KEY": "k" * 40}, None),
+                                       ({"WANDB_MODE": "online"}, "online")])
+def test_wandb_is_offline_unless_the_user_set_it_up(tmp_path, monkeypatch, env, mode):
+    """The mode and project handed to wandb.init (online cannot run here: no network)."""
+    import wandb
+
+    seen = {}
+
+    class FakeRun:
+        id = "abc123"
+
+    def init(**kwargs):
+        seen.update(kwargs)
+        return FakeRun()
+
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setattr(wandb, "init", init)
+    open_trackers(config(["wandb"]), tmp_path, resume={"wandb": "abc123"}, resume_step=4)
+    assert (seen["mode"], seen["project"], seen["id"], seen["resume"]) == (mode, "tunesmith", "abc123", "allow")
+    assert seen["dir"] == str(tmp_path) and seen["config"]["track"]["to"] == ["wandb"]
+
+
 def test_no_trackers_import_nothing(tmp_path):
     code = ("import sys; from pathlib import Path; from tunesmith.config import build_config; "
             "from tunesmith.train.track import open_trackers; "

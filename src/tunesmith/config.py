@@ -170,7 +170,7 @@ class TrackConfig(Section):
     )
     experiment: str | None = Field(None, description="MLflow experiment; none: the run folder's name")
     wandb_project: str | None = Field(
-        None, description="W&B project; none: W&B's own default (WANDB_PROJECT, else 'uncategorized')"
+        None, description="W&B project; none: WANDB_PROJECT, else tunesmith"
     )
 
 

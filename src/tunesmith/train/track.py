@@ -278,7 +278,8 @@ class WandB:
         # The mode is passed, not left to W&B: W&B reads its environment once per process.
         mode = os.environ.get("WANDB_MODE") or (None if os.environ.get("WANDB_API_KEY") else "offline")
         self.run = wandb.init(
-            project=cfg.track.wandb_project,
+            # W&B's own default guesses from the git repository; a fixed name is easier to find.
+            project=cfg.track.wandb_project or os.environ.get("WANDB_PROJECT") or "tunesmith",
             name=run_dir.resolve().name,
             dir=str(run_dir),  # W&B adds its own wandb/ folder below
             config=cfg.to_dict(),
