@@ -303,6 +303,9 @@ def test_an_interrupted_run_is_killed_and_reopens_as_running(run_dir):
     assert client.get_run(trackers.ids["mlflow"]).info.status == "RUNNING"
     again.finish(status="failed", adapter_dir=None)
     assert client.get_run(trackers.ids["mlflow"]).info.status == "FAILED"
+    with pytest.raises(ValueError, match="status 'running'; expected one of completed, stopped_early, "
+                                         "failed, interrupted"):
+        open_trackers(cfg, run_dir, resume=trackers.ids, resume_step=1).finish(status="running", adapter_dir=None)
 
 
 def test_a_tracked_run_that_is_gone_becomes_a_new_one_with_a_note(run_dir):

@@ -39,7 +39,7 @@ RUN_ENTRIES = ("tensorboard", "mlflow.db", "mlflow-artifacts", "wandb")
 # (W&B marks a run failed on any non-zero code; 130 is the shell's code for Ctrl-C).
 STATUSES: dict[str, tuple[str, int]] = {
     "completed": ("FINISHED", 0),
-    "finished": ("FINISHED", 0),
+    "stopped_early": ("FINISHED", 0),
     "failed": ("FAILED", 1),
     "interrupted": ("KILLED", 130),
 }
