@@ -32,7 +32,7 @@ def test_overrides_parse_yaml_scalars_and_numbers():
     "override, expected",
     [
         (["train.bogus=1"], "unknown field 'train.bogus'; allowed in train: lr,"),
-        (["bogus.x=1"], "unknown field 'bogus'; allowed: model, data, clean, method, train, eval, output"),
+        (["bogus.x=1"], "unknown field 'bogus'; allowed: model, data, clean, method, train, eval, track, output"),
         (["method.name=dora"], "--set method.name=dora: not allowed; choose one of 'lora', 'qlora' or 'full'"),
         (["method=dora"], "--set method=dora: method.name: not allowed; choose one of 'lora', 'qlora' or 'full'"),
         (["train.lr=fast"], "--set train.lr=fast: expected a number"),

@@ -166,6 +166,22 @@ class EvalConfig(Section):
     max_examples: int | None = Field(None, ge=1, description="evaluate only the first N validation rows")
 
 
+class TrackConfig(Section):
+    """Where the metrics.jsonl curves also go, under the same names at the same steps."""
+
+    to: list[Literal["tensorboard", "mlflow", "wandb"]] = Field(
+        default_factory=list, description="trackers to log to (optional extra `track`); empty: none, "
+        "only metrics.jsonl"
+    )
+    mlflow_uri: str | None = Field(
+        None, description="MLflow tracking URI; none: a SQLite store in the run folder (RUN/mlflow.db)"
+    )
+    experiment: str | None = Field(None, description="MLflow experiment; none: the run folder's name")
+    wandb_project: str | None = Field(
+        None, description="W&B project; none: WANDB_PROJECT, else tunesmith"
+    )
+
+
 class OutputConfig(Section):
     dir: str = Field("runs/latest", description="the run folder")
 
@@ -177,6 +193,7 @@ class RunConfig(Section):
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+    track: TrackConfig = Field(default_factory=TrackConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)
 
     @field_validator("method", mode="before")
