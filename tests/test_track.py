@@ -410,3 +410,44 @@ def test_an_unknown_tracker_is_refused_by_the_config():
     with pytest.raises(UsageError, match=r"--set track.to=\[neptune\]: track.to.0: not allowed; "
                                          r"choose one of 'tensorboard', 'mlflow' or 'wandb'"):
         build_config({}, ["track.to=[neptune]"])
+
+
+def test_train_through_the_cli_with_a_resume_tracks_one_run(tiny_model_dir, tmp_path):
+    """`tunesmith train --set 'track.to=[tensorboard,mlflow]'`, stopped by SIGTERM and run again:
+    one TensorBoard curve and one MLflow run, each step once, the values of metrics.jsonl."""
+    import signal
+    import time
+
+    from tiny import order_rows, write_rows
+
+    data = write_rows(tmp_path / "d.jsonl", order_rows(60))
+    run = tmp_path / "run"
+    args = [sys.executable, "-m", "tunesmith.cli", "train", "--model", str(tiny_model_dir), "--data", str(data),
+            "--out", str(run), "--no-progress", "--set", "track.to=[tensorboard,mlflow]", "--set", "train.max_steps=10",
+            "--set", "train.max_seq_len=128", "--set", "train.micro_batch=2", "--set", "train.eval_every=3",
+            "--set", "method.r=4"]
+    process = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=own_process_env())
+    metrics = run / "metrics.jsonl"
+    while process.poll() is None and (not metrics.exists() or len(metrics.read_text().splitlines()) < 4):
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    assert process.wait(timeout=60) == 143, process.stderr.read()
+    first_id = json.loads((run / "train.json").read_text())["tracking"]["mlflow"]
+    subprocess.run(args, check=True, capture_output=True, env=own_process_env())
+    record = json.loads((run / "train.json").read_text())
+    assert record["tracking"]["mlflow"] == first_id and record["resumes"]
+    logged = [json.loads(line) for line in metrics.read_text().splitlines()]
+    want = expected(logged)
+    assert sorted(want["loss"]) == list(range(1, 11))
+    scalars = tensorboard_scalars(run)
+    for key in ("loss", "eval_loss", "lr", "grad_norm", "tokens_per_s"):
+        assert [s for s, _ in scalars[key]] == sorted(want[key])  # each step once: the purge worked
+        assert [v for _, v in scalars[key]] == [float(np.float32(want[key][s])) for s in sorted(want[key])]
+    client = mlflow_client(run)
+    history = mlflow_history(client, first_id)
+    for key in ("loss", "eval_loss", "lr"):
+        latest = {step: value for step, value in history[key]}
+        assert latest == want[key]
+    tracked = client.get_run(first_id)
+    assert tracked.info.status == "FINISHED" and tracked.data.params["train.lr"] == "0.0002"
+    assert "adapter" in [a.path for a in client.list_artifacts(first_id)]

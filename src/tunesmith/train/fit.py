@@ -406,13 +406,13 @@ class MetricsLog:
 
     def __init__(self, path: Path, on_log: Callable[[dict], None] | None) -> None:
         self.path = path
-        self.on_log = on_log
+        self.sinks: list[Callable[[dict], None]] = [on_log] if on_log else []  # the printer, the trackers
 
     def write(self, record: dict) -> None:
         with self.path.open("a", encoding="utf-8") as f:
             f.write(json.dumps(record) + "\n")
-        if self.on_log:
-            self.on_log(record)
+        for sink in self.sinks:
+            sink(record)
 
     def cut_back(self, step: int) -> int:
         """Keep the records up to `step` (a resumed run logs the later steps again, once);

@@ -33,6 +33,7 @@ from tunesmith.train.checks import RunFolder, check_run_inputs, inspect_run_dir
 from tunesmith.train.dropout import use_bit_dropout
 from tunesmith.train.fit import Fit, LoopState, MetricsLog, enable_checkpointing, plan_steps
 from tunesmith.train.preempt import PreemptionWatcher, StopRequest
+from tunesmith.train.track import open_trackers, require_trackers
 from tunesmith.train.record import RunLock, RunRecord, now_iso, process_start_time, read_record
 from tunesmith.train.watchdog import NvmlSampler, Watchdogs
 
@@ -88,6 +89,7 @@ def train(
     # Everything that can refuse the run does so before anything is written or loaded.
     device = pick_device()
     check_run_inputs(cfg, device.type)
+    require_trackers(cfg)
     folder = inspect_run_dir(cfg, restart=restart, same_run_restarts=same_run_restarts,
                              resuming=resume is not None)
     if folder.finished:
@@ -228,7 +230,12 @@ def run_fit(cfg: RunConfig, run_dir: Path, path: str, tokenizer: Any, data: Prep
     record = RunRecord.start(run_dir, steps_planned=len(steps), previous=start.previous, resumed_from=resumed_from)
     if resumed_from is not None:
         record.fields["resumes"].append({"from_step": resumed_from, "at": now_iso()})
+    trackers = open_trackers(cfg, run_dir, resume=record.fields["tracking"], resume_step=resumed_from)
+    record.update(tracking=trackers.ids)
     record.write()
+    for text in trackers.notes:
+        note(text)
+    log.sinks.append(trackers.log)
     prints = fingerprint(cfg, cleaned_hashes(run_dir / "data"))
     fit = Fit(cfg, steps, data.val, tokenizer.pad_token_id, device, run_dir, prints, log, record,
               predicted_peak_gb=check.get("peak_gb"), on_note=note,
@@ -247,11 +254,13 @@ def run_fit(cfg: RunConfig, run_dir: Path, path: str, tokenizer: Any, data: Prep
         if record.fields["status"] == "running":
             record.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
             record.write()
+        trackers.finish(status=record.fields["status"], adapter_dir=None)
         raise
     status = "stopped_early" if state.stopped_early else "completed"
     record.update(status=status, adapter_step=adapter_step, final_loss=state.last_loss,
                   final_eval_loss=state.last_eval)
     record.write()
+    trackers.finish(status=status, adapter_dir=run_dir / "adapter" if cfg.method.name != "full" else None)
     return TrainResult(run_dir=run_dir, steps=state.step, data=data.report, tokens=state.tokens,
                        train_seconds=state.train_seconds,
                        tokens_per_s=state.tokens / state.train_seconds if state.train_seconds else 0.0,

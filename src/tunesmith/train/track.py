@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Protocol
 
-from tunesmith.config import RunConfig
+from tunesmith.config import RunConfig, flat_fields
 from tunesmith.errors import UsageError
 
 # What the trackers add to the run folder (the default MLflow store and its artifacts).
@@ -228,17 +228,14 @@ def mlflow_uri(cfg: RunConfig, run_dir: Path) -> str:
     return cfg.track.mlflow_uri or f"sqlite:///{(run_dir / 'mlflow.db').resolve().as_posix()}"
 
 
-def flat_params(tree: dict[str, Any], prefix: str = "") -> dict[str, str]:
+def flat_params(tree: dict[str, Any]) -> dict[str, str]:
     """{"train": {"lr": 2e-4}} -> {"train.lr": "0.0002"}. Values as JSON (null, true, lists),
     text as it is; cut to MLflow's length limit, which refuses longer values."""
     limit = _param_limit()
     out: dict[str, str] = {}
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            out.update(flat_params(value, f"{prefix}{key}."))
-        else:
-            text = value if isinstance(value, str) else json.dumps(value)
-            out[f"{prefix}{key}"] = text if len(text) <= limit else text[: limit - 3] + "..."
+    for key, value in flat_fields(tree).items():
+        text = value if isinstance(value, str) else json.dumps(value)
+        out[key] = text if len(text) <= limit else text[: limit - 3] + "..."
     return out
 
 
