@@ -41,8 +41,8 @@ sys.path.insert(0, str(ROOT / "src"))
 import torch  # noqa: E402
 
 from tunesmith.config import build_config  # noqa: E402
-from tunesmith.plan.arch import ModelFacts  # noqa: E402
-from tunesmith.plan.facts import catalog_entry  # noqa: E402
+from tunesmith.models.arch import ModelFacts  # noqa: E402
+from tunesmith.models.facts import catalog_entry  # noqa: E402
 from tunesmith.plan.measure import measure_training_step  # noqa: E402
 from tunesmith.plan.memory import (  # noqa: E402
     ALLOCATOR_OVERHEAD, CUDA_CONTEXT_BYTES, Setup, activation_bytes, estimate, saved_logits_bytes,

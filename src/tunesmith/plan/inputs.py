@@ -12,8 +12,8 @@ from typing import Any
 from tunesmith.catalog.gpu import Gpu
 from tunesmith.errors import UsageError
 from tunesmith.io import read_json, read_utf8, require_file
-from tunesmith.plan.arch import ModelFacts
-from tunesmith.plan.facts import model_facts
+from tunesmith.models.arch import ModelFacts
+from tunesmith.models.facts import model_facts
 from tunesmith.plan.memory import Setup
 from tunesmith.plan.throughput import Mfu, flops_per_token
 

@@ -11,7 +11,7 @@ from tunesmith.catalog.model_configs import catalog_aliases, catalog_entry  # no
 from tunesmith.errors import UsageError
 from tunesmith.io import read_json, require_file
 from tunesmith.models.source import GGUF_MAGIC, brief, cached_snapshot, is_hub_id
-from tunesmith.plan.arch import SUPPORTED, ModelFacts, UnsupportedModel
+from tunesmith.models.arch import SUPPORTED, ModelFacts, UnsupportedModel
 
 # Aliases of models.source that name a catalog entry with the same architecture.
 SOURCE_ALIASES = {"smollm2-135m-instruct": "smollm2-135m"}

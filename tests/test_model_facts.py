@@ -5,10 +5,10 @@ import json
 
 import pytest
 
-from test_plan_arch import real_count
+from test_model_arch import real_count
 from tunesmith.errors import UsageError
-from tunesmith.plan.arch import ModelFacts, UnsupportedModel, count_params
-from tunesmith.plan.facts import catalog_aliases, catalog_entry, model_facts
+from tunesmith.models.arch import ModelFacts, UnsupportedModel, count_params
+from tunesmith.models.facts import catalog_aliases, catalog_entry, model_facts
 
 SMALL_LLAMA = {"model_type": "llama", "vocab_size": 1000, "hidden_size": 64, "intermediate_size": 176,
                "num_hidden_layers": 2, "num_attention_heads": 8}
