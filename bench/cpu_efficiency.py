@@ -94,7 +94,7 @@ def random_360m(folder: Path) -> Path:
     import transformers
 
     from tunesmith.models.source import alias_gguf_path, convert_gguf
-    from tunesmith.models.facts import catalog_entry
+    from tunesmith.catalog.model_configs import catalog_entry
 
     demo = Path(convert_gguf(alias_gguf_path("smollm2-135m-instruct")))  # same tokenizer as 360M
     torch.manual_seed(0)

@@ -42,7 +42,7 @@ import torch  # noqa: E402
 
 from tunesmith.config import build_config  # noqa: E402
 from tunesmith.models.arch import ModelFacts  # noqa: E402
-from tunesmith.models.facts import catalog_entry  # noqa: E402
+from tunesmith.catalog.model_configs import catalog_entry  # noqa: E402
 from tunesmith.plan.measure import measure_training_step  # noqa: E402
 from tunesmith.plan.memory import (  # noqa: E402
     ALLOCATOR_OVERHEAD, CUDA_CONTEXT_BYTES, Setup, activation_bytes, estimate, saved_logits_bytes,

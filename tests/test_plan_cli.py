@@ -55,7 +55,7 @@ def test_work_per_token_matches_torchs_flop_counter_on_a_real_step(method, gc):
     from torch.utils.flop_counter import FlopCounterMode
 
     from tunesmith.config import build_config
-    from tunesmith.models.facts import catalog_entry
+    from tunesmith.catalog.model_configs import catalog_entry
     from tunesmith.train.loop import prepare_model
     from tunesmith.train.loss import TokenLoss
 

@@ -14,7 +14,8 @@ import torch
 from tunesmith.config import build_config
 from tunesmith.errors import UsageError
 from tunesmith.models.arch import ModelFacts, count_params
-from tunesmith.models.facts import catalog_entry, model_facts
+from tunesmith.catalog.model_configs import catalog_entry
+from tunesmith.models.facts import model_facts
 from tunesmith.plan.measure import measure_training_step
 from tunesmith.plan.memory import (
     GB, Setup, activation_bytes, estimate, nf4_bits, optimizer_bytes_per_param, saved_logits_bytes, weight_bytes,
