@@ -63,7 +63,7 @@ def step_rates(records: list[dict]) -> list[float]:
 
 def executed_flops(run: Path) -> float:
     from tunesmith.config import load_config
-    from tunesmith.plan.facts import model_facts
+    from tunesmith.models.facts import model_facts
     from tunesmith.plan.inputs import setup_from_config
     from tunesmith.plan.throughput import flops_per_token
 
@@ -94,7 +94,7 @@ def random_360m(folder: Path) -> Path:
     import transformers
 
     from tunesmith.models.source import alias_gguf_path, convert_gguf
-    from tunesmith.plan.facts import catalog_entry
+    from tunesmith.catalog.model_configs import catalog_entry
 
     demo = Path(convert_gguf(alias_gguf_path("smollm2-135m-instruct")))  # same tokenizer as 360M
     torch.manual_seed(0)

@@ -1,7 +1,7 @@
 """The memory model (`tunesmith.plan.memory`) against real training steps, on a GPU or a CPU.
 
 Each case builds a catalog model's architecture with random weights, makes it trainable with
-the training loop's own `prepare_model` (`tunesmith.plan.measure.measure_training_step`), runs
+the training loop's own `prepare_model` (`tests/measure.py`: `measure_training_step`), runs
 two steps of micro_batch x seq_len tokens and measures the second. The prediction is
 `plan.memory.estimate` for the same case.
 
@@ -19,7 +19,7 @@ memory.py should be. On CPU (the profiler's allocation events) it compares alloc
 The whole result goes to --out (default: $OUT/gpu_memory_check.json when $OUT is set) after
 every case, so a run stopped early still leaves what it measured; the summary goes to
 stdout (everything, without --out); one progress line per case goes to stderr.
-Needs only the repo: `src` is put on sys.path below.
+Needs only the repo: `src` and `tests` (for the measuring harness) are put on sys.path below.
 """
 
 from __future__ import annotations
@@ -37,13 +37,14 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))
 
 import torch  # noqa: E402
+from measure import measure_training_step  # noqa: E402
 
+from tunesmith.catalog.model_configs import catalog_entry  # noqa: E402
 from tunesmith.config import build_config  # noqa: E402
-from tunesmith.plan.arch import ModelFacts  # noqa: E402
-from tunesmith.plan.facts import catalog_entry  # noqa: E402
-from tunesmith.plan.measure import measure_training_step  # noqa: E402
+from tunesmith.models.arch import ModelFacts  # noqa: E402
 from tunesmith.plan.memory import (  # noqa: E402
     ALLOCATOR_OVERHEAD, CUDA_CONTEXT_BYTES, Setup, activation_bytes, estimate, saved_logits_bytes,
 )

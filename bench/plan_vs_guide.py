@@ -20,7 +20,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "src"))
 
-from tunesmith.plan.facts import model_facts  # noqa: E402
+from tunesmith.models.facts import model_facts  # noqa: E402
 from tunesmith.plan.memory import GB, Setup, estimate  # noqa: E402
 
 # The guide's table: (alias, LoRA GB, full GB).

@@ -14,7 +14,7 @@ def write_big_model_folder(folder: Path, alias: str = "llama-3.1-70b") -> Path:
     from safetensors.torch import save_file
     import torch
 
-    from tunesmith.plan.facts import catalog_entry
+    from tunesmith.catalog.model_configs import catalog_entry
 
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(catalog_entry(alias)["config"]), encoding="utf-8")

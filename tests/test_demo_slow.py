@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tunesmith.models.source import ALIASES, alias_gguf_path, resolve_source
+from tunesmith.models.aliases import ALIASES
+from tunesmith.models.source import alias_gguf_path, resolve_source
 
 
 @pytest.mark.slow

@@ -21,10 +21,10 @@ import torch
 from tiny import order_rows, write_rows
 
 from tunesmith.errors import UsageError
-from tunesmith.models import source as source_module
+from tunesmith.models import aliases as aliases_module
+from tunesmith.models.aliases import Alias
 from tunesmith.models.load import load_model, load_tokenizer
 from tunesmith.models.source import (
-    Alias,
     check_model_source,
     hub_reachable,
     resolve_source,
@@ -206,11 +206,11 @@ def test_a_truncated_gguf_is_a_usage_error_and_leaves_nothing_behind(tmp_path, m
 
 
 def test_an_alias_whose_package_is_missing(monkeypatch):
-    monkeypatch.setitem(source_module.ALIASES, "ghost-model",
+    monkeypatch.setitem(aliases_module.ALIASES, "ghost-model",
                         Alias(package="tunesmith_no_such_package", gguf="x.gguf", install="pip install ghost"))
     for call in (check_model_source, resolve_source):
         assert "needs the package tunesmith_no_such_package: run `pip install ghost`" in usage_error(call, "ghost-model")
-    monkeypatch.setitem(source_module.ALIASES, "hollow-model",  # a package that exists but lacks the file
+    monkeypatch.setitem(aliases_module.ALIASES, "hollow-model",  # a package that exists but lacks the file
                         Alias(package="json", gguf="x.gguf", install="pip install hollow"))
     assert "x.gguf is missing; reinstall with `pip install hollow`" in usage_error(check_model_source, "hollow-model")
 

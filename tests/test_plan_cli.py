@@ -10,8 +10,8 @@ from test_train_cli import FAST, tunesmith
 from tiny import order_rows, write_rows
 from tunesmith.catalog.gpu import gpu, load_gpus
 from tunesmith.catalog.prices import load_prices
-from tunesmith.plan.arch import count_params
-from tunesmith.plan.facts import model_facts
+from tunesmith.models.arch import count_params
+from tunesmith.models.facts import model_facts
 from tunesmith.plan.memory import Setup
 from tunesmith.plan.inputs import Run, parse_tokens
 from tunesmith.plan.planner import advice, make_plan
@@ -55,7 +55,7 @@ def test_work_per_token_matches_torchs_flop_counter_on_a_real_step(method, gc):
     from torch.utils.flop_counter import FlopCounterMode
 
     from tunesmith.config import build_config
-    from tunesmith.plan.facts import catalog_entry
+    from tunesmith.catalog.model_configs import catalog_entry
     from tunesmith.train.setup import prepare_model
     from tunesmith.train.loss import TokenLoss
 

@@ -10,12 +10,13 @@ AdamW, autocast on CUDA, NF4, the CUDA context and the allocator's slack) are me
 
 import pytest
 import torch
+from measure import measure_training_step
 
+from tunesmith.catalog.model_configs import catalog_entry
 from tunesmith.config import build_config
 from tunesmith.errors import UsageError
-from tunesmith.plan.arch import ModelFacts, count_params
-from tunesmith.plan.facts import catalog_entry, model_facts
-from tunesmith.plan.measure import measure_training_step
+from tunesmith.models.arch import ModelFacts, count_params
+from tunesmith.models.facts import model_facts
 from tunesmith.plan.memory import (
     GB, Setup, activation_bytes, estimate, nf4_bits, optimizer_bytes_per_param, saved_logits_bytes, weight_bytes,
 )
@@ -203,7 +204,7 @@ def test_full_fine_tuning_under_bf16_autocast_saves_what_the_gpu_path_predicts(f
     CPU autocast: every linear keeps a bf16 copy of its input and of its weight."""
     import transformers
 
-    from tunesmith.plan.measure import saved_bytes
+    from measure import saved_bytes
     from tunesmith.train.setup import prepare_model
     from tunesmith.train.loss import TokenLoss
 

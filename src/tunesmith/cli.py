@@ -140,7 +140,8 @@ def _run_clean(file: Path, cfg: Any, model: Optional[str], max_seq_len: int, sho
     require_file(file, "data file")  # before a model loads: a wrong path is named at once, not after the load
     encoder = None
     if model:
-        from tunesmith.data.tokens import load_target_tokenizer, token_encoder
+        from tunesmith.data.tokens import token_encoder
+        from tunesmith.models.tokenizer import load_target_tokenizer
 
         quiet_transformers()
         encoder = token_encoder(load_target_tokenizer(model, trust_remote_code=cfg.model.trust_remote_code),
@@ -278,8 +279,8 @@ def data_preview(
     """Show examples through the chat template with the trained tokens marked ⟦so⟧, EOS included."""
     from tunesmith.data.formats import read_examples, summarise_reasons
     from tunesmith.data.preview import Skipped, preview_rows
-    from tunesmith.data.tokens import load_target_tokenizer
     from tunesmith.errors import DataError
+    from tunesmith.models.tokenizer import load_target_tokenizer
 
     limit = resolve_config(None, {"max_seq_len": max_seq_len}, {"max_seq_len": "train.max_seq_len"}).train.max_seq_len
     read = read_examples(file)

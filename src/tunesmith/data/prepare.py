@@ -124,11 +124,18 @@ def _in_file_order(removed: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return sorted(removed, key=lambda r: (r["file"], r["line"]))
 
 
-def _clean(path: str, cfg: RunConfig, encoder: Any) -> CleanResult:
+def clean_report(path: str, cfg: RunConfig, tokenizer: Any) -> dict[str, Any]:
+    """The data report (as report.json) of one file cleaned and measured exactly as `train`
+    does it: the run's clean settings, tokenizer, chat template and max_seq_len. What
+    `plan --dataset` counts tokens from, so plan and train agree. Writes nothing."""
+    return _clean(path, cfg, token_encoder(tokenizer, cfg.data.train_on_inputs), keep_encodings=False).report
+
+
+def _clean(path: str, cfg: RunConfig, encoder: Any, *, keep_encodings: bool = True) -> CleanResult:
     return clean_file(
         path, cfg.clean,
         encode=encoder,
-        keep_encodings=True,
+        keep_encodings=keep_encodings,
         max_seq_len=cfg.train.max_seq_len,
         tokenizer_name=cfg.model.source,
         seed=cfg.train.seed,

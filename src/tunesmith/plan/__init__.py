@@ -1,1 +1,2 @@
-"""Know before you rent: model facts, memory, time and cost of a run."""
+"""Know before you rent: memory, time and cost of a run (the model facts it starts from are
+in `models.arch` and `models.facts`)."""

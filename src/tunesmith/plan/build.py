@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 from tunesmith.catalog.gpu import Gpu
 from tunesmith.catalog.prices import Price
-from tunesmith.plan.arch import ModelFacts
+from tunesmith.models.arch import ModelFacts
 from tunesmith.plan.device import Device, cpu_matmul_flops
 from tunesmith.plan.inputs import Calibration, Run, TokenCount, on_device, run_from_config
 from tunesmith.plan.planner import local_option, make_plan

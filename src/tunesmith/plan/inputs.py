@@ -12,8 +12,8 @@ from typing import Any
 from tunesmith.catalog.gpu import Gpu
 from tunesmith.errors import UsageError
 from tunesmith.io import read_json, read_utf8, require_file
-from tunesmith.plan.arch import ModelFacts
-from tunesmith.plan.facts import model_facts
+from tunesmith.models.arch import ModelFacts
+from tunesmith.models.facts import model_facts
 from tunesmith.plan.memory import Setup
 from tunesmith.plan.throughput import Mfu, flops_per_token
 
@@ -109,8 +109,8 @@ def parse_tokens(text: str) -> int:
 def dataset_tokens(path: str, cfg: Any, what: str = "data file") -> TokenCount:
     """Tokens per epoch of a data file as training would see it: cleaned with the run's
     clean settings and counted with the model's own tokenizer and chat template."""
-    from tunesmith.data.clean import clean_file
-    from tunesmith.data.tokens import load_target_tokenizer, token_encoder
+    from tunesmith.data.prepare import clean_report
+    from tunesmith.models.tokenizer import load_target_tokenizer
 
     require_file(path, what)
     try:
@@ -118,9 +118,7 @@ def dataset_tokens(path: str, cfg: Any, what: str = "data file") -> TokenCount:
     except (OSError, ValueError) as e:
         raise UsageError(f"--dataset needs {cfg.model.source}'s tokenizer, which is not available here "
                          f"({str(e).splitlines()[0]}); give --tokens N instead") from None
-    result = clean_file(path, cfg.clean, encode=token_encoder(tokenizer, cfg.data.train_on_inputs),
-                        max_seq_len=cfg.train.max_seq_len, tokenizer_name=cfg.model.source, seed=cfg.train.seed)
-    return report_tokens(result.report, path)
+    return report_tokens(clean_report(path, cfg, tokenizer), path)
 
 
 def report_tokens(report: dict[str, Any], path: str) -> TokenCount:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from tunesmith.errors import UsageError
-from tunesmith.plan.arch import ModelFacts, count_params
+from tunesmith.models.arch import ModelFacts, count_params
 
 GB = 1e9
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")

@@ -15,7 +15,7 @@ from tunesmith.catalog.gpu import Gpu
 from tunesmith.catalog.gpu import gpu as catalog_gpu
 from tunesmith.catalog.prices import Price, cheapest, mid
 from tunesmith.errors import UsageError
-from tunesmith.plan.arch import count_params
+from tunesmith.models.arch import count_params
 from tunesmith.plan.device import bitsandbytes_installed
 from tunesmith.plan.inputs import Run, default_strategy
 from tunesmith.plan.memory import GB, Memory, Setup, estimate, trainable_params

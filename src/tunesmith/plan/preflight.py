@@ -7,7 +7,7 @@ from typing import Any
 
 from tunesmith.catalog.gpu import Gpu
 from tunesmith.catalog.prices import Price
-from tunesmith.plan.arch import UnsupportedModel
+from tunesmith.models.arch import UnsupportedModel
 from tunesmith.plan.inputs import on_device, run_from_config
 from tunesmith.plan.planner import HEADROOM, ONE_DEVICE, advice, local_option, options
 

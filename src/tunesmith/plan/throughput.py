@@ -20,7 +20,7 @@ from typing import Any
 
 from tunesmith.catalog.gpu import Gpu
 from tunesmith.errors import UsageError
-from tunesmith.plan.arch import ModelFacts, count_params
+from tunesmith.models.arch import ModelFacts, count_params
 from tunesmith.plan.memory import Setup, trainable_params
 
 

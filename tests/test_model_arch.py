@@ -5,7 +5,7 @@ import pytest
 import torch
 import transformers
 
-from tunesmith.plan.arch import ModelFacts, UnsupportedModel, count_params
+from tunesmith.models.arch import ModelFacts, UnsupportedModel, count_params
 
 SMALL = dict(vocab_size=1000, hidden_size=64, intermediate_size=176, num_hidden_layers=3,
              num_attention_heads=8, num_key_value_heads=2)

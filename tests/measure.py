@@ -5,6 +5,10 @@ views and tensors saved twice are counted once. `allocated_peak` is the highest 
 allocation during a call: on CUDA from the caching allocator's counters, on CPU from the
 profiler's allocation events (the CPU allocator keeps no peak of its own). The tests and
 `bench/gpu_memory_check.py` compare these with `plan.memory` on real models.
+
+A harness beside the tests (like tiny.py), not part of the package: it drives the training
+loop, which the planner itself never imports. Tests import it as `measure` (conftest puts
+this folder on sys.path); the bench scripts put it there themselves.
 """
 
 from __future__ import annotations

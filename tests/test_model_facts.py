@@ -5,10 +5,12 @@ import json
 
 import pytest
 
-from test_plan_arch import real_count
+from test_model_arch import real_count
 from tunesmith.errors import UsageError
-from tunesmith.plan.arch import ModelFacts, UnsupportedModel, count_params
-from tunesmith.plan.facts import catalog_aliases, catalog_entry, model_facts
+from tunesmith.models.arch import ModelFacts, UnsupportedModel, count_params
+from tunesmith.catalog.model_configs import catalog_aliases, catalog_entry
+from tunesmith.models.aliases import ALIASES, Alias, find_alias
+from tunesmith.models.facts import model_facts
 
 SMALL_LLAMA = {"model_type": "llama", "vocab_size": 1000, "hidden_size": 64, "intermediate_size": 176,
                "num_hidden_layers": 2, "num_attention_heads": 8}
@@ -47,12 +49,24 @@ def test_local_folder_and_missing_sources(tiny_model_dir, tmp_path):
         model_facts("some-org/not-cached-model")
 
 
+def test_one_alias_table_for_sources_and_facts():
+    """A built-in alias is planned from its catalog entry; a catalog alias names its hub id."""
+    for name, alias in ALIASES.items():
+        assert alias.package and alias.gguf and alias.install and alias.catalog in catalog_aliases()
+        assert model_facts(name)[1] == f"catalog:{alias.catalog}"
+    for name in catalog_aliases():
+        if name not in ALIASES:
+            assert find_alias(name) == Alias(hub_id=catalog_entry(name)["hub_id"], catalog=name)
+    assert find_alias("some-org/some-model") is None
+
+
 @pytest.mark.slow
-def test_gguf_alias_reads_the_same_architecture_as_the_catalog():
+@pytest.mark.parametrize("name", sorted(ALIASES))
+def test_gguf_alias_reads_the_same_architecture_as_the_catalog(name):
     from tunesmith.models.source import alias_gguf_path
 
-    gguf_facts, _ = model_facts(str(alias_gguf_path("smollm2-135m-instruct")))
-    catalog_facts, _ = model_facts("smollm2-135m")
+    gguf_facts, _ = model_facts(str(alias_gguf_path(name)))
+    catalog_facts, _ = model_facts(ALIASES[name].catalog)
     assert count_params(gguf_facts)["total"] == count_params(catalog_facts)["total"]
 
 

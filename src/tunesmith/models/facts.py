@@ -1,28 +1,27 @@
-"""Where a model's config comes from, for planning: a catalog alias, a local folder with
-config.json, a .gguf file (its metadata, read without loading weights), or a hub id whose
-config.json is already in the local HF cache. Nothing is downloaded."""
+"""Where a model's config comes from, for planning: an alias with a catalog entry (see
+`models.aliases`), a local folder with config.json, a .gguf file (its metadata, read without
+loading weights), or a hub id whose config.json is already in the local HF cache. Nothing is
+downloaded."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from tunesmith.catalog.model_configs import catalog_aliases, catalog_entry  # noqa: F401 (re-exported)
+from tunesmith.catalog.model_configs import catalog_aliases, catalog_entry
 from tunesmith.errors import UsageError
 from tunesmith.io import read_json, require_file
+from tunesmith.models.aliases import find_alias
+from tunesmith.models.arch import SUPPORTED, ModelFacts, UnsupportedModel
 from tunesmith.models.source import GGUF_MAGIC, brief, cached_snapshot, is_hub_id
-from tunesmith.plan.arch import SUPPORTED, ModelFacts, UnsupportedModel
-
-# Aliases of models.source that name a catalog entry with the same architecture.
-SOURCE_ALIASES = {"smollm2-135m-instruct": "smollm2-135m"}
 
 
 def model_config(source: str) -> tuple[dict[str, Any], str]:
     """(config fields, where they came from) for any model source. UsageError naming the
     file for one that cannot be read; UnsupportedModel for a hub id not on this machine."""
-    alias = SOURCE_ALIASES.get(source, source)
-    if alias in catalog_aliases():
-        return catalog_entry(alias)["config"], f"catalog:{alias}"
+    alias = find_alias(source)
+    if alias is not None and alias.catalog:  # read the catalog's config, not the weights
+        return catalog_entry(alias.catalog)["config"], f"catalog:{alias.catalog}"
     path = Path(source).expanduser()
     if path.is_dir():
         config_file = path / "config.json"
