@@ -167,3 +167,58 @@ def test_the_checklist_lists_every_check_in_order_and_a_fail_is_found(tmp_path):
     assert [i["check"] for i in failed(too_big)] == ["memory"]
     assert failed(too_big)[0]["detail"] == ("peak ~23.5 GB of 20.0 GB free (with 10% kept free): predicted not to "
                                             "fit; see the pre-flight's suggestions, or --no-preflight to try anyway")
+
+
+# ---------------------------------------------------------------- the CPU resident peak
+
+def cpu_memory(seq: int, batch: int):
+    from tunesmith.plan.facts import model_facts
+    from tunesmith.plan.memory import Setup, estimate
+
+    facts, _ = model_facts("smollm2-135m")
+    return estimate(facts, Setup(seq_len=seq, micro_batch=batch, device="cpu", dtype="fp32"))
+
+
+def test_cpu_peak_is_the_resident_set_allocated_times_slack_plus_the_process():
+    """peak = allocated x (1 + 0.45) + 0.45 GB (catalog/cpu_memory.json, from
+    bench/cpu_resident_peak.py), for the demo model's shape, LoRA r=16 all linear, fp32."""
+    memory = cpu_memory(2048, 2)
+    assert memory.allocated == 11_540_301_056
+    assert memory.peak == pytest.approx(11_540_301_056 * 1.45 + 0.45e9, abs=1)
+    assert memory.gb()["allocator"] == 5.193 and memory.gb()["process"] == 0.45
+    assert cpu_memory(256, 1).peak == pytest.approx(1_280_650_496 * 1.45 + 0.45e9, abs=1)
+
+
+def test_the_issues_runs_are_predicted_at_or_above_what_they_held():
+    """The issue: at 2048 x 4 the pre-flight said "peak ~23.5 GB of 24.6 GB free: fits" and the
+    kernel killed the run at 24.2 GB RSS; at 2048 x 2 the plan said 12.5 GB and the process
+    held 15.4-16.2 GB."""
+    assert cpu_memory(2048, 2).peak >= 16.2e9
+    assert cpu_memory(2048, 4).peak >= 24.2e9
+
+
+def test_the_preflight_keeps_ten_percent_free_on_a_cpu_and_refuses_the_killed_run():
+    from tunesmith.plan.preflight import preflight
+
+    here = Device(type="cpu", name="Test CPU (2 cores)", memory_gb=25.0, available_gb=24.6)
+    killed = preflight(config(train={"max_seq_len": 2048, "micro_batch": 4}), here)
+    assert killed["fits"] is False and killed["peak_gb"] == 33.05
+    ran = preflight(config(train={"max_seq_len": 2048, "micro_batch": 2}), here)
+    assert ran["fits"] is True and ran["peak_gb"] == 17.18  # under 24.6 x 0.9 = 22.14
+    tight = Device(type="cpu", name="Test CPU (2 cores)", memory_gb=25.0, available_gb=18.0)
+    assert preflight(config(train={"max_seq_len": 2048, "micro_batch": 2}), tight)["fits"] is False  # 17.18 > 18.0 x 0.9
+
+
+def test_data_held_in_memory_counts_once_the_tokens_are_known():
+    """55 B per token for the cleaned examples, 12 B per token per scheduled epoch for the
+    packed rows; a partial epoch is packed whole."""
+    from tunesmith.plan.memory import cpu_data_bytes
+    from tunesmith.plan.preflight import preflight
+
+    assert cpu_data_bytes(1_000_000, 2) == 1_000_000 * (55 + 2 * 12)
+    assert cpu_data_bytes(1_000_000, 0.5) == 1_000_000 * (55 + 12)
+    here = Device(type="cpu", name="Test CPU (2 cores)", memory_gb=25.0, available_gb=24.6)
+    cfg = config(train={"max_seq_len": 2048, "micro_batch": 2, "epochs": 3})
+    with_data = preflight(cfg, here, tokens_per_epoch=50_000_000)
+    assert with_data["memory_gb"]["data"] == 50_000_000 * (55 + 3 * 12) / 1e9
+    assert with_data["peak_gb"] == round((cpu_memory(2048, 2).peak + 50_000_000 * 91) / 1e9, 2)

@@ -11,15 +11,17 @@ from tunesmith.catalog.prices import Price
 from tunesmith.plan.arch import UnsupportedModel, count_params
 from tunesmith.plan.device import MachineFacts, existing_parent
 from tunesmith.plan.inputs import Run, on_device, run_from_config
-from tunesmith.plan.memory import GB, optimizer_bytes_per_param, trainable_params
+from tunesmith.plan.memory import GB, cpu_data_bytes, estimate, optimizer_bytes_per_param, trainable_params
 from tunesmith.plan.planner import HEADROOM, ONE_DEVICE, advice, local_option, options
 
 
-def preflight(cfg: Any, device: Any) -> dict[str, Any]:
+def preflight(cfg: Any, device: Any, tokens_per_epoch: int | None = None) -> dict[str, Any]:
     """Will this config's training fit the device this process sees? Asked before anything
     is loaded, with every position trained (the worst case: the data is not counted yet).
     {"fits": bool | None (None: could not plan), "peak_gb", "device", "reason", "run": Run | None}.
-    (A setup this device cannot run at all, QLoRA without CUDA, is refused before this.)
+    It fits when the peak leaves HEADROOM of the free memory, on a CPU as on a GPU option: on a
+    CPU the peak is the process's resident set (plan.memory.estimate), and with
+    `tokens_per_epoch` (once the data stage has counted them) the data the loop keeps too.
     A model the planner cannot read (an architecture it does not count, a hub id not cached
     yet) skips the check with a note; a broken config.json stops here, as it would stop the
     loader."""
@@ -29,8 +31,20 @@ def preflight(cfg: Any, device: Any) -> dict[str, Any]:
         return {"fits": None, "peak_gb": None, "device": device.to_dict(), "run": None,
                 "reason": f"pre-flight skipped: {e}"}
     here = local_option(run, device)
-    return {"fits": here["fits"], "peak_gb": here["peak_gb"], "device": device.to_dict(), "run": run,
-            "memory_gb": here["memory_gb"], "reason": None}
+    peak = estimate(run.facts, run.setup).peak
+    memory_gb = dict(here["memory_gb"])
+    if device.type == "cpu" and tokens_per_epoch:
+        data = cpu_data_bytes(tokens_per_epoch, cfg.train.epochs)
+        peak += data
+        memory_gb["data"] = round(data / GB, 3)
+    return {"fits": fits_here(peak, device), "peak_gb": round(peak / GB, 2), "device": device.to_dict(), "run": run,
+            "memory_gb": memory_gb, "headroom": HEADROOM, "reason": None}
+
+
+def fits_here(peak_bytes: float, device: Any) -> bool:
+    """The GPU options' rule on this machine too: the peak leaves HEADROOM of what is free
+    (allocator spikes, and on a CPU the other processes that share the memory)."""
+    return peak_bytes <= device.available_gb * GB * (1 - HEADROOM)
 
 
 def refusal(check: dict[str, Any], cfg: Any, gpus: list[Gpu], prices: list[Price]) -> str:
@@ -40,7 +54,7 @@ def refusal(check: dict[str, Any], cfg: Any, gpus: list[Gpu], prices: list[Price
     top = sorted(((v, k) for k, v in check["memory_gb"].items()), reverse=True)[:3]
     lines = [f"pre-flight: this run needs ~{check['peak_gb']:.1f} GB at its peak ("
              + ", ".join(f"{k.replace('_', ' ')} {v:.1f}" for v, k in top)
-             + f") but {d['name']} has {d['available_gb']:.1f} GB free."]
+             + f") but {d['name']} has {d['available_gb']:.1f} GB free and the pre-flight keeps {HEADROOM:.0%} of it free."]
     run = on_device(check["run"], cfg, "cuda")
     ranked = [o for o in options(run, gpus, prices, None) if o.headroom_ok][:3]
     if ranked:
