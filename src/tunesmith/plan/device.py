@@ -108,3 +108,78 @@ def bitsandbytes_installed() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("bitsandbytes") is not None
+
+
+# ---------------------------------------------------------------- what the pre-flight checklist reads
+
+@dataclass(frozen=True)
+class MachineFacts:
+    """What the pre-flight checklist needs from this machine, read once by `machine_facts`
+    (tests build it by hand): torch's CUDA build, the driver's CUDA version, bf16 support,
+    free disk where the run folder will be, and the mount table."""
+
+    torch_cuda: str | None  # torch.version.cuda; None: a CPU-only build of torch
+    driver_cuda: str | None  # the highest CUDA version the driver supports; None: no NVIDIA driver found
+    bf16_supported: bool | None  # None: no CUDA device to ask
+    disk_free_bytes: int | None  # None: could not be read
+    mounts: str  # /proc/mounts text ("" where there is none)
+    bitsandbytes: bool
+
+
+def existing_parent(path: str) -> str:
+    """The nearest folder of `path` that exists: the run folder is created later, and what
+    matters before then is the filesystem it will be created on."""
+    current = os.path.abspath(path)
+    while not os.path.exists(current):
+        parent = os.path.dirname(current)
+        if parent == current:
+            break
+        current = parent
+    return os.path.realpath(current)
+
+
+def driver_cuda_version() -> str | None:
+    """The CUDA version the installed NVIDIA driver supports ("12.2"), from NVML when
+    nvidia-ml-py is installed, else from `nvidia-smi`'s banner; None without a driver."""
+    try:
+        import pynvml  # nvidia-ml-py
+
+        pynvml.nvmlInit()
+        try:
+            version = pynvml.nvmlSystemGetCudaDriverVersion()  # 12020 for 12.2
+        finally:
+            pynvml.nvmlShutdown()
+        return f"{version // 1000}.{version % 1000 // 10}"
+    except Exception:  # not installed, or no driver: nvidia-smi may still answer
+        pass
+    import shutil
+    import subprocess
+
+    smi = shutil.which("nvidia-smi")
+    if smi is None:
+        return None
+    try:
+        banner = subprocess.run([smi], capture_output=True, text=True, timeout=15).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    found = re.search(r"CUDA Version:\s*(\d+\.\d+)", banner)
+    return found.group(1) if found else None
+
+
+def machine_facts(run_dir: str, device_type: str) -> MachineFacts:
+    """Read what `plan.preflight.checklist` checks, for a run writing into `run_dir`."""
+    import shutil
+
+    import torch
+
+    try:
+        free: int | None = shutil.disk_usage(existing_parent(run_dir)).free
+    except OSError:
+        free = None
+    try:
+        mounts = open("/proc/mounts", encoding="utf-8", errors="replace").read()
+    except OSError:
+        mounts = ""
+    bf16 = torch.cuda.is_bf16_supported() if device_type == "cuda" else None
+    return MachineFacts(torch_cuda=torch.version.cuda, driver_cuda=driver_cuda_version(), bf16_supported=bf16,
+                        disk_free_bytes=free, mounts=mounts, bitsandbytes=bitsandbytes_installed())

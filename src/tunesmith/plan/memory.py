@@ -23,13 +23,21 @@ The model follows what the loop really keeps alive, not a rule of thumb:
 - **Logits.** The loss runs the head only on trained positions and upcasts those to fp32:
   the log-softmax output is saved and its gradient is the same size (8 B x V per position).
 
+- **The CPU process.** The kernel kills by resident set, not by what torch's allocator
+  handed out: peak RSS = allocated x (1 + slack) + the interpreter and libraries, with both
+  measured by `bench/cpu_resident_peak.py` (catalog/cpu_memory.json), plus the data held.
+
 `tests/test_plan_memory.py` measures every activation and peak on CPU against real models;
 `bench/gpu_memory_check.py` does the same on a GPU.
 """
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
 from typing import Literal
 
 from tunesmith.errors import UsageError
@@ -46,10 +54,36 @@ CUDA_CONTEXT_BYTES = 0.5 * 2**30
 # Reserved over allocated: the caching allocator rounds blocks and keeps split blocks. No
 # published typical figure; this is a guess for the GPU bench to replace.
 ALLOCATOR_OVERHEAD = 0.05
-# A CPU training process beyond its tensors: 0.41 GB of RSS after importing torch,
-# transformers, peft and accelerate; the demo's training run peaked 1.1 GB above the tensors
-# predicted for it (tokenizer, data, and freed blocks the C allocator keeps).
-CPU_PROCESS_BYTES = 1.0e9
+
+
+@dataclass(frozen=True)
+class CpuResident:
+    """What a CPU training process holds beyond the tensors the allocator hands out, measured
+    by bench/cpu_resident_peak.py (catalog/cpu_memory.json has the command and the date)."""
+
+    slack: float  # peak RSS above the process baseline, over the allocator's peak, minus 1
+    process_bytes: float  # the interpreter and libraries: RSS after importing torch, transformers, peft
+    example_bytes_per_token: float  # the cleaned examples, kept as Python lists
+    packed_bytes_per_token: float  # the packed rows, per epoch (the loop plans every step up front)
+    source: str
+    as_of: str
+
+
+@lru_cache(maxsize=1)
+def cpu_resident() -> CpuResident:
+    entry = json.loads((resources.files("tunesmith.catalog") / "cpu_memory.json").read_text(encoding="utf-8"))
+    r = entry["resident"]
+    return CpuResident(slack=r["slack"], process_bytes=r["process_gb"] * GB,
+                       example_bytes_per_token=r["example_bytes_per_token"],
+                       packed_bytes_per_token=r["packed_bytes_per_token_per_epoch"],
+                       source=entry["source"], as_of=entry["as_of"])
+
+
+def cpu_data_bytes(tokens_per_epoch: float, epochs: float) -> float:
+    """What the loop keeps of the data on CPU: the cleaned examples once, the packed rows for
+    every epoch it schedules (whole epochs: the last partial one is packed in full)."""
+    r = cpu_resident()
+    return tokens_per_epoch * (r.example_bytes_per_token + r.packed_bytes_per_token * math.ceil(max(epochs, 1.0)))
 
 
 @dataclass(frozen=True)
@@ -324,7 +358,7 @@ class Memory:
     components: dict[str, float]
     phases: dict[str, float]
     allocated: float  # resident + the largest phase: what the allocator hands out at the peak
-    peak: float  # plus the allocator's slack and the CUDA context (or the CPU process)
+    peak: float  # plus the allocator's slack and the CUDA context; on CPU the resident set (data aside)
     cpu_bytes: float = 0.0  # host memory needed for offloaded state
     notes: list[str] = field(default_factory=list)
 
@@ -343,7 +377,9 @@ def estimate(f: ModelFacts, s: Setup) -> Memory:
          + max(backward start: activations + logits or a recomputed layer [+ autocast copies],
                backward end, full fine-tuning: gradients + the first layer's activations,
                optimizer step: gradients + the optimizer's temporary [+ DDP buckets])
-         + the allocator's slack and the CUDA context.
+         + the allocator's slack and the CUDA context; on a CPU, what the kernel counts: the
+           allocated peak x (1 + the measured slack) + the process (catalog/cpu_memory.json).
+    The data a CPU run keeps in Python lists is not here (no token count): `cpu_data_bytes`.
     """
     if s.strategy not in STRATEGIES:
         raise UsageError(f"strategy {s.strategy!r} is not known; choose one of {', '.join(STRATEGIES)}")
@@ -418,8 +454,14 @@ def estimate(f: ModelFacts, s: Setup) -> Memory:
         components["cuda_context"] = CUDA_CONTEXT_BYTES
         peak = allocated * (1 + ALLOCATOR_OVERHEAD) + CUDA_CONTEXT_BYTES
     else:
-        components["process"] = CPU_PROCESS_BYTES
-        peak = allocated + CPU_PROCESS_BYTES
+        # The kernel counts the resident set, not what torch's allocator handed out: the C
+        # allocator keeps freed blocks (and glibc's mmap threshold rises after each large free,
+        # so later tensors come from heaps it seldom returns), the eval pass reuses them
+        # unevenly, and the interpreter and libraries sit below it all.
+        resident_model = cpu_resident()
+        components["allocator"] = resident_model.slack * allocated
+        components["process"] = resident_model.process_bytes
+        peak = allocated * (1 + resident_model.slack) + resident_model.process_bytes
     if s.optimizer.startswith("paged"):
         notes.append("paged optimizer state can spill to host memory under pressure (slower, not an OOM)")
     return Memory(components=components, phases=phases, allocated=allocated, peak=peak, cpu_bytes=cpu, notes=notes)
