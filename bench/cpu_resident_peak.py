@@ -178,7 +178,7 @@ def data_per_token(work: Path, copies: int, seq: int, epochs: float, limit_gb: f
 # ---------------------------------------------------------------- training points
 
 def predict(seq: int, batch: int) -> dict:
-    from tunesmith.plan.facts import model_facts
+    from tunesmith.models.facts import model_facts
     from tunesmith.plan.memory import GB, Setup, estimate
 
     facts, _ = model_facts(FACTS)

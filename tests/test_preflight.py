@@ -172,7 +172,7 @@ def test_the_checklist_lists_every_check_in_order_and_a_fail_is_found(tmp_path):
 # ---------------------------------------------------------------- the CPU resident peak
 
 def cpu_memory(seq: int, batch: int):
-    from tunesmith.plan.facts import model_facts
+    from tunesmith.models.facts import model_facts
     from tunesmith.plan.memory import Setup, estimate
 
     facts, _ = model_facts("smollm2-135m")

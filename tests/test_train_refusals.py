@@ -93,8 +93,6 @@ def test_a_folder_of_other_files_is_never_a_run_folder(tiny_model_dir, tmp_path)
 @pytest.mark.parametrize(
     "extra, message",
     [
-        (["--method", "qlora"], "QLoRA's 4-bit base needs a CUDA GPU and bitsandbytes; this machine has no CUDA GPU (here: --method lora)"),
-        (["--set", "train.optimizer=adamw_8bit"], "the adamw_8bit optimizer needs a CUDA GPU and bitsandbytes; this machine has no CUDA GPU (here: --set train.optimizer=adamw)"),
         (["--val", "SAME"], "is the same file as data.train (--data)"),
         (["--epochs", "inf"], "--epochs inf: train.epochs: expected a finite number"),
         (["--lr", "3"], "--lr 3.0: train.lr: must be less than 1"),
@@ -103,6 +101,7 @@ def test_a_folder_of_other_files_is_never_a_run_folder(tiny_model_dir, tmp_path)
     ],
 )
 def test_a_run_that_cannot_work_fails_before_anything_is_written(tiny_model_dir, tmp_path, extra, message):
+    """Usage errors: exit 2, nothing written."""
     """Regression: QLoRA on a machine without CUDA was refused only after the pre-flight and
     the data stage had run and written the run folder."""
     data = write_rows(tmp_path / "d.jsonl", order_rows(8))
@@ -112,6 +111,30 @@ def test_a_run_that_cannot_work_fails_before_anything_is_written(tiny_model_dir,
     assert result.returncode == 2, result.stderr
     assert message in " ".join(result.stderr.split())
     assert "data:" not in result.stdout and "pre-flight" not in result.stdout
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--method", "qlora"], "pre-flight: gpu: QLoRA's 4-bit base needs a CUDA GPU and this machine has none: run "
+                                "on a GPU, or here with --method lora"),
+        (["--set", "train.optimizer=adamw_8bit"], "pre-flight: gpu: the adamw_8bit optimizer needs a CUDA GPU and "
+                                                  "this machine has none: run on a GPU, or here with --set "
+                                                  "train.optimizer=adamw"),
+        (["--set", "model.dtype=float16"], "pre-flight: gpu: model.dtype=float16 needs a CUDA GPU and this machine "
+                                           "has none: run on a GPU, or here with --set model.dtype=auto"),
+    ],
+)
+def test_a_run_that_needs_a_gpu_exits_1_before_anything_is_written(tiny_model_dir, tmp_path, extra, message):
+    """Regression: QLoRA on a machine without CUDA was refused only after the pre-flight and the
+    data stage had run; model.dtype=bfloat16 trained quietly on the CPU."""
+    data = write_rows(tmp_path / "d.jsonl", order_rows(8))
+    result = tunesmith("train", "--model", tiny_model_dir, "--data", data, "--out", tmp_path / "run", *extra,
+                       check=False)
+    assert result.returncode == 1, result.stderr
+    assert message in " ".join(result.stderr.split())
+    assert "data:" not in result.stdout
     assert not (tmp_path / "run").exists()
 
 
@@ -135,8 +158,8 @@ def test_outputs_take_the_users_umask(tiny_model_dir, tmp_path, umask, file_mode
         assert oct(folder.stat().st_mode & 0o777) == oct(dir_mode), folder
 
 
-def test_ctrl_c_during_training_says_what_was_kept(tiny_model_dir, tmp_path):
-    """Regression: an interrupted `train` exited 130 and printed nothing."""
+def test_ctrl_c_during_training_checkpoints_and_says_how_to_continue(tiny_model_dir, tmp_path):
+    """Regression: an interrupted `train` exited 130 and printed nothing (and kept nothing)."""
     data = write_rows(tmp_path / "d.jsonl", order_rows(40))
     run = tmp_path / "run"
     proc = subprocess.Popen([sys.executable, "-m", "tunesmith.cli", "train", "--model", str(tiny_model_dir),
@@ -150,8 +173,11 @@ def test_ctrl_c_during_training_says_what_was_kept(tiny_model_dir, tmp_path):
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 130
     assert "Traceback" not in stderr
-    assert f"interrupted: {run} keeps what was finished" in " ".join(stderr.split())
-    assert "run the same command with --restart" in " ".join(stderr.split())
+    said = " ".join(stderr.split())
+    step = json.loads((run / "train.json").read_text())["steps_done"]
+    assert (f"stopped: SIGINT: stopped after step {step} of 100000 with a checkpoint (checkpoints/step-{step:06d}); "
+            f"run the same command again to continue from there (exit 130)") in said
+    assert (run / "checkpoints" / f"step-{step:06d}" / "state.json").is_file()
 
 
 def test_an_unexpected_error_is_one_line_and_a_log_to_report(tmp_path):

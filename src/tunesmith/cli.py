@@ -440,13 +440,21 @@ def print_log_line(record: dict[str, Any]) -> None:
 
 
 def print_preflight(check: dict[str, Any]) -> None:
+    """The memory verdict on one line, warnings one line each, the other checks in a row."""
     d = check["device"]
     if check["fits"] is None:
         out.print(f"[dim]{check['reason']}[/]", highlight=False)
-        return
-    verdict = "fits" if check["fits"] else "[red]predicted not to fit; training anyway (--no-preflight)[/]"
-    out.print(f"pre-flight: peak ~{check['peak_gb']:.1f} GB of {d['available_gb']:.1f} GB free on {d['name']}: {verdict}",
-              highlight=False)
+    else:
+        verdict = "fits" if check["fits"] else "[red]predicted not to fit; training anyway (--no-preflight)[/]"
+        out.print(f"pre-flight: peak ~{check['peak_gb']:.1f} GB of {d['available_gb']:.1f} GB free on {d['name']} "
+                  f"(10% kept free): {verdict}", highlight=False)
+    others = [item for item in check.get("checklist", []) if item["check"] != "memory"]
+    for item in others:
+        if item["status"] == "warn":
+            out.print(f"[yellow]pre-flight warning:[/] {item['check']}: {escape(item['detail'])}", highlight=False)
+    quiet = [f"{item['check']} {item['status']}" for item in others if item["status"] != "warn"]
+    if quiet:
+        out.print(f"[dim]pre-flight checks: {', '.join(quiet)} (all in RUN/plan.json)[/]", highlight=False)
 
 
 @app.command("eval")

@@ -346,6 +346,12 @@ def cannot_run(setup: Setup, device_type: str, bitsandbytes: bool) -> str | None
     return None
 
 
+def fits_here(peak_bytes: float, device: Any) -> bool:
+    """The GPU options' rule on this machine too: the peak leaves HEADROOM of what is free
+    (allocator spikes, and on a CPU the other processes that share the memory)."""
+    return peak_bytes <= device.available_gb * GB * (1 - HEADROOM)
+
+
 def local_option(run: Run, device: Any, *, flops_per_s: float | None = None, time_from: str | None = None,
                  bitsandbytes: bool | None = None) -> dict[str, Any]:
     """Does the run (set up for `device.type`, see `on_device`) fit and run on the device this
@@ -367,7 +373,7 @@ def local_option(run: Run, device: Any, *, flops_per_s: float | None = None, tim
         time_from = f"{gpu.name} at the {mfu.value:.0%} MFU default"
     blocked = cannot_run(setup, device.type, bitsandbytes_installed() if bitsandbytes is None else bitsandbytes)
     return {"device": device.to_dict(), "setup": setup_dict(setup), "peak_gb": round(memory.peak / GB, 2),
-            "fits": memory.peak <= device.available_gb * GB, "runs_here": blocked is None, "cannot_run": blocked,
+            "fits": fits_here(memory.peak, device), "runs_here": blocked is None, "cannot_run": blocked,
             "hours": significant(wall),  # short runs keep their precision
             "flops_per_s": flops_per_s if wall is not None else None,
             "time_from": time_from if wall is not None else None,

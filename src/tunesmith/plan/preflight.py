@@ -12,7 +12,7 @@ from tunesmith.models.arch import UnsupportedModel, count_params
 from tunesmith.plan.device import MachineFacts, existing_parent
 from tunesmith.plan.inputs import Run, on_device, run_from_config
 from tunesmith.plan.memory import GB, cpu_data_bytes, estimate, optimizer_bytes_per_param, trainable_params
-from tunesmith.plan.planner import HEADROOM, ONE_DEVICE, advice, local_option, options
+from tunesmith.plan.planner import HEADROOM, ONE_DEVICE, advice, fits_here, local_option, options
 
 
 def preflight(cfg: Any, device: Any, tokens_per_epoch: int | None = None) -> dict[str, Any]:
@@ -39,12 +39,6 @@ def preflight(cfg: Any, device: Any, tokens_per_epoch: int | None = None) -> dic
         memory_gb["data"] = round(data / GB, 3)
     return {"fits": fits_here(peak, device), "peak_gb": round(peak / GB, 2), "device": device.to_dict(), "run": run,
             "memory_gb": memory_gb, "headroom": HEADROOM, "reason": None}
-
-
-def fits_here(peak_bytes: float, device: Any) -> bool:
-    """The GPU options' rule on this machine too: the peak leaves HEADROOM of what is free
-    (allocator spikes, and on a CPU the other processes that share the memory)."""
-    return peak_bytes <= device.available_gb * GB * (1 - HEADROOM)
 
 
 def refusal(check: dict[str, Any], cfg: Any, gpus: list[Gpu], prices: list[Price]) -> str:

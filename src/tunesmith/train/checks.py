@@ -34,24 +34,11 @@ RUN_ENTRIES = (
 TRAINED_ENTRIES = ("metrics.jsonl", "checkpoints", "adapter", "model", "eval", "summary.json")
 
 
-def check_run_inputs(cfg: RunConfig, device_type: str) -> None:
-    """The data files exist and differ, the model can be loaded (read from its files, not
-    loaded), and this machine can run the method and optimizer."""
+def check_run_inputs(cfg: RunConfig) -> None:
+    """The data files exist and differ, and the model can be loaded (read from its files, not
+    loaded). What this machine can run is the pre-flight's checklist."""
     check_data_files(cfg)
-    check_device_support(cfg, device_type)  # before the model: QLoRA here is wrong whatever the model
     check_model_source(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
-
-
-def check_device_support(cfg: RunConfig, device_type: str) -> None:
-    """QLoRA and bitsandbytes optimizers need a CUDA GPU: say so before the pre-flight and the
-    data stage, not after a model load. The planner's own rule decides (`plan` says the same)."""
-    from tunesmith.plan.device import bitsandbytes_installed
-    from tunesmith.plan.inputs import setup_from_config
-    from tunesmith.plan.planner import cannot_run
-
-    why = cannot_run(setup_from_config(cfg, device=device_type), device_type, bitsandbytes=bitsandbytes_installed())
-    if why:
-        raise UsageError(f"{why}; `tunesmith plan` says which GPU fits")
 
 
 # ---------------------------------------------------------------- the run folder

@@ -88,7 +88,7 @@ def train(
 
     # Everything that can refuse the run does so before anything is written or loaded.
     device = pick_device()
-    check_run_inputs(cfg, device.type)
+    check_run_inputs(cfg)
     require_trackers(cfg)
     folder = inspect_run_dir(cfg, restart=restart, same_run_restarts=same_run_restarts,
                              resuming=resume is not None)
@@ -107,6 +107,7 @@ def train(
         data = prepare_data(cfg, tokenizer, run_dir, start.checkpoint)
         if on_data:
             on_data(data.report)
+        check = check_fit_with_data(cfg, check, data.report)
         write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
         write_json_atomic(run_dir / "plan.json", run_plan(cfg, check, data.report))
         steps = plan_steps(data.train, cfg)
@@ -402,15 +403,24 @@ def out_of_memory_says_where(phase: list[str], check: dict[str, Any]) -> Iterato
         raise OutOfMemory(kind, phase[0], predicted) from None
 
 
-def check_fit(cfg: RunConfig, *, enforce: bool) -> dict[str, Any]:
-    """The planner's pre-flight for this machine; refuses a run predicted not to fit (exit 1,
-    naming what would), unless `enforce` is off. (A run that cannot run here at all, QLoRA
-    without CUDA, was refused before this by `check_run_inputs`.)"""
-    from tunesmith.plan.device import visible_device
-    from tunesmith.plan.preflight import preflight, refusal
+def check_fit(cfg: RunConfig, *, enforce: bool, tokens_per_epoch: int | None = None) -> dict[str, Any]:
+    """The planner's pre-flight for this machine and its checklist (a GPU the config needs,
+    torch's CUDA build, bf16, disk for the checkpoints, a network filesystem). Refuses (exit
+    1) a run with a failed item, and one predicted not to fit unless `enforce` is off.
+    `tokens_per_epoch`: once the data stage counted them, the data the loop keeps in memory
+    is counted too."""
+    from tunesmith.plan.device import machine_facts, visible_device
+    from tunesmith.plan.preflight import checklist, failed, preflight, refusal
 
-    check = preflight(cfg, visible_device())
+    device = visible_device()
+    check = preflight(cfg, device, tokens_per_epoch=tokens_per_epoch)
     check["enforced"] = enforce
+    check["checklist"] = checklist(cfg, device, cfg.output.dir, machine_facts(cfg.output.dir, device.type),
+                                   run=check["run"], fit=check, keep_checkpoints=cfg.train.keep_checkpoints)
+    blocking = [item for item in failed(check["checklist"]) if item["check"] != "memory"]
+    if blocking:
+        raise TunesmithError("; ".join(f"pre-flight: {item['check']}: {item['detail']}" for item in blocking),
+                             exit_code=1)
     if check["fits"] is False and enforce:
         from tunesmith.catalog.gpu import load_gpus
         from tunesmith.catalog.prices import load_prices
@@ -419,12 +429,24 @@ def check_fit(cfg: RunConfig, *, enforce: bool) -> dict[str, Any]:
     return check
 
 
+def check_fit_with_data(cfg: RunConfig, check: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+    """On a CPU the cleaned data lives in the same memory as the model: once it is counted,
+    the pre-flight again with it (a GPU's memory does not hold it)."""
+    from tunesmith.plan.inputs import report_tokens
+
+    tokens = report_tokens(report, cfg.data.train).per_epoch
+    if check["device"]["type"] != "cpu" or check["run"] is None or not tokens:
+        return check
+    return check_fit(cfg, enforce=check["enforced"], tokens_per_epoch=tokens)
+
+
 def run_plan(cfg: RunConfig, check: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
     """RUN/plan.json: the plan `tunesmith plan RUN/config.yaml --dataset DATA` makes (the same
     function, the cleaned data's token count), plus what the pre-flight checked before the
     data was counted and the device (so `tunesmith plan --calibrate RUN` knows what ran)."""
-    preflight = {"peak_gb": check["peak_gb"], "fits": check["fits"],
-                 "enforced": check["enforced"], "note": "every position trained: the worst case"}
+    preflight = {"peak_gb": check["peak_gb"], "fits": check["fits"], "enforced": check["enforced"],
+                 "headroom": check.get("headroom"), "memory_gb": check.get("memory_gb"),
+                 "checklist": check["checklist"], "note": "every position trained: the worst case"}
     if check["run"] is None:
         return {"this_machine": {"device": check["device"], "preflight": {**preflight, "skipped": check["reason"]}}}
     from tunesmith.catalog.gpu import load_gpus
