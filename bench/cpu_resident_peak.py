@@ -123,7 +123,7 @@ DATA = textwrap.dedent("""
     from tunesmith.data.prepare import prepare_run_data
     from tunesmith.models.load import load_tokenizer
     from tunesmith.models.source import resolve_source
-    from tunesmith.train.loop import plan_steps
+    from tunesmith.train.fit import plan_steps
     train, val, out, seq, epochs = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), float(sys.argv[5])
     cfg = build_config({"model": {"source": sys.argv[6]}, "data": {"train": train, "val": val, "train_on_inputs": True},
                         "clean": {"dedup": False}, "train": {"max_seq_len": seq, "epochs": epochs}})
@@ -134,7 +134,7 @@ DATA = textwrap.dedent("""
     data = prepare_run_data(cfg, tokenizer, out)
     gc.collect()
     examples = rss()
-    steps = plan_steps(data.train, cfg)
+    steps = plan_steps(data.train, cfg, epochs)
     gc.collect()
     after = rss()
     tokens = data.report["tokens"]["per_epoch"]

@@ -181,3 +181,14 @@ def test_a_loss_spike_names_the_rows_of_its_step(tiny_model_dir, data, tmp_path,
     assert rows and all(r.startswith(f"{data}:") and 1 <= int(r.rsplit(":", 1)[1]) <= 60 for r in rows)
     assert [r.get("alarms", [{}])[0].get("kind") for r in metrics(run) if "alarms" in r] == ["loss_spike"]
     assert any(n.startswith("loss spike at step 15") for n in notes), notes
+
+
+def test_epochs_auto_takes_three_passes_over_a_small_set(tiny_model_dir, tmp_path):
+    data = write_rows(tmp_path / "d.jsonl", order_rows(20))
+    notes = []
+    result = train(config(tiny_model_dir, data, tmp_path / "run", "train.packing=false", "train.eval_every=1000",
+                          "train.micro_batch=4"), progress=False, on_note=notes.append)
+    n_train = len((tmp_path / "run" / "data" / "train.jsonl").read_text().splitlines())
+    assert (n_train, result.steps) == (18, -(-3 * 18 // 4))  # 2 held out; 3 x 18 rows in steps of 4
+    assert any(n.startswith("train.epochs auto: 3 for ") and "training tokens per epoch (under 500,000)" in n
+               for n in notes), notes

@@ -208,11 +208,25 @@ def test_train_runs_the_preflight_and_writes_plan_json(cpu_run):
     assert plan["tokens"]["per_epoch"] > 0 and plan["options"]
 
 
+def test_epochs_auto_follows_the_token_count():
+    from tunesmith.config import build_config
+    from tunesmith.plan.build import build_plan
+    from tunesmith.plan.device import Device
+    from tunesmith.plan.inputs import TokenCount
+
+    cfg = build_config({"model": {"source": "smollm2-135m"}})
+    cpu = Device(type="cpu", name="test CPU", memory_gb=64, available_gb=60)
+    for tokens, epochs in ((499_999, 3), (500_000, 2), (4_999_999, 2), (5_000_000, 1)):
+        plan = build_plan(cfg, TokenCount(tokens), cpu, gpus=load_gpus(), prices=[], matmul_flops=lambda: 50e9)
+        assert (plan["tokens"]["epochs"], plan["tokens"]["total"]) == (epochs, tokens * epochs)
+        assert f"train.epochs auto: {epochs} for {tokens:,} training tokens per epoch" in " ".join(plan["notes"])
+
+
 def test_plan_calibrates_from_a_runs_measured_tokens_per_second(cpu_run):
     run, _, model, _ = cpu_run
     last = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
     plan, _ = plan_json("--model", model, "--seq-len", "128", "--batch", "2", "--lora-r", "4", "--tokens", "1M",
-                        "--calibrate", run)
+                        "--epochs", "1", "--calibrate", run)
     assert plan["calibration"]["summary"].startswith(f"calibrated from {run}: {last['tokens_per_s']:,.0f} tokens/s")
     # The same setup on the same machine: 1M tokens at the measured rate.
     assert plan["this_machine"]["hours"] == pytest.approx(1e6 / last["tokens_per_s"] / 3600, rel=0.01)
@@ -390,7 +404,7 @@ def test_cpu_time_is_the_executed_work_over_the_matmul_rate_times_the_measured_e
     from tunesmith.plan.inputs import TokenCount, setup_from_config
     from tunesmith.plan.throughput import cpu_efficiency
 
-    cfg = build_config({"model": {"source": "smollm2-135m"}, "train": {"max_seq_len": 256}})
+    cfg = build_config({"model": {"source": "smollm2-135m"}, "train": {"max_seq_len": 256, "epochs": 1}})
     cpu = Device(type="cpu", name="test CPU", memory_gb=64, available_gb=60)
     plan = build_plan(cfg, TokenCount(2_000_000), cpu, gpus=load_gpus(), prices=[], matmul_flops=lambda: 50e9)
     here = plan["this_machine"]
@@ -419,7 +433,7 @@ def test_a_cpu_calibration_sets_only_this_machines_time_and_says_so(cpu_run):
     """Regression: after --calibrate the footer said "calibrated" but the GPU rows did not change."""
     run, _, model, _ = cpu_run
     plan, _ = plan_json("--model", model, "--seq-len", "128", "--batch", "2", "--lora-r", "4", "--tokens", "1M",
-                        "--calibrate", run)
+                        "--epochs", "1", "--calibrate", run)
     assert all(o["mfu"] == 0.25 and not o["mfu_calibrated"] for o in plan["options"])
     assert plan["calibration"]["gpu_rows"] is False and plan["calibration"]["this_machine"] is True
     assert "the GPU rows keep the 25% MFU default; sets this machine's time" in plan["calibration"]["effect"]
@@ -439,7 +453,7 @@ def test_a_gpu_calibration_replaces_the_mfu_of_every_gpu_row_and_says_which(cpu_
     device = {"type": "cuda", "name": "NVIDIA H100 80GB HBM3", "catalog_gpu": "H100-SXM"}
     (gpu_run / "plan.json").write_text(json.dumps({"this_machine": {"device": device}}))
     plan, _ = plan_json("--model", model, "--seq-len", "128", "--batch", "2", "--lora-r", "4", "--tokens", "1M",
-                        "--calibrate", gpu_run)
+                        "--epochs", "1", "--calibrate", gpu_run)
     measured = plan["calibration"]["flops_per_s"] / 989e12
     assert all(o["mfu"] == pytest.approx(measured, rel=1e-3) and o["mfu_calibrated"] for o in plan["options"])
     assert plan["calibration"]["gpu_rows"] is True and plan["calibration"]["this_machine"] is False

@@ -19,7 +19,7 @@ config_app = typer.Typer(no_args_is_help=True, help="Inspect run configs.")
 app.add_typer(config_app, name="config")
 data_app = typer.Typer(no_args_is_help=True, help="Check, clean, split and preview training data.")
 app.add_typer(data_app, name="data")
-out = Console()
+out = Console(soft_wrap=True)  # a long line stays one line in a log (a terminal still wraps it)
 err = Console(stderr=True)
 
 def _print_version(value: bool) -> None:
@@ -380,7 +380,8 @@ def train_cmd(
     val: Optional[Path] = typer.Option(None, help="validation file; none: hold out a seeded split"),
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder"),
     method: Optional[str] = typer.Option(None, help="lora | qlora (CUDA GPU) | full"),
-    epochs: Optional[float] = typer.Option(None, help="passes over the data (fractions allowed)"),
+    epochs: Optional[str] = typer.Option(
+        None, help="passes over the data (fractions allowed), or auto (default: 3/2/1 by the number of rows)"),
     lr: Optional[float] = typer.Option(None, help="peak learning rate (default 2e-4 LoRA, 2e-5 full)"),
     lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank (default 16)"),
     set_: Optional[list[str]] = SetOption,
@@ -527,7 +528,7 @@ def plan_cmd(
     strategy: Optional[str] = typer.Option(None, help="with several GPUs: ddp | zero2 | fsdp | fsdp_offload (planning only)"),
     tokens: Optional[str] = typer.Option(None, help="training tokens per epoch, e.g. 20M (or use --dataset)"),
     dataset: Optional[Path] = typer.Option(None, help="count tokens per epoch in this file with the model's tokenizer"),
-    epochs: Optional[float] = typer.Option(None, help="passes over the data"),
+    epochs: Optional[str] = typer.Option(None, help="passes over the data, or auto (default: 3/2/1 by rows)"),
     prices_file: Optional[Path] = typer.Option(None, "--prices", help="your own prices CSV (see `tunesmith gpus --help`)"),
     calibrate: Optional[Path] = typer.Option(None, help="a run folder whose measured speed replaces the defaults "
                                              "(a GPU run: the MFU of the GPU rows; any run: this machine's time)"),

@@ -18,6 +18,7 @@ from tunesmith.plan.device import Device, cpu_matmul_flops
 from tunesmith.plan.inputs import Calibration, Run, TokenCount, on_device, run_from_config
 from tunesmith.plan.planner import local_option, make_plan
 from tunesmith.plan.throughput import cpu_efficiency, default_mfu
+from tunesmith.config import resolve_epochs
 
 
 def build_plan(cfg: Any, count: TokenCount, device: Device, *, gpus: list[Gpu], prices: list[Price],
@@ -41,6 +42,9 @@ def build_plan(cfg: Any, count: TokenCount, device: Device, *, gpus: list[Gpu], 
     }
     if calibration:
         plan["calibration"] = calibration_effect(calibration, run, device, mfu_applied=mfu is not None)
+    if cfg.train.epochs == "auto" and cfg.train.max_steps is None and count.per_epoch:
+        plan["notes"].append(resolve_epochs("auto", count.per_epoch)[1]
+                             + "; early stopping may end it sooner, so time and cost are the most it takes")
     return plan
 
 

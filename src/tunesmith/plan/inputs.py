@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.catalog.gpu import Gpu
+from tunesmith.config import resolve_epochs
 from tunesmith.errors import UsageError
 from tunesmith.io import read_json, read_utf8, require_file
 from tunesmith.models.arch import ModelFacts
@@ -147,7 +148,8 @@ def run_from_config(cfg: Any, count: TokenCount | None = None, *, device: str = 
         share = count.trained_per_epoch / count.per_epoch
         setup = replace(setup, trained_fraction=min(1.0, 1.25 * share))
     return Run(facts=facts, config_from=config_from, setup=setup, tokens_per_epoch=count.per_epoch,
-               epochs=cfg.train.epochs, tokens_from=count.source, grad_accum=cfg.train.grad_accum,
+               epochs=resolve_epochs(cfg.train.epochs, count.per_epoch)[0], tokens_from=count.source,
+               grad_accum=cfg.train.grad_accum,
                save_every=cfg.train.save_every, max_steps=cfg.train.max_steps)
 
 

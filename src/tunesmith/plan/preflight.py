@@ -34,7 +34,7 @@ def preflight(cfg: Any, device: Any, tokens_per_epoch: int | None = None) -> dic
     peak = estimate(run.facts, run.setup).peak
     memory_gb = dict(here["memory_gb"])
     if device.type == "cpu" and tokens_per_epoch:
-        data = cpu_data_bytes(tokens_per_epoch, cfg.train.epochs)
+        data = cpu_data_bytes(tokens_per_epoch, run.epochs)
         peak += data
         memory_gb["data"] = round(data / GB, 3)
     return {"fits": fits_here(peak, device), "peak_gb": round(peak / GB, 2), "device": device.to_dict(), "run": run,

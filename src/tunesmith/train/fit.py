@@ -35,8 +35,9 @@ from tunesmith.train.watchdog import Alarm, Watchdogs
 Step = list[Row]  # the rows of one optimizer step; cut into micro-batches when it runs
 
 
-def plan_steps(examples: list[Encoded], cfg: RunConfig) -> list[Step]:
-    """The whole schedule up front: shuffle per epoch (seeded), pack, group into steps."""
+def plan_steps(examples: list[Encoded], cfg: RunConfig, epochs: float) -> list[Step]:
+    """The whole schedule up front: shuffle per epoch (seeded), pack, group into steps.
+    `epochs`: train.epochs resolved (a number, also when the config says auto)."""
     t = cfg.train
     per_step = t.micro_batch * t.grad_accum
     rows: list[Row] = []
@@ -45,12 +46,12 @@ def plan_steps(examples: list[Encoded], cfg: RunConfig) -> list[Step]:
         order = list(examples)
         random.Random(t.seed + epoch).shuffle(order)
         epoch_rows = pack(order, t.max_seq_len) if t.packing else one_per_row(order)
-        remaining = t.epochs - epoch
+        remaining = epochs - epoch
         if t.max_steps is None and remaining < 1:
             epoch_rows = epoch_rows[: max(1, round(len(epoch_rows) * remaining))]
         rows += epoch_rows
         epoch += 1
-        enough = len(rows) >= t.max_steps * per_step if t.max_steps else epoch >= math.ceil(t.epochs)
+        enough = len(rows) >= t.max_steps * per_step if t.max_steps else epoch >= math.ceil(epochs)
         if enough:
             break
     steps = [rows[i : i + per_step] for i in range(0, len(rows), per_step)]

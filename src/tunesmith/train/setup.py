@@ -17,7 +17,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from tunesmith.config import RunConfig
+from tunesmith.config import RunConfig, resolve_epochs
 from tunesmith.data.prepare import Prepared, prepare_run_data
 from tunesmith.errors import OutOfMemory, TunesmithError, UsageError, memory_kind
 from tunesmith.io import write_dir_atomic, write_json_atomic, write_text_atomic
@@ -110,7 +110,10 @@ def train(
         check = check_fit_with_data(cfg, check, data.report)
         write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
         write_json_atomic(run_dir / "plan.json", run_plan(cfg, check, data.report))
-        steps = plan_steps(data.train, cfg)
+        epochs, why = resolve_epochs(cfg.train.epochs, sum(len(e.input_ids) for e in data.train))
+        if cfg.train.epochs == "auto" and cfg.train.max_steps is None:
+            note(f"{why}; early stopping ends it when eval loss stops improving" if data.val else why)
+        steps = plan_steps(data.train, cfg, epochs)
         return run_fit(cfg, run_dir, path, tokenizer, data, steps, start, device, check,
                        progress=progress, on_log=on_log, note=note, notes=notes, stop=stop)
 
