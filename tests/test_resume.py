@@ -41,8 +41,7 @@ def same_training(run, reference):
 
 
 def snapshot(folder):
-    """Every file and its bytes (the lock file holds the pid of the last process to take it)."""
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file() and p.name != ".train.lock"}
+    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")
@@ -184,6 +183,13 @@ def test_resume_picks_a_checkpoint(setup, tmp_path):
     assert "continuing from checkpoint step-000004" in " ".join(result.stdout.split())
     same_training(run, reference)
     assert json.loads((run / "train.json").read_text())["resumes"][-1]["from_step"] == 4
+    before = snapshot(run)
+    missing = run / "checkpoints" / "step-000099"
+    result = tunesmith("train", "--model", model, "--data", data, "--out", run, *SETTINGS, "--resume", missing,
+                       check=False)
+    assert result.returncode == 2
+    assert f"--resume {missing}: cannot continue from it: step-000099: has no state.json" in result.stderr
+    assert snapshot(run) == before
     bad = tunesmith("train", "--model", model, "--data", data, "--out", tmp_path / "other", *SETTINGS,
                     "--resume", run / "checkpoints" / "step-000004", check=False)
     assert bad.returncode == 2 and "holds no run to continue" in bad.stderr
@@ -223,12 +229,15 @@ def test_a_run_with_other_data_or_settings_is_refused_naming_what_differs(setup,
 def test_two_trainings_in_one_folder_are_refused(setup, tmp_path):
     model, data, _ = setup
     run = interrupted_run(model, data, tmp_path / "run")
-    with open(run / ".train.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        lock.write("4242")
-        lock.flush()
+    record = json.loads((run / "train.json").read_text())
+    (run / "train.json").write_text(json.dumps({**record, "pid": 4242}))  # as if that one were alive
+    fd = os.open(run, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
         result = tunesmith("train", "--model", model, "--data", data, "--out", run, "--no-progress", *SETTINGS,
                            check=False)
+    finally:
+        os.close(fd)
     assert result.returncode == 2
     assert "another `tunesmith train` (pid 4242) is training in this folder now" in " ".join(result.stderr.split())
 

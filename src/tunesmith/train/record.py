@@ -77,32 +77,39 @@ class RunRecord:
 
 
 class RunLock:
-    """An exclusive lock on RUN/.train.lock for as long as the run trains. The kernel drops
-    it when the process dies, however it dies, so a stale lock cannot block a resume."""
+    """An exclusive lock on the run folder itself for as long as the run trains. The kernel
+    drops it when the process dies, however it dies, so a stale lock cannot block a resume,
+    and no lock file is left behind."""
 
     def __init__(self, run_dir: Path) -> None:
-        self.path = run_dir / ".train.lock"
+        self.path = run_dir
         self._fd: int | None = None
+        self._created = False
 
     def __enter__(self) -> "RunLock":
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        self._created = not self.path.exists()
+        self.path.mkdir(parents=True, exist_ok=True)
+        fd = os.open(self.path, os.O_RDONLY | os.O_DIRECTORY)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.read(fd, 32).decode(errors="replace").strip() or "another process"
             os.close(fd)
-            raise UsageError(f"{self.path.parent}: another `tunesmith train` (pid {holder}) is training in this "
-                             f"folder now; wait for it, stop it, or choose another --out") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, str(os.getpid()).encode())
+            record = read_record(self.path) or {}
+            holder = f" (pid {record['pid']})" if record.get("status") == "running" and record.get("pid") else ""
+            raise UsageError(f"{self.path}: another `tunesmith train`{holder} is training in this folder now; wait "
+                             f"for it, stop it, or choose another --out") from None
         self._fd = fd
         return self
 
     def __exit__(self, *exc: Any) -> None:
         if self._fd is not None:
-            os.close(self._fd)  # closing releases the lock; the file stays (it is hidden and tiny)
+            os.close(self._fd)  # closing releases the lock
             self._fd = None
+        if self._created:  # a run refused before it wrote anything leaves no empty folder behind
+            try:
+                self.path.rmdir()
+            except OSError:
+                pass
 
 
 def process_start_time() -> float:

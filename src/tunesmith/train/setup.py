@@ -94,6 +94,8 @@ def train(
                              resuming=resume is not None)
     if folder.finished:
         return finished_result(folder.path, note)
+    if resume is not None and not folder.resume:
+        raise UsageError(f"--resume {resume}: {folder.path} holds no run to continue")
     set_seed(cfg.train.seed)
     check = check_fit(cfg, enforce=preflight)  # an OOM costs the most
     if on_preflight:
@@ -133,8 +135,6 @@ def pick_start(cfg: RunConfig, folder: RunFolder, resume: Path | None, check: di
     differs from this command's. Called with the folder's lock held, so a train.json that
     still says "running" was left by a process that died."""
     if not folder.resume:
-        if resume is not None:
-            raise UsageError(f"--resume {resume}: {folder.path} holds no run to continue")
         return Start(folder, None, None)
     previous = read_record(folder.path)
     if previous and previous.get("status") == "running":
