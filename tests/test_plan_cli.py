@@ -567,3 +567,20 @@ def test_the_plan_says_training_runs_on_one_gpu_when_it_counts_several():
     assert ONE_DEVICE in big["notes"]
     small, code = plan_json("--model", "smollm2-135m", "--tokens", "1M")
     assert code == 0 and all(o["count"] == 1 for o in small["options"]) and ONE_DEVICE not in small["notes"]
+
+
+def test_spot_time_adds_half_a_checkpoint_interval_and_a_measured_resume_per_preemption():
+    from tunesmith.config import build_config
+    from tunesmith.plan.inputs import TokenCount, run_from_config
+    from tunesmith.plan.planner import checkpoint_hours, spot_wall_hours
+    from tunesmith.plan.throughput import assumptions
+
+    spot = assumptions()["spot"]
+    assert spot["resume_seconds"] == 9.4 and "bench/resume_time.py" in spot["source"]
+    cfg = build_config({"model": {"source": "llama-3.1-8b"}, "train": {"epochs": 1, "save_every": 100}})
+    run = run_from_config(cfg, TokenCount(10_000_000))
+    total_steps = 10_000_000 / run.step_tokens  # packed rows assumed full: fractional steps
+    base = 10.0 + checkpoint_hours(run, run.setup)
+    interval = 10.0 * 100 / total_steps
+    expected = base + 0.05 * base * (interval / 2 + 8 / 60 + 9.4 / 3600)
+    assert spot_wall_hours(run, run.setup, 10.0) == pytest.approx(expected, rel=1e-9)

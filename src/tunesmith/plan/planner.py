@@ -117,13 +117,15 @@ def checkpoint_hours(run: Run, setup: Setup) -> float:
 
 def spot_wall_hours(run: Run, setup: Setup, train_hours: float) -> float:
     """Expected wall-clock on spot: training, checkpoint writes, and for each expected
-    preemption the work since the last checkpoint (half an interval on average) plus a restart."""
+    preemption the work since the last checkpoint (half an interval on average) plus a restart:
+    a new machine (assumed) and tunesmith's resume (measured, bench/resume_time.py)."""
     spot = assumptions()["spot"]
     total_steps = max(steps(run, setup), 1)
     interval_hours = train_hours * min(run.save_every / total_steps, 1.0)
     base = train_hours + checkpoint_hours(run, setup)
     preemptions = spot["preemptions_per_hour"] * base
-    return base + preemptions * (interval_hours / 2 + spot["restart_minutes"] / 60)
+    restart_hours = spot["provision_minutes"] / 60 + spot["resume_seconds"] / 3600
+    return base + preemptions * (interval_hours / 2 + restart_hours)
 
 
 def options(run: Run, gpus: list[Gpu], prices: list[Price], mfu: Mfu | None, *, count: int | None = None,
