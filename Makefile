@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
-		$(BIN)/pip install -q $(TORCH_FROM) torch; \
+		$(BIN)/pip install -q $(TORCH_FROM) torch && $(BIN)/pip install -q -e '.[gpu]'; \
 	else \
 		$(BIN)/pip install -q $(TORCH_FROM) torch==2.13.0; \
 	fi
