@@ -499,7 +499,7 @@ def _kind(value: Any) -> str:
 
 def _field_loc(loc: FieldPath) -> FieldPath:
     """A field's place without the union member pydantic appends (`train.epochs.float`)."""
-    if len(loc) == 3 and _section_model(loc[0]) is not None:
+    if len(loc) == 3 and _section_model(loc[0]) is not None and not loc[2].isdigit():  # not a list index
         return loc[:2]
     return loc
 
