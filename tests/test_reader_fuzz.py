@@ -20,7 +20,7 @@ FUZZ = settings(max_examples=int(os.environ.get("TUNESMITH_FUZZ_EXAMPLES", "80")
                 suppress_health_check=[HealthCheck.too_slow])
 
 # Text that includes lone surrogates now and then: json.dumps writes them as \udXXX escapes.
-# (st.text leaves surrogates out whatever the alphabet, hence lists of characters.)
+# (st.text leaves surrogates out by default, hence lists of characters.)
 chars = st.one_of(st.characters(), st.sampled_from("\n\r\t\x00\"\\{}[],:\ufeff "), st.characters(categories=["Cs"]))
 texts = st.lists(chars, max_size=12).map("".join)
 scalars = st.none() | st.booleans() | st.integers() | st.floats() | texts
@@ -62,7 +62,9 @@ line = st.one_of(
     valid_row.map(dumped),
     row_like.map(dumped),
     row_like.map(dumped).flatmap(lambda s: st.integers(0, len(s)).map(lambda n: s[:n])),  # truncated
-    st.text(st.characters(exclude_characters="\n"), max_size=40),  # garbage
+    # garbage; no lone surrogates: a line is written as UTF-8, which cannot hold them (st.text
+    # leaves them out by default, but not when given an alphabet of st.characters)
+    st.text(st.characters(exclude_characters="\n", exclude_categories=["Cs"]), max_size=40),
     st.integers(1, 1500).map(lambda n: "[" * n),  # deep nesting, closed or not
     st.integers(1, 1500).map(lambda n: "[" * n + "]" * n),
     st.integers(1, 1500).map(lambda n: '{"a":' * n),
