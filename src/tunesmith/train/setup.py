@@ -33,8 +33,8 @@ from tunesmith.train.checks import RunFolder, check_run_inputs, inspect_run_dir
 from tunesmith.train.dropout import use_bit_dropout
 from tunesmith.train.fit import Fit, LoopState, MetricsLog, enable_checkpointing, plan_steps
 from tunesmith.train.preempt import PreemptionWatcher, StopRequest
-from tunesmith.train.track import open_trackers, require_trackers
 from tunesmith.train.record import RunLock, RunRecord, now_iso, process_start_time, read_record
+from tunesmith.train.track import open_trackers, require_trackers
 from tunesmith.train.watchdog import NvmlSampler, Watchdogs
 
 
