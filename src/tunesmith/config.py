@@ -360,8 +360,8 @@ def load_config(path: str | Path, overrides: list[str] | None = None, *,
     if raw is None:
         raw = {}
     if not isinstance(raw, dict):
-        raise UsageError(f"{path}: expected a mapping with sections model, data, clean, method, train, eval, "
-                         f"output; found {_kind(raw)}")
+        raise UsageError(f"{path}: expected a mapping with sections {', '.join(RunConfig.model_fields)}; "
+                         f"found {_kind(raw)}")
     return build_config(raw, overrides, where=str(path), flags=flags, lines=lines)
 
 
