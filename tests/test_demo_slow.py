@@ -15,7 +15,7 @@ from tunesmith.models.source import alias_gguf_path, resolve_source
 def test_demo_runs_validation_train_eval_and_writes_a_summary(tmp_path):
     run = tmp_path / "demo"
     result = subprocess.run(
-        [sys.executable, "-m", "tunesmith.cli", "demo", "--out", str(run), "--no-progress",
+        [sys.executable, "-m", "tunesmith.cli", "demo", "--out", str(run),
          "--set", "train.max_steps=3", "--set", "eval.max_examples=6"],
         capture_output=True, text=True,
     )
@@ -23,6 +23,8 @@ def test_demo_runs_validation_train_eval_and_writes_a_summary(tmp_path):
     printed = " ".join(result.stdout.split())  # rich wraps lines at 80 columns off a terminal
     assert ("623 rows, 609 kept, 14 removed (duplicate 6, empty_field 2, near_duplicate 6); "
             "fixed: mojibake 3; PII redacted: EMAIL 3, PHONE 3") in printed
+    # No terminal here: one plain line per logged step instead of a progress bar.
+    assert [line.split()[2] for line in result.stdout.splitlines() if line.startswith("train: step")] == ["1", "2", "3"]
     summary = json.loads((run / "summary.json").read_text())
     assert summary["model"] == "smollm2-135m-instruct"
     assert summary["n_eval"] == 6

@@ -478,7 +478,7 @@ def eval_cmd(
 def demo_cmd(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="run folder"),
     set_: Optional[list[str]] = SetOption,
-    progress: bool = typer.Option(True, help="show a progress bar"),
+    progress: bool = typer.Option(True, help="show a progress bar (without a terminal: one line per logged step)"),
 ) -> None:
     """Clean the bundled sample, fine-tune SmolLM2-135M on CPU, compare base and tuned."""
     from tunesmith.demo.run import run_demo
@@ -495,8 +495,9 @@ def demo_cmd(
         out.print(f"    {result.steps} steps, {result.tokens:,} tokens at {result.tokens_per_s:,.0f} tokens/s")
         out.print("[bold]3/3 eval[/]: greedy answers from base and tuned on the held-out file")
 
-    summary = run_demo(out_dir, set_, on_data=cleaned, on_trained=trained, progress=progress,
-                       on_eval_progress=_eval_progress)
+    bar = progress and err.is_terminal
+    summary = run_demo(out_dir, set_, on_data=cleaned, on_trained=trained, progress=bar,
+                       on_log=print_log_line if progress and not bar else None, on_eval_progress=_eval_progress)
     err.print()
     out.print(score_table({"base": summary["base"], "tuned": summary["tuned"], "n": summary["n_eval"]}))
     out.print(f"done in {summary['wall_minutes']:.1f} min; run folder: {out_dir} (summary.json, metrics.jsonl, eval/)")

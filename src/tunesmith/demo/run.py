@@ -34,12 +34,13 @@ def run_demo(
     on_data: Callable[[dict[str, Any]], None] | None = None,
     on_trained: Callable[[TrainResult], None] | None = None,
     progress: bool = True,
+    on_log: Callable[[dict[str, Any]], None] | None = None,
     on_eval_progress: Callable[[str, int, int], None] | None = None,
 ) -> dict[str, Any]:
     start = time.perf_counter()
     cfg = demo_config(out, overrides)
     # The demo always starts over in its own folder; a different run there is still refused.
-    result = train(cfg, progress=progress, on_data=on_data, same_run_restarts=True)
+    result = train(cfg, progress=progress, on_log=on_log, on_data=on_data, same_run_restarts=True)
     if on_trained:
         on_trained(result)
     scores = evaluate_run(out, on_progress=on_eval_progress)
