@@ -192,3 +192,37 @@ def test_epochs_auto_takes_three_passes_over_a_small_set(tiny_model_dir, tmp_pat
     assert (n_train, result.steps) == (18, -(-3 * 18 // 4))  # 2 held out; 3 x 18 rows in steps of 4
     assert any(n.startswith("train.epochs auto: 3 for ") and "training tokens per epoch (under 500,000)" in n
                for n in notes), notes
+
+
+def test_an_abort_mid_step_keeps_the_last_checkpoint_and_the_same_command_finishes_the_run(
+        tiny_model_dir, data, tmp_path, monkeypatch):
+    """A second Ctrl-C raises KeyboardInterrupt wherever the loop is (the signal handling
+    itself: tests/test_preempt.py): no half step is kept, train.json says interrupted, and
+    running again gives the uninterrupted run's adapter. (Through the CLI two signals race
+    with the step, so the abort is injected here.)"""
+    settings = ["train.max_steps=8", "train.save_every=2", "train.eval_every=100"]
+    reference = tmp_path / "reference"
+    train(config(tiny_model_dir, data, reference, *settings), progress=False)
+    original = TokenLoss.forward
+    calls = {"n": 0}
+
+    def forward(self, input_ids, position_ids, labels):
+        if self.training:
+            calls["n"] += 1
+            if calls["n"] == 5:  # inside step 5
+                raise KeyboardInterrupt
+        return original(self, input_ids, position_ids, labels)
+
+    monkeypatch.setattr(TokenLoss, "forward", forward)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        train(config(tiny_model_dir, data, run, *settings), progress=False)
+    rec = record(run)
+    assert (rec["status"], rec["steps_done"]) == ("interrupted", 4)
+    assert (run / "checkpoints" / "latest").read_text().strip() == "step-000004"
+    assert [r["step"] for r in metrics(run)] == [1, 2, 3, 4]
+    monkeypatch.setattr(TokenLoss, "forward", original)
+    result = train(config(tiny_model_dir, data, run, *settings), progress=False)
+    assert result.resumed_from == 4 and record(run)["status"] == "completed"
+    assert (run / "adapter" / "adapter_model.safetensors").read_bytes() == \
+        (reference / "adapter" / "adapter_model.safetensors").read_bytes()

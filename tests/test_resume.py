@@ -127,22 +127,6 @@ def test_sigterm_checkpoints_and_exits_143_then_continues(setup, tmp_path):
     same_training(run, reference)
 
 
-def test_a_second_ctrl_c_aborts_at_once(setup, tmp_path):
-    model, data, _ = setup
-    run = tmp_path / "run"
-    process = subprocess.Popen(command(model, data, run, "--set", "train.save_every=1000"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    while logged_steps(run) < 2 and process.poll() is None:
-        time.sleep(0.01)
-    process.send_signal(signal.SIGINT)
-    time.sleep(0.003)  # two signals sent at once arrive as one
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 130, stderr
-    assert "interrupted" in stderr and "Traceback" not in stderr
-    assert not (run / "checkpoints").exists()  # aborted: no checkpoint was written
-
-
 def test_a_damaged_newest_checkpoint_falls_back_to_the_one_before(setup, tmp_path):
     model, data, reference = setup
     run = tmp_path / "run"
