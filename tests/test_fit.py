@@ -86,6 +86,22 @@ def test_min_delta_and_patience_zero(tiny_model_dir, data, tmp_path, monkeypatch
     assert (result.status, result.steps, result.best_step, result.adapter_step) == ("completed", 4, 1, 1)
 
 
+def on_training_call(monkeypatch, change):
+    """TokenLoss.forward with `change(call, loss)` applied to each training call's loss (calls
+    count from 1; with one micro-batch per step, the call is the step)."""
+    original = TokenLoss.forward
+    calls = {"n": 0}
+
+    def forward(self, input_ids, position_ids, labels):
+        if not self.training:
+            return original(self, input_ids, position_ids, labels)
+        calls["n"] += 1
+        loss, n = original(self, input_ids, position_ids, labels)
+        return change(calls["n"], loss), n
+
+    monkeypatch.setattr(TokenLoss, "forward", forward)
+
+
 def failing_forward(monkeypatch, fails):
     """TokenLoss.forward raises CUDA's out-of-memory error when `fails(batch_rows, model)`."""
     original = TokenLoss.forward
@@ -128,18 +144,7 @@ def test_out_of_memory_with_nothing_left_to_lighten_stops_with_one_message(tiny_
 
 
 def test_non_finite_steps_are_skipped_then_stop_the_run(tiny_model_dir, data, tmp_path, monkeypatch):
-    original = TokenLoss.forward
-    calls = {"n": 0}
-
-    def forward(self, input_ids, position_ids, labels):
-        loss, n = original(self, input_ids, position_ids, labels)
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] in (3, 5, 6, 7):  # one micro-batch per step: the call is the step
-                loss = loss * float("nan")
-        return loss, n
-
-    monkeypatch.setattr(TokenLoss, "forward", forward)
+    on_training_call(monkeypatch, lambda call, loss: loss * float("nan") if call in (3, 5, 6, 7) else loss)
     run = tmp_path / "run"
     with pytest.raises(TunesmithError, match="training stopped at step 7: the loss or the gradients were not finite"):
         train(config(tiny_model_dir, data, run, "train.max_steps=10", "train.save_every=1", "train.eval_every=100",
@@ -159,18 +164,7 @@ def test_non_finite_steps_are_skipped_then_stop_the_run(tiny_model_dir, data, tm
 
 
 def test_a_loss_spike_names_the_rows_of_its_step(tiny_model_dir, data, tmp_path, monkeypatch):
-    original = TokenLoss.forward
-    calls = {"n": 0}
-
-    def forward(self, input_ids, position_ids, labels):
-        loss, n = original(self, input_ids, position_ids, labels)
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] == 15:
-                loss = loss * 5
-        return loss, n
-
-    monkeypatch.setattr(TokenLoss, "forward", forward)
+    on_training_call(monkeypatch, lambda call, loss: loss * 5 if call == 15 else loss)
     run = tmp_path / "run"
     notes = []
     train(config(tiny_model_dir, data, run, "train.max_steps=16", "train.eval_every=100", "train.lr=1e-5"),
@@ -203,17 +197,13 @@ def test_an_abort_mid_step_keeps_the_last_checkpoint_and_the_same_command_finish
     settings = ["train.max_steps=8", "train.save_every=2", "train.eval_every=100"]
     reference = tmp_path / "reference"
     train(config(tiny_model_dir, data, reference, *settings), progress=False)
+    def abort_in_step_5(call, loss):
+        if call == 5:
+            raise KeyboardInterrupt
+        return loss
+
     original = TokenLoss.forward
-    calls = {"n": 0}
-
-    def forward(self, input_ids, position_ids, labels):
-        if self.training:
-            calls["n"] += 1
-            if calls["n"] == 5:  # inside step 5
-                raise KeyboardInterrupt
-        return original(self, input_ids, position_ids, labels)
-
-    monkeypatch.setattr(TokenLoss, "forward", forward)
+    on_training_call(monkeypatch, abort_in_step_5)
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
         train(config(tiny_model_dir, data, run, *settings), progress=False)

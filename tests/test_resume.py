@@ -15,6 +15,7 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from test_train_cli import tunesmith
+from test_train_refusals import snapshot
 from tiny import order_rows, write_rows
 
 SETTINGS = ["--set", "train.max_steps=12", "--set", "train.max_seq_len=128", "--set", "train.micro_batch=2",
@@ -38,10 +39,6 @@ def same_training(run, reference):
         (reference / "adapter" / "adapter_model.safetensors").read_bytes()
     keys = ("step", "loss", "grad_norm", "eval_loss", "lr", "tokens")
     assert [{k: r.get(k) for k in keys} for r in metrics(run)] == [{k: r.get(k) for k in keys} for r in metrics(reference)]
-
-
-def snapshot(folder):
-    return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
 @pytest.fixture(scope="module")

@@ -73,11 +73,21 @@ def input_hashes(cfg: RunConfig) -> dict[str, str]:
     return {field: file_sha256(path) for field, path in files.items() if path}
 
 
-def fingerprint(cfg: RunConfig, cleaned: dict[str, str] | None = None, world_size: int = 1) -> dict[str, Any]:
+def fingerprint(cfg: RunConfig, world_size: int = 1) -> dict[str, Any]:
     """What a checkpoint may only be continued with: the config fields that matter, the
-    input files' hashes, the cleaned data's hashes (once the data stage ran), world size."""
-    return {"config": config_fingerprint(cfg), "inputs": input_hashes(cfg), "data": cleaned,
-            "world_size": world_size}
+    input files' hashes, the cleaned data's hashes (None until the data stage ran: the
+    caller fills them in), world size."""
+    return {"config": config_fingerprint(cfg), "inputs": input_hashes(cfg), "data": None, "world_size": world_size}
+
+
+def field_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """`["train.lr 0.0002 -> 0.0001", ...]` between two flat field tables."""
+    changed = []
+    for key in sorted(set(old) | set(new)):
+        before, after = old.get(key, "(absent)"), new.get(key, "(absent)")
+        if before != after:
+            changed.append(f"{key} {before} -> {after}")
+    return changed
 
 
 def cleaned_hashes(data_dir: Path) -> dict[str, str]:
@@ -87,12 +97,7 @@ def cleaned_hashes(data_dir: Path) -> dict[str, str]:
 def fingerprint_differences(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """`["train.lr 0.0002 -> 0.0001", "data.train: the file's content changed"]`; parts of
     `new` that are None (not computed yet) are not compared."""
-    changed = []
-    old_config, new_config = old.get("config", {}), new.get("config", {})
-    for key in sorted(set(old_config) | set(new_config)):
-        before, after = old_config.get(key, "(absent)"), new_config.get(key, "(absent)")
-        if before != after:
-            changed.append(f"{key} {before} -> {after}")
+    changed = field_differences(old.get("config", {}), new.get("config", {}))
     old_inputs, new_inputs = old.get("inputs", {}), new.get("inputs", {})
     for field in sorted(set(old_inputs) | set(new_inputs)):
         if field in old_inputs and field in new_inputs and old_inputs[field] != new_inputs[field]:

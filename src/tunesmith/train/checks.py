@@ -20,7 +20,7 @@ from tunesmith.data.prepare import check_data_files
 from tunesmith.errors import UsageError
 from tunesmith.io import check_output_dir
 from tunesmith.models.source import check_model_source
-from tunesmith.train.checkpoint import relevant_fields
+from tunesmith.train.checkpoint import field_differences, relevant_fields
 from tunesmith.train.record import FINISHED, read_record
 
 # What a run writes into its folder (DESIGN.md, "The run folder"). --restart removes these
@@ -128,12 +128,7 @@ def config_differences(old: dict[str, Any] | None, new: dict[str, Any]) -> list[
     fix the weights (not the folder itself, how often to log or save, eval or tracking)."""
     if old is None:
         return ["its config.yaml, which cannot be read"]
-    flat_old, flat_new = relevant_fields(flat_fields(old)), relevant_fields(flat_fields(new))
-    changed = []
-    for key in sorted(set(flat_old) | set(flat_new)):
-        if flat_old.get(key, "(absent)") != flat_new.get(key, "(absent)"):
-            changed.append(f"{key} {flat_old.get(key, '(absent)')} -> {flat_new.get(key, '(absent)')}")
-    return changed
+    return field_differences(relevant_fields(flat_fields(old)), relevant_fields(flat_fields(new)))
 
 
 def describe_run(path: Path) -> str:

@@ -101,7 +101,8 @@ def train(
     if on_preflight:
         on_preflight(check)
     with RunLock(folder.path):
-        start = pick_start(cfg, folder, resume, check, note)
+        prints = fingerprint(cfg)  # the data files are hashed once
+        start = pick_start(folder, resume, prints, check, note)
         run_dir = start.folder.take()
         path = resolve_source(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
         tokenizer = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code)
@@ -116,7 +117,8 @@ def train(
         if cfg.train.epochs == "auto" and cfg.train.max_steps is None:
             note(f"{why}; early stopping ends it when eval loss stops improving" if data.val else why)
         steps = plan_steps(data.train, cfg, epochs)
-        return run_fit(cfg, run_dir, path, tokenizer, data, steps, start, device, check,
+        prints = {**prints, "data": cleaned_hashes(run_dir / "data")}
+        return run_fit(cfg, run_dir, path, tokenizer, data, steps, start, device, check, prints,
                        progress=progress, on_log=on_log, note=note, notes=notes, stop=stop)
 
 
@@ -129,11 +131,11 @@ class Start:
     previous: dict[str, Any] | None  # the earlier session's train.json, when continuing
 
 
-def pick_start(cfg: RunConfig, folder: RunFolder, resume: Path | None, check: dict[str, Any],
+def pick_start(folder: RunFolder, resume: Path | None, prints: dict[str, Any], check: dict[str, Any],
                note: Callable[[str], None]) -> Start:
     """From step 0, or from which checkpoint; refuses (exit 2) a checkpoint whose fingerprint
-    differs from this command's. Called with the folder's lock held, so a train.json that
-    still says "running" was left by a process that died."""
+    differs from `prints` (this command's, before the data stage). Called with the folder's
+    lock held, so a train.json that still says "running" was left by a process that died."""
     if not folder.resume:
         return Start(folder, None, None)
     previous = read_record(folder.path)
@@ -143,7 +145,7 @@ def pick_start(cfg: RunConfig, folder: RunFolder, resume: Path | None, check: di
     if checkpoint is None:
         note(f"{folder.path}: no complete checkpoint yet: starting over from step 0")
         return Start(folder.restart_all(), None, None)
-    differences = fingerprint_differences(checkpoint.state.get("fingerprint", {}), fingerprint(cfg))
+    differences = fingerprint_differences(checkpoint.state.get("fingerprint", {}), prints)
     if differences:
         raise UsageError(
             f"{checkpoint.path} was trained with other settings: {'; '.join(differences[:3])}"
@@ -217,7 +219,7 @@ def finished_result(run_dir: Path, note: Callable[[str], None]) -> TrainResult:
 # ---------------------------------------------------------------- fit and keep the best
 
 def run_fit(cfg: RunConfig, run_dir: Path, path: str, tokenizer: Any, data: Prepared, steps: list, start: Start,
-            device: torch.device, check: dict[str, Any], *, progress: bool, on_log: Callable[[dict], None] | None,
+            device: torch.device, check: dict[str, Any], prints: dict[str, Any], *, progress: bool, on_log: Callable[[dict], None] | None,
             note: Callable[[str], None], notes: list[str], stop: Any) -> TrainResult:
     from accelerate.utils import set_seed
 
@@ -240,7 +242,6 @@ def run_fit(cfg: RunConfig, run_dir: Path, path: str, tokenizer: Any, data: Prep
     for text in trackers.notes:
         note(text)
     log.sinks.append(trackers.log)
-    prints = fingerprint(cfg, cleaned_hashes(run_dir / "data"))
     fit = Fit(cfg, steps, data.val, tokenizer.pad_token_id, device, run_dir, prints, log, record,
               predicted_peak_gb=check.get("peak_gb"), on_note=note,
               on_first_step=restart_timer(record) if resumed_from is not None else None)
