@@ -381,7 +381,8 @@ def train_cmd(
     out_dir: Optional[Path] = typer.Option(None, "--out", help="run folder"),
     method: Optional[str] = typer.Option(None, help="lora | qlora (CUDA GPU) | full"),
     epochs: Optional[str] = typer.Option(
-        None, help="passes over the data (fractions allowed), or auto (default: 3/2/1 by the number of rows)"),
+        None, help="passes over the data (fractions allowed), or auto (the default: 3, 2 or 1 by training "
+                   "tokens per epoch)"),
     lr: Optional[float] = typer.Option(None, help="peak learning rate (default 2e-4 LoRA, 2e-5 full)"),
     lora_r: Optional[int] = typer.Option(None, "--lora-r", help="LoRA rank (default 16)"),
     set_: Optional[list[str]] = SetOption,
@@ -529,7 +530,7 @@ def plan_cmd(
     strategy: Optional[str] = typer.Option(None, help="with several GPUs: ddp | zero2 | fsdp | fsdp_offload (planning only)"),
     tokens: Optional[str] = typer.Option(None, help="training tokens per epoch, e.g. 20M (or use --dataset)"),
     dataset: Optional[Path] = typer.Option(None, help="count tokens per epoch in this file with the model's tokenizer"),
-    epochs: Optional[str] = typer.Option(None, help="passes over the data, or auto (default: 3/2/1 by rows)"),
+    epochs: Optional[str] = typer.Option(None, help="passes over the data, or auto (the default: 3, 2 or 1 by tokens per epoch)"),
     prices_file: Optional[Path] = typer.Option(None, "--prices", help="your own prices CSV (see `tunesmith gpus --help`)"),
     calibrate: Optional[Path] = typer.Option(None, help="a run folder whose measured speed replaces the defaults "
                                              "(a GPU run: the MFU of the GPU rows; any run: this machine's time)"),
