@@ -179,7 +179,7 @@ class Fit:
         """One optimizer step; an out-of-memory error frees memory, halves the micro-batch
         (doubling accumulation: the same rows, the same update), then turns on gradient
         checkpointing, and tries the step again; when neither is left it stops the run."""
-        rng = torch.get_rng_state()  # a retried step draws the same dropout masks
+        rng = _rng_states(self.device)  # a retried step draws the same dropout masks
         while True:
             try:
                 return run_step(parts, rows, state.micro_batch, self.pad_id, self.cfg.train.max_grad_norm, self.device,
@@ -200,7 +200,7 @@ class Fit:
                 self.record.fields["memory_changes"].append(change)
                 self.record.write()
                 self.on_note(f"out of memory at step {number}: retrying with {change['now']}")
-                torch.set_rng_state(rng)
+                _set_rng_states(rng)
 
     def lighten(self, parts: "Parts", state: LoopState) -> dict[str, Any] | None:
         """The next lighter way to run a step, or None when there is none left."""
@@ -396,6 +396,18 @@ def memory_record(device: torch.device) -> dict[str, float]:
     if device.type != "cuda":
         return {}
     return {"mem_gb": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
+
+
+def _rng_states(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """The generators a step's dropout draws from: the CPU's, and the GPU's on CUDA."""
+    return torch.get_rng_state(), torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+
+
+def _set_rng_states(states: tuple[torch.Tensor, torch.Tensor | None]) -> None:
+    cpu, cuda = states
+    torch.set_rng_state(cpu)
+    if cuda is not None:
+        torch.cuda.set_rng_state(cuda)
 
 
 def _measured_peak_gb(device: torch.device) -> float | None:

@@ -107,7 +107,7 @@ def train(
         path = resolve_source(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
         tokenizer = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code)
         ensure_chat_template(tokenizer)
-        data = prepare_data(cfg, tokenizer, run_dir, start.checkpoint)
+        data, cleaned = prepare_data(cfg, tokenizer, run_dir, start.checkpoint)
         if on_data:
             on_data(data.report)
         check = check_fit_with_data(cfg, check, data.report)
@@ -117,7 +117,7 @@ def train(
         if cfg.train.epochs == "auto" and cfg.train.max_steps is None:
             note(f"{why}; early stopping ends it when eval loss stops improving" if data.val else why)
         steps = plan_steps(data.train, cfg, epochs)
-        prints = {**prints, "data": cleaned_hashes(run_dir / "data")}
+        prints = {**prints, "data": cleaned}
         return run_fit(cfg, run_dir, path, tokenizer, data, steps, start, device, check, prints,
                        progress=progress, on_log=on_log, note=note, notes=notes, stop=stop)
 
@@ -182,11 +182,14 @@ def killed_note(run_dir: Path, previous: dict[str, Any], check: dict[str, Any]) 
             f"(that changes the run: add --restart)")
 
 
-def prepare_data(cfg: RunConfig, tokenizer: Any, run_dir: Path, checkpoint: Checkpoint | None) -> Prepared:
-    """The data stage into RUN/data; when continuing, into a scratch folder first, so that
-    data that no longer matches the checkpoint is refused without touching RUN/data."""
+def prepare_data(cfg: RunConfig, tokenizer: Any, run_dir: Path,
+                 checkpoint: Checkpoint | None) -> tuple[Prepared, dict[str, str]]:
+    """The data stage into RUN/data, and the cleaned files' hashes; when continuing, into a
+    scratch folder first, so that data that no longer matches the checkpoint is refused
+    without touching RUN/data (which then holds the same bytes)."""
     if checkpoint is None:
-        return prepare_run_data(cfg, tokenizer, run_dir)
+        data = prepare_run_data(cfg, tokenizer, run_dir)
+        return data, cleaned_hashes(run_dir / "data")
     scratch = run_dir / ".resume-data.tmp"
     shutil.rmtree(scratch, ignore_errors=True)
     try:
@@ -198,7 +201,7 @@ def prepare_data(cfg: RunConfig, tokenizer: Any, run_dir: Path, checkpoint: Chec
     if before is not None and now != before:
         raise UsageError(f"{checkpoint.path}: the cleaned data differs from what it was trained on (a changed "
                          f"tunesmith version?): add --restart to start over")
-    return data
+    return data, now
 
 
 def finished_result(run_dir: Path, note: Callable[[str], None]) -> TrainResult:
