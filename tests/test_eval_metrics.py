@@ -1,6 +1,6 @@
 import pytest
 
-from tunesmith.eval.metrics import aggregate, score_example
+from tunesmith.eval.metrics import aggregate, rouge_l, score_example
 
 REFERENCE = '{"name": "Maria Lopez", "city": "Porto", "item": "kettle", "quantity": 3, "color": "blue"}'
 
@@ -19,7 +19,7 @@ def test_exact_match_is_case_sensitive_and_strict_on_words() -> None:
 
 def test_text_reference_gets_token_f1_and_no_json_metrics() -> None:
     scores = score_example("hello", "hello")
-    assert set(scores) == {"exact_match", "token_f1"}
+    assert set(scores) == {"exact_match", "token_f1", "rouge_l"}
 
 
 # --- JSON references ----------------------------------------------------------------
@@ -148,12 +148,34 @@ def test_aggregate_averages_each_metric_over_examples_that_have_it() -> None:
         score_example("same", "same"),  # text: f1 1
     ]
     result = aggregate(per_example)
-    assert list(result) == ["exact_match", "json_field_accuracy", "json_valid", "token_f1"]
+    assert list(result) == ["exact_match", "json_field_accuracy", "json_valid", "rouge_l", "token_f1"]
     assert result["exact_match"] == 0.4  # 2 of 5
     assert result["json_valid"] == round(2 / 3, 4)  # JSON references only
     assert result["json_field_accuracy"] == round((1 + 0 + 0.4) / 3, 4)
     assert result["token_f1"] == round((4 / 7 + 1) / 2, 4)
+    assert result["rouge_l"] == round((4 / 7 + 1) / 2, 4)  # LCS "blue kettle": P 2/3, R 2/4
 
 
 def test_aggregate_of_nothing_is_empty() -> None:
     assert aggregate([]) == {}
+
+
+def test_rouge_l_is_the_longest_common_subsequence_f_measure() -> None:
+    # LCS of "the cat sat on the mat" and "the cat on a mat" is "the cat on mat" (4 tokens):
+    # precision 4/5, recall 4/6, F = 2PR/(P+R) = 8/11.
+    assert rouge_l("the cat on a mat", "the cat sat on the mat") == pytest.approx(8 / 11)
+    assert rouge_l("mat the", "the mat") == pytest.approx(0.5)  # order matters, unlike token F1
+    assert score_example("mat the", "the mat")["token_f1"] == 1.0
+
+
+def test_rouge_l_keeps_non_latin_words() -> None:
+    """rouge-score's default tokenizer deletes non-ASCII letters, so a Greek answer would
+    score 0 against itself; ours keeps them."""
+    assert rouge_l("Καλημέρα κόσμε", "Καλημέρα κόσμε") == 1.0
+    assert rouge_l("Καλημέρα", "Καλημέρα κόσμε") == pytest.approx(2 / 3)
+
+
+def test_rouge_l_empty_cases() -> None:
+    assert rouge_l("", "") == 1.0
+    assert rouge_l("", "something") == 0.0
+    assert rouge_l("something", "") == 0.0

@@ -462,17 +462,44 @@ def print_preflight(check: dict[str, Any]) -> None:
 @app.command("eval")
 def eval_cmd(
     run: Path = typer.Argument(..., help="run folder written by `tunesmith train`"),
+    data: Optional[Path] = typer.Option(None, "--data", help="a curated eval file (any format `data check` reads; "
+                                        "the guide: 100-200 real production examples); default: the run's held-out rows"),
+    checkpoint: Optional[str] = typer.Option(None, "--checkpoint", help="score a checkpoint instead of the kept "
+                                             "adapter: a step number or a RUN/checkpoints/step-NNNNNN folder"),
+    compare: Optional[Path] = typer.Option(None, "--compare", help="another run folder whose tuned model answers "
+                                           "the same prompts (LoRA vs full, r16 vs r32)"),
+    general: Optional[bool] = typer.Option(None, "--general/--no-general", help="also score the shipped general "
+                                           "set to catch forgetting (eval.general; default on)"),
     set_: Optional[list[str]] = SetOption,
 ) -> None:
-    """Score base against tuned on the run's held-out rows."""
+    """Score base against tuned (and another run) on the same prompts; flag forgetting."""
     from tunesmith.eval.run import evaluate_run
 
     quiet_transformers()
     working_in(run, "run the same command again to evaluate from the start")
-    scores = evaluate_run(run, set_, on_progress=_eval_progress)
+    overrides = list(set_ or []) + ([f"eval.general={str(general).lower()}"] if general is not None else [])
+    scores = evaluate_run(run, overrides, data=data, checkpoint=checkpoint, compare=compare,
+                          on_progress=_eval_progress, on_note=print_note)
     err.print()
     out.print(score_table(scores))
-    out.print(f"outputs: {run / 'eval' / 'outputs.jsonl'}")
+    out.print(f"[dim]{escape(scores['caveat'])}[/]", highlight=False)
+    if scores["categories"]:
+        out.print(category_table(scores))
+    if scores["general"]:
+        print_forgetting(scores["general"])
+    out.print(f"outputs: {run / 'eval' / 'outputs.jsonl'}; report: {run / 'eval' / 'report.html'}", highlight=False)
+    out.print(f"next: have domain experts compare the answers blind: tunesmith review {run} --raters NAME,NAME",
+              highlight=False)
+
+
+def print_forgetting(general: dict[str, Any]) -> None:
+    models = [m for m in ("base", "tuned", "compare") if m in general]
+    shares = ", ".join(f"{m} {general[m]:.3f}" for m in models)
+    line = f"general set ({general['n']} items: facts, arithmetic, formats): passed {shares}"
+    if general["flagged"]:
+        out.print(f"[red]forgetting:[/] {line}; {escape(general['advice'])}", highlight=False)
+    else:
+        out.print(f"{line}: no drop above {general['threshold']:g}", highlight=False)
 
 
 @app.command("demo")
@@ -743,16 +770,40 @@ def _eval_progress(name: str, done: int, total: int) -> None:
 
 
 def score_table(scores: dict[str, Any]) -> Table:
-    table = Table(title=f"base vs tuned on {scores['n']} held-out examples")
+    """Metric x model, and the change tuned - base. Perplexity of the references: lower is better."""
+    models = scores.get("models") or ["base", "tuned"]
+    source = scores.get("source") or {}
+    what = f"examples of {source['data']}" if source.get("data") else "held-out examples"
+    table = Table(title=f"{' vs '.join(models)} on {scores['n']} {what}")
     table.add_column("metric")
-    table.add_column("base", justify="right")
-    table.add_column("tuned", justify="right")
-    table.add_column("change", justify="right")
-    for metric in sorted(set(scores["base"]) | set(scores["tuned"])):
+    for name in models:
+        table.add_column(name, justify="right")
+    table.add_column("tuned - base", justify="right")
+    for metric in sorted(set().union(*(scores[name] for name in models))):
+        values = [scores[name].get(metric) for name in models]
         b, t = scores["base"].get(metric), scores["tuned"].get(metric)
         change = f"{t - b:+.3f}" if b is not None and t is not None else ""
-        table.add_row(metric, _fmt(b), _fmt(t), change)
+        label = f"{metric} (lower is better)" if metric == "perplexity" else metric
+        table.add_row(label, *map(_fmt, values), change)
     return table
+
+
+def category_table(scores: dict[str, Any]) -> Table:
+    models = scores["models"]
+    metric = headline_metric(scores)
+    table = Table(title=f"{metric} per category")
+    table.add_column("category")
+    table.add_column("n", justify="right")
+    for name in models:
+        table.add_column(name, justify="right")
+    for category, part in scores["categories"].items():
+        table.add_row(category, str(part["n"]), *(_fmt(part[name].get(metric)) for name in models))
+    return table
+
+
+def headline_metric(scores: dict[str, Any]) -> str:
+    """The metric that says most about these answers: field accuracy for JSON answers, else F1."""
+    return next((m for m in ("json_field_accuracy", "token_f1") if m in scores["tuned"]), "exact_match")
 
 
 def _fmt(value: float | None) -> str:

@@ -166,7 +166,11 @@ class TrainConfig(Section):
 class EvalConfig(Section):
     max_new_tokens: int = Field(128, ge=1, description="generation cap (lowered to fit the longest reference)")
     batch_size: int = Field(32, ge=1, description="prompts generated together (decoding is memory-bound: larger is cheaper per prompt)")
-    max_examples: int | None = Field(None, ge=1, description="evaluate only the first N validation rows")
+    max_examples: int | None = Field(None, ge=1, description="evaluate only the first N examples")
+    general: bool = Field(True, description="also score the shipped general set (facts, arithmetic, formats) "
+                          "on base and tuned, to catch forgetting (~120 short answers per model)")
+    forgetting_threshold: float = Field(0.05, ge=0, le=1, description="drop in the general set's pass rate "
+                                        "(tuned vs base) above which forgetting is flagged")
 
 
 class TrackConfig(Section):

@@ -11,7 +11,12 @@ import json
 import re
 import string
 import unicodedata
+from functools import lru_cache
 from typing import Any
+
+# The guide's warning, printed wherever token F1 or ROUGE-L are shown.
+LEXICAL_CAVEAT = ("token F1 and ROUGE-L count shared words: they correlate poorly with how useful an answer is "
+                  "(the guide); have domain experts compare the answers: tunesmith review RUN --raters NAMES")
 
 # A whole answer wrapped in one Markdown code fence, optionally tagged json. Small chat
 # models often fence JSON even when asked not to; the content is still usable, so the
@@ -25,7 +30,7 @@ _NUMBER = re.compile(r"[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?")
 def score_example(prediction: str, reference: str) -> dict[str, float]:
     """Metrics for one example: exact_match always, plus JSON or token-overlap metrics.
 
-    JSON-object reference -> json_valid and json_field_accuracy; otherwise token_f1.
+    JSON-object reference -> json_valid and json_field_accuracy; otherwise token_f1 and rouge_l.
     """
     scores = {"exact_match": _exact_match(prediction, reference)}
     expected = _parse_json_object(reference.strip())
@@ -35,6 +40,7 @@ def score_example(prediction: str, reference: str) -> dict[str, float]:
         scores["json_field_accuracy"] = _field_accuracy(predicted, expected)
     else:
         scores["token_f1"] = token_f1(prediction, reference)
+        scores["rouge_l"] = rouge_l(prediction, reference)
     return scores
 
 
@@ -63,6 +69,28 @@ def token_f1(prediction: str, reference: str) -> float:
         return 0.0
     precision, recall = common / len(predicted), common / len(expected)
     return 2 * precision * recall / (precision + recall)
+
+
+def rouge_l(prediction: str, reference: str) -> float:
+    """ROUGE-L F-measure (longest common subsequence of tokens), no stemming."""
+    if not _tokens(prediction) and not _tokens(reference):
+        return 1.0  # as token_f1: two empty answers agree
+    return _rouge_scorer().score(reference, prediction)["rougeL"].fmeasure
+
+
+class _Tokens:
+    """rouge-score's tokenizer interface over the same tokens token_f1 uses."""
+
+    @staticmethod
+    def tokenize(text: str) -> list[str]:
+        return _tokens(text)
+
+
+@lru_cache(maxsize=1)
+def _rouge_scorer() -> Any:
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], tokenizer=_Tokens())
 
 
 def _exact_match(prediction: str, reference: str) -> float:

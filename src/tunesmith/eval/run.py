@@ -1,135 +1,204 @@
-"""`tunesmith eval RUN`: base vs tuned on the run's held-out rows, greedy, same prompts.
+"""`tunesmith eval RUN`: base against tuned (and against another run) on the same prompts, greedy.
 
-Writes RUN/eval/outputs.jsonl (both answers and their scores per example) and
-RUN/eval/scores.json = {"base": {metric: value}, "tuned": {metric: value}, "n": N}.
+What is scored: the run's held-out rows, or any curated file (--data); the run's adapter, or
+any checkpoint (--checkpoint); with --compare RUN2, RUN2's tuned model too. Each model also
+answers the shipped general set, so a tuned model that lost general skills is flagged.
+
+Writes RUN/eval/outputs.jsonl (the answers and per-example scores), RUN/eval/scores.json
+(means, perplexity of the references, per category, the general set) and RUN/eval/report.html.
 """
 
 from __future__ import annotations
 
-import json
+import gc
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from tunesmith.config import RunConfig, load_config
-from tunesmith.errors import TunesmithError, UsageError
+from tunesmith.errors import UsageError
+from tunesmith.eval.cases import EvalCase, eval_set
+from tunesmith.eval.general import GENERAL_MAX_NEW_TOKENS, forgetting_verdict, load_general_set, score_general
 from tunesmith.eval.generate import generate_greedy
-from tunesmith.eval.metrics import aggregate, score_example
+from tunesmith.eval.metrics import LEXICAL_CAVEAT, aggregate, score_example
+from tunesmith.eval.perplexity import perplexity, reference_nll
+from tunesmith.eval.report import write_eval_report
 from tunesmith.io import write_json_atomic, write_jsonl_atomic
 from tunesmith.models.encode import ensure_chat_template, prompt_ids
 from tunesmith.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunesmith.models.source import resolve_source
+from tunesmith.train.checkpoint import Checkpoint
+from tunesmith.train.tuned import find_checkpoint, load_tuned
 
 # Room for a tuned answer a little longer than the longest reference, no more: the base
-# model often rambles, and every extra token is paid for on both models.
+# model often rambles, and every extra token is paid for on every model.
 EXTRA_TOKENS = 16
+
+Progress = Callable[[str, int, int], None]
 
 
 @dataclass
-class EvalCase:
-    line: int
-    messages: list[dict[str, str]]
-    reference: str
+class Answers:
+    """What one model said and how surprised it was by the references."""
 
-
-def load_cases(run_dir: Path, limit: int | None) -> list[EvalCase]:
-    path = run_dir / "data" / "val.jsonl"
-    if not path.is_file():
-        raise TunesmithError(f"{path} not found: run `tunesmith train` into {run_dir} first")
-    cases = []
-    for number, text in enumerate(path.read_text(encoding="utf-8", errors="replace").splitlines(), start=1):
-        case = _case(text)
-        if case is None:
-            raise TunesmithError(f"{path}:{number}: not a validation row as `tunesmith train` writes it "
-                                 f"(was the file edited?); run train again with --restart to rewrite it")
-        cases.append(case)
-    if not cases:
-        raise TunesmithError(f"{path} has no validation rows to evaluate")
-    return cases[:limit] if limit else cases
-
-
-def _case(text: str) -> EvalCase | None:
-    """A row of RUN/data/val.jsonl: its prompt turns and the last assistant turn as the reference."""
-    try:
-        row = json.loads(text)
-        messages = row["messages"]
-        last = max(i for i, m in enumerate(messages) if m["role"] == "assistant")
-        return EvalCase(int(row["line"]), messages[:last], str(messages[last]["content"]))
-    except (ValueError, KeyError, TypeError):
-        return None
-
-
-def load_models(cfg: RunConfig, run_dir: Path) -> tuple[Any, Any, Any]:
-    """(tokenizer, base, tuned). For LoRA one model serves both: the adapter is switched off
-    for the base answers, so only one copy of the weights is in memory."""
-    device = pick_device()
-    dtype = pick_dtype(cfg.model.dtype, device)
-    path = resolve_source(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
-    tokenizer = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code)
-    ensure_chat_template(tokenizer)
-    base = load_model(path, dtype=dtype, device=device, trust_remote_code=cfg.model.trust_remote_code)
-    if cfg.method.name == "full":
-        tuned_dir = run_dir / "model"
-        if not (tuned_dir / "config.json").is_file():
-            raise TunesmithError(f"{tuned_dir} not found: the run has no trained model yet")
-        tuned = load_model(str(tuned_dir), dtype=dtype, device=device)
-        return tokenizer, base, tuned
-    adapter = run_dir / "adapter"
-    if not (adapter / "adapter_config.json").is_file():
-        raise TunesmithError(f"{adapter} not found: the run has no trained adapter yet")
-    from peft import PeftModel
-
-    tuned = PeftModel.from_pretrained(base, str(adapter))
-    return tokenizer, None, tuned
+    texts: list[str]
+    nll: list[tuple[float, int]]  # (summed NLL, reference tokens) per case
+    general: list[str]  # answers to the general set, in its order
 
 
 def evaluate_run(
     run_dir: str | Path,
     overrides: list[str] | None = None,
-    on_progress: Callable[[str, int, int], None] | None = None,
+    *,
+    data: str | Path | None = None,
+    checkpoint: str | None = None,
+    compare: str | Path | None = None,
+    on_progress: Progress | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     run_dir = Path(run_dir)
+    cfg = run_config(run_dir, overrides)
+    other = Path(compare) if compare is not None else None
+    other_cfg = run_config(other, None, flag="--compare") if other is not None else None
+    chosen = find_checkpoint(run_dir, checkpoint) if checkpoint is not None else None
+    cases = eval_set(run_dir, cfg, data)
+    for note in cases.notes:
+        if on_note:
+            on_note(note)
+    general = load_general_set() if cfg.eval.general else []
+
+    def work(name: str, tokenizer: Any, model: Any) -> Answers:
+        return answer(name, tokenizer, model, cases.cases, general, cfg, on_progress)
+
+    answers = run_answers(cfg, run_dir, chosen, work)
+    if other is not None and other_cfg is not None:
+        if other_cfg.model.source != cfg.model.source and on_note:
+            on_note(f"--compare {other}: its base model is {other_cfg.model.source}, not {cfg.model.source}")
+        answers["compare"] = run_answers(other_cfg, other, None, work, with_base=False)["tuned"]
+
+    rows = output_rows(cases.cases, answers)
+    scores = summarise(cases.cases, answers, rows, general, cfg)
+    scores["source"] = {"data": cases.source, "checkpoint": chosen.path.name if chosen else None,
+                        "compare": str(other) if other is not None else None}
+    write_jsonl_atomic(run_dir / "eval" / "outputs.jsonl", rows)
+    write_json_atomic(run_dir / "eval" / "scores.json", scores)
+    write_eval_report(run_dir)
+    return scores
+
+
+def run_config(run_dir: Path, overrides: list[str] | None, flag: str = "RUN") -> RunConfig:
     config_path = run_dir / "config.yaml"
     if not config_path.is_file():
-        raise UsageError(f"{run_dir} is not a run folder (no config.yaml); train into it first")
-    cfg = load_config(config_path, overrides)
-    cases = load_cases(run_dir, cfg.eval.max_examples)
-    tokenizer, base, tuned = load_models(cfg, run_dir)
+        raise UsageError(f"{flag} {run_dir} is not a run folder (no config.yaml); train into it first")
+    return load_config(config_path, overrides)
+
+
+# ---------------------------------------------------------------- generating
+
+
+def run_answers(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None,
+                work: Callable[[str, Any, Any], Answers], *, with_base: bool = True) -> dict[str, Answers]:
+    """Answers of the run's base (unless with_base is off) and tuned model. Models are freed
+    before returning, so a --compare run is loaded only after this one has gone."""
+    device = pick_device()
+    dtype = pick_dtype(cfg.model.dtype, device)
+    path = resolve_source(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code)
+    ensure_chat_template(tokenizer)
+    full = cfg.method.name == "full"
+    # LoRA: the adapter wraps the base, and the base answers come from the same object with the
+    # adapter off. Full fine-tuning: two models, the base only when its answers are wanted.
+    base = None
+    if with_base or not full:
+        base = load_model(path, dtype=dtype, device=device, trust_remote_code=cfg.model.trust_remote_code)
+    tuned = load_tuned(cfg, run_dir, base, path, dtype=dtype, device=device, checkpoint=checkpoint)
+    out = {}
+    if with_base and full:
+        out["base"] = work("base", tokenizer, base)
+    elif with_base:
+        with tuned.disable_adapter():
+            out["base"] = work("base", tokenizer, tuned)
+    out["tuned"] = work("tuned" if with_base else "compare", tokenizer, tuned)
+    del base, tuned
+    gc.collect()
+    return out
+
+
+def answer(name: str, tokenizer: Any, model: Any, cases: list[EvalCase], general: list[dict[str, Any]],
+           cfg: RunConfig, on_progress: Progress | None) -> Answers:
     prompts = [prompt_ids(tokenizer, c.messages) for c in cases]
     longest = max(len(tokenizer(c.reference, add_special_tokens=False)["input_ids"]) for c in cases)
     max_new = min(cfg.eval.max_new_tokens, longest + EXTRA_TOKENS)
+    texts = generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new, batch_size=cfg.eval.batch_size,
+                            on_batch=_ticker(name, len(cases), on_progress))
+    nll = reference_nll(model, tokenizer, [c.messages + [{"role": "assistant", "content": c.reference}] for c in cases],
+                        on_batch=_ticker(f"{name}: perplexity", len(cases), on_progress))
+    general_texts = []
+    if general:
+        general_prompts = [prompt_ids(tokenizer, [{"role": "user", "content": item["prompt"]}]) for item in general]
+        general_texts = generate_greedy(model, tokenizer, general_prompts, max_new_tokens=GENERAL_MAX_NEW_TOKENS,
+                                        batch_size=cfg.eval.batch_size,
+                                        on_batch=_ticker(f"{name}: general set", len(general), on_progress))
+    return Answers(texts, nll, general_texts)
 
-    def answers(model: Any, name: str) -> list[str]:
-        done = [0]
 
-        def tick(n: int) -> None:
-            done[0] += n
-            if on_progress:
-                on_progress(name, done[0], len(cases))
+def _ticker(name: str, total: int, on_progress: Progress | None) -> Callable[[int], None] | None:
+    if on_progress is None:
+        return None
+    done = [0]
 
-        return generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new, batch_size=cfg.eval.batch_size, on_batch=tick)
+    def tick(n: int) -> None:
+        done[0] += n
+        on_progress(name, done[0], total)
 
-    if base is None:
-        with tuned.disable_adapter():
-            base_out = answers(tuned, "base")
-    else:
-        base_out = answers(base, "base")
-    tuned_out = answers(tuned, "tuned")
+    return tick
 
-    rows, base_scores, tuned_scores = [], [], []
-    for case, b, t in zip(cases, base_out, tuned_out):
-        sb, st = score_example(b, case.reference), score_example(t, case.reference)
-        base_scores.append(sb)
-        tuned_scores.append(st)
-        rows.append({
-            "line": case.line,
-            "prompt": case.messages,
-            "reference": case.reference,
-            "base": b,
-            "tuned": t,
-            "scores": {"base": sb, "tuned": st},
-        })
-    scores = {"base": aggregate(base_scores), "tuned": aggregate(tuned_scores), "n": len(cases)}
-    write_jsonl_atomic(run_dir / "eval" / "outputs.jsonl", rows)
-    write_json_atomic(run_dir / "eval" / "scores.json", scores)
+
+# ---------------------------------------------------------------- scoring
+
+
+def output_rows(cases: list[EvalCase], answers: dict[str, Answers]) -> list[dict[str, Any]]:
+    """One row per case: the prompt, the reference, each model's answer and its scores."""
+    rows = []
+    for i, case in enumerate(cases):
+        scores = {}
+        for name, said in answers.items():
+            scores[name] = score_example(said.texts[i], case.reference)
+            total, tokens = said.nll[i]
+            scores[name]["ref_nll_per_token"] = round(total / tokens, 4) if tokens else None
+        rows.append({"line": case.line, "file": case.file, "category": case.category, "prompt": case.messages,
+                     "reference": case.reference, **{name: said.texts[i] for name, said in answers.items()},
+                     "scores": scores})
+    return rows
+
+
+def summarise(cases: list[EvalCase], answers: dict[str, Answers], rows: list[dict[str, Any]],
+              general: list[dict[str, Any]], cfg: RunConfig) -> dict[str, Any]:
+    models = list(answers)
+    scores: dict[str, Any] = {"n": len(cases), "models": models}
+    scores.update(model_means(range(len(cases)), answers, rows))
+    categories = sorted({c.category for c in cases if c.category is not None})
+    scores["categories"] = {
+        category: {"n": len(picked), **model_means(picked, answers, rows)}
+        for category in categories
+        for picked in [[i for i, c in enumerate(cases) if c.category == category]]
+    }
+    scores["general"] = None
+    if general:
+        result = score_general(general, {name: said.general for name, said in answers.items()})
+        scores["general"] = {**result, **forgetting_verdict(result, cfg.eval.forgetting_threshold)}
+    scores["caveat"] = LEXICAL_CAVEAT
     return scores
+
+
+def model_means(picked: Any, answers: dict[str, Answers], rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
+    """Each model's mean scores over the picked cases, plus the perplexity of their references."""
+    indices = list(picked)
+    means = {}
+    for name, said in answers.items():
+        per_example = [{k: v for k, v in rows[i]["scores"][name].items() if k != "ref_nll_per_token"} for i in indices]
+        means[name] = aggregate(per_example)
+        ppl = perplexity([said.nll[i] for i in indices])
+        if ppl is not None:
+            means[name]["perplexity"] = ppl
+    return means

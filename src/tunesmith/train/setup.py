@@ -35,6 +35,7 @@ from tunesmith.train.fit import Fit, LoopState, MetricsLog, enable_checkpointing
 from tunesmith.train.preempt import PreemptionWatcher, StopRequest
 from tunesmith.train.record import RunLock, RunRecord, now_iso, process_start_time, read_record
 from tunesmith.train.track import open_trackers, require_trackers
+from tunesmith.train.tuned import lora_config
 from tunesmith.train.watchdog import NvmlSampler, Watchdogs
 
 
@@ -353,19 +354,12 @@ def prepare_model(model: Any, cfg: RunConfig, device: torch.device) -> Any:
         enable_checkpointing(model)
     if cfg.method.name == "full":
         return model
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model, prepare_model_for_kbit_training
 
     if cfg.method.name == "qlora":
         model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
-    lora = LoraConfig(
-        r=cfg.method.r,
-        lora_alpha=cfg.method.alpha,
-        lora_dropout=cfg.method.dropout,
-        target_modules=cfg.method.target_modules,
-        task_type="CAUSAL_LM",
-    )
     try:
-        model = get_peft_model(model, lora)
+        model = get_peft_model(model, lora_config(cfg))
     except ValueError as e:
         raise TunesmithError(f"method.target_modules: {e}", exit_code=2) from None
     if device.type == "cpu":
