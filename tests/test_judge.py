@@ -251,15 +251,23 @@ def test_a_changed_answer_or_another_model_is_asked_again(server, tmp_path: Path
 
 def test_the_key_comes_from_the_argument_then_the_environment(server, tmp_path: Path, monkeypatch) -> None:
     server.key = "sekret"
-    monkeypatch.setenv("OPENAI_API_KEY", "sekret")
-    judge(server, tmp_path / "a.jsonl", items=ITEMS[:1])
     monkeypatch.setenv("TUNESMITH_JUDGE_API_KEY", "sekret")
     monkeypatch.setenv("OPENAI_API_KEY", "openai-key")
     judge(server, tmp_path / "b.jsonl", items=ITEMS[:1])
     judge_items(ITEMS[:1], url=server.url, model=MODEL, api_key="sekret", cache=tmp_path / "c.jsonl")
     assert {r["auth"] for r in server.requests} == {"Bearer sekret"}
-    assert resolve_api_key(None) == "sekret"
-    assert resolve_api_key("given") == "given"
+    assert resolve_api_key(None, server.url) == "sekret"
+    assert resolve_api_key("given", server.url) == "given"
+
+
+def test_an_openai_key_goes_to_openai_only(monkeypatch) -> None:
+    """OPENAI_API_KEY is set in many shells; sending it to any URL named by --judge would hand
+    it to a third party."""
+    monkeypatch.delenv("TUNESMITH_JUDGE_API_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "openai-key")
+    assert resolve_api_key(None, "https://api.openai.com/v1") == "openai-key"
+    assert resolve_api_key(None, "http://127.0.0.1:8000/v1") != "openai-key"
+    assert resolve_api_key(None, "https://api.openai.com.evil.example/v1") != "openai-key"
 
 
 @pytest.mark.parametrize("typed, root", [

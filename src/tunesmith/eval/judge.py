@@ -29,7 +29,6 @@ from urllib.parse import urlsplit
 from tunesmith.errors import TunesmithError, UsageError
 
 JUDGE_EXTRA = "the LLM judge needs the optional extra: pip install 'tunesmith[judge]'"
-KEY_VARIABLES = ("TUNESMITH_JUDGE_API_KEY", "OPENAI_API_KEY")
 # Local servers (vLLM, llama.cpp, Ollama) ignore the key, but the client refuses to start
 # without one.
 DUMMY_KEY = "no-key"
@@ -286,9 +285,17 @@ def api_root(url: str) -> str:
     return root
 
 
-def resolve_api_key(api_key: str | None) -> str:
-    """The argument, else TUNESMITH_JUDGE_API_KEY, else OPENAI_API_KEY, else a dummy."""
-    return api_key or next((os.environ[v] for v in KEY_VARIABLES if os.environ.get(v)), DUMMY_KEY)
+def resolve_api_key(api_key: str | None, root: str) -> str:
+    """The argument, else TUNESMITH_JUDGE_API_KEY, else OPENAI_API_KEY but only for OpenAI's own
+    API (a key for one service must not be sent to whatever URL --judge names), else a dummy
+    that local endpoints without keys accept."""
+    if api_key:
+        return api_key
+    if os.environ.get("TUNESMITH_JUDGE_API_KEY"):
+        return os.environ["TUNESMITH_JUDGE_API_KEY"]
+    if os.environ.get("OPENAI_API_KEY") and urlsplit(root).hostname == "api.openai.com":
+        return os.environ["OPENAI_API_KEY"]
+    return DUMMY_KEY
 
 
 def _client(root: str, api_key: str | None, *, timeout: float, max_retries: int) -> Any:
@@ -296,7 +303,7 @@ def _client(root: str, api_key: str | None, *, timeout: float, max_retries: int)
         import openai
     except ImportError:
         raise UsageError(JUDGE_EXTRA) from None
-    return openai.OpenAI(base_url=root, api_key=resolve_api_key(api_key), timeout=timeout, max_retries=max_retries)
+    return openai.OpenAI(base_url=root, api_key=resolve_api_key(api_key, root), timeout=timeout, max_retries=max_retries)
 
 
 def _ask(client: Any, root: str, model: str, messages: list[dict[str, str]]) -> str:
