@@ -186,7 +186,7 @@ def summarise(cases: list[EvalCase], answers: dict[str, Answers], rows: list[dic
     scores["general"] = None
     if general:
         result = score_general(general, {name: said.general for name, said in answers.items()})
-        scores["general"] = {**result, **forgetting_verdict(result, cfg.eval.forgetting_threshold)}
+        scores["general"] = forgetting_verdict(result, cfg.eval.forgetting_threshold)
     scores["caveat"] = LEXICAL_CAVEAT
     return scores
 
