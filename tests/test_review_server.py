@@ -282,7 +282,7 @@ def test_a_second_submit_of_the_same_item_does_not_count_and_the_first_stands(se
 
 
 def test_the_page_names_no_model_and_escapes_answers(served):
-    run_dir, server = served
+    _, server = served
     url = server.links["erin"]
     token = url.rsplit("/", 1)[1]
     sources = []
@@ -359,15 +359,17 @@ def test_without_eval_outputs_the_command_says_to_run_eval_first(tmp_path, capsy
     assert not (tmp_path / "review").exists()
 
 
+NAME_RULE = ("use letters, digits, '.', '_' and '-' (starting with a letter or digit, at most 40 characters), "
+             "e.g. --raters alice,bob")
+
+
 @pytest.mark.parametrize("raters, message", [
-    ("alice,,bob", "--raters: an empty name (two commas in a row, or one at an end); give names separated by "
-                   "commas, e.g. --raters alice,bob,carol"),
+    ("alice,,bob", ("--raters: an empty name (two commas in a row, or one at an end); give names separated by "
+                    "commas, e.g. --raters alice,bob,carol")),
     ("alice,bob,alice", "--raters: alice and alice name the same rater; give each rater once"),
     ("alice,Alice", "--raters: alice and Alice name the same rater; give each rater once"),
-    ("bob smith", "--raters: 'bob smith' is not a rater name: use letters, digits, '.', '_' and '-' (starting with "
-                  "a letter or digit, at most 40 characters), e.g. --raters alice,bob"),
-    ("../x", "--raters: '../x' is not a rater name: use letters, digits, '.', '_' and '-' (starting with a letter "
-             "or digit, at most 40 characters), e.g. --raters alice,bob"),
+    ("bob smith", "--raters: 'bob smith' is not a rater name: " + NAME_RULE),
+    ("../x", "--raters: '../x' is not a rater name: " + NAME_RULE),
 ])
 def test_bad_rater_names_are_refused_before_anything_is_written(tmp_path, capsys, raters, message):
     write_outputs(tmp_path)
@@ -442,3 +444,22 @@ def test_a_port_in_use_is_named(tmp_path, capsys):
         f"error: --port {port}: already in use on 127.0.0.1 (is this review already running?); stop that server "
         f"or give another --port")
     assert not (tmp_path / "review").exists()
+
+
+@pytest.mark.parametrize("host, url_host, local", [("127.0.0.1", "127.0.0.1", True), ("localhost", "localhost", True),
+                                                   ("::1", "[::1]", True), ("192.0.2.7", "192.0.2.7", False),
+                                                   ("0.0.0.0", socket.gethostname(), False)])
+def test_a_host_off_this_machine_gets_a_warning_with_the_links(tmp_path, capsys, host, url_host, local):
+    from tunesmith.cli import print_review_links
+    from tunesmith.eval.review import write_links
+    from tunesmith.eval.review.store import Rater
+
+    links = write_links(tmp_path, [Rater("alice", "tok")], host, 8700)
+    assert (links.links, links.local) == ([("alice", f"http://{url_host}:8700/r/tok")], local)
+    print_review_links(links)
+    warning = ("warning: the page is open to the network: anyone who has a link can vote as its rater, and the "
+               "links are the only protection (plain HTTP: use a network you trust)")
+    raters_file = tmp_path / "review" / "raters.json"
+    assert capsys.readouterr().out.splitlines() == [
+        f"alice: http://{url_host}:8700/r/tok", f"links and tokens: {raters_file} (readable only by you)",
+        *([] if local else [warning]), "Ctrl-C stops the server; votes are saved as they come"]

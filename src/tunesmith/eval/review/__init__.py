@@ -20,7 +20,7 @@ from typing import Callable, Optional
 from tunesmith.errors import TunesmithError, UsageError
 from tunesmith.eval.review.store import Rater, prepare_review, read_items, read_votes, review_dir
 
-__all__ = ["ReviewLinks", "serve_review", "read_votes", "read_items"]
+__all__ = ["ReviewLinks", "read_items", "read_votes", "serve_review", "write_links"]
 
 # Hosts only this machine can reach; any other --host puts the page on a network.
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
