@@ -502,6 +502,37 @@ def print_forgetting(general: dict[str, Any]) -> None:
         out.print(f"{line}: no drop above {general['threshold']:g}", highlight=False)
 
 
+@app.command("review")
+def review_cmd(
+    run: Path = typer.Argument(..., help="run folder with eval/outputs.jsonl (written by `tunesmith eval`)"),
+    raters: Optional[str] = typer.Option(None, "--raters", help="rater names, comma-separated, e.g. alice,bob,carol; "
+                                         "omit to reuse those in RUN/review/raters.json"),
+    port: int = typer.Option(8700, "--port", min=0, max=65535, help="port to serve on (0: any free one)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; anything but 127.0.0.1 or "
+                             "localhost puts the page on the network, guarded only by the links"),
+) -> None:
+    """Blind pairwise review: each rater opens a secret link and compares the two answers of
+    every evaluated example, without knowing which model wrote which. Run the same command
+    again to continue: same links, votes kept."""
+    from tunesmith.eval.review import serve_review
+
+    working_in(run, "run the same command again: the same links continue where each rater stopped")
+    votes = serve_review(run, raters.split(",") if raters is not None else None, host=host, port=port,
+                         on_ready=print_review_links)
+    out.print(f"stopped; {votes} vote{'' if votes == 1 else 's'} in {run / 'review' / 'votes.db'}", highlight=False)
+
+
+def print_review_links(links: Any) -> None:
+    for name, url in links.links:
+        out.print(f"{name}: {url}", highlight=False, markup=False)
+    out.print(escape(f"links and tokens: {links.raters_file} (readable only by you)"), highlight=False)
+    if not links.local:
+        out.print("[yellow]warning:[/] the page is open to the network: anyone who has a link can vote as its "
+                  "rater, and the links are the only protection (plain HTTP: use a network you trust)",
+                  highlight=False)
+    out.print("Ctrl-C stops the server; votes are saved as they come", highlight=False)
+
+
 @app.command("demo")
 def demo_cmd(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="run folder"),
