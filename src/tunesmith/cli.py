@@ -510,16 +510,96 @@ def review_cmd(
     port: int = typer.Option(8700, "--port", min=0, max=65535, help="port to serve on (0: any free one)"),
     host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; anything but 127.0.0.1 or "
                              "localhost puts the page on the network, guarded only by the links"),
+    results: bool = typer.Option(False, "--results", help="do not serve: summarise the votes (win rate of the "
+                                 "tuned model with a 95% bootstrap interval, agreement between raters, per category)"),
+    as_json: bool = typer.Option(False, "--json", help="with --results or --judge: print JSON"),
+    csv_file: Optional[Path] = typer.Option(None, "--csv", help="with --results: also write one CSV row per vote"),
+    judge: Optional[str] = typer.Option(None, "--judge", help="do not serve: have an LLM at this OpenAI-compatible "
+                                        "URL judge every pair in both orders (key: TUNESMITH_JUDGE_API_KEY)"),
+    judge_model: Optional[str] = typer.Option(None, "--judge-model", help="the judge's model name (with --judge)"),
 ) -> None:
     """Blind pairwise review: each rater opens a secret link and compares the two answers of
     every evaluated example, without knowing which model wrote which. Run the same command
-    again to continue: same links, votes kept."""
+    again to continue: same links, votes kept. --results summarises the votes; --judge asks an LLM."""
     from tunesmith.eval.review import serve_review
 
+    if csv_file is not None and not results:
+        raise UsageError("--csv needs --results: it writes the votes the results are computed from")
+    if (judge is None) != (judge_model is None):
+        raise UsageError("--judge URL and --judge-model NAME go together: the endpoint and the model it serves")
+    if results or judge:
+        report_review(run, results=results, as_json=as_json, csv_file=csv_file, judge=judge, judge_model=judge_model)
+        return
     working_in(run, "run the same command again: the same links continue where each rater stopped")
     votes = serve_review(run, raters.split(",") if raters is not None else None, host=host, port=port,
                          on_ready=print_review_links)
     out.print(f"stopped; {votes} vote{'' if votes == 1 else 's'} in {run / 'review' / 'votes.db'}", highlight=False)
+
+
+def report_review(run: Path, *, results: bool, as_json: bool, csv_file: Optional[Path], judge: Optional[str],
+                  judge_model: Optional[str]) -> None:
+    from tunesmith.eval.review.results import human_results, judge_results
+
+    humans = human_results(run, csv_file) if results else None
+    judged = None
+    if judge and judge_model:
+        judged = judge_results(run, url=judge, model=judge_model,
+                               on_progress=lambda done, total: err.print(f"\r  judge: {done}/{total}", end=""))
+        err.print()
+    if as_json:
+        payload = dict(humans or judged or {})
+        if humans is not None and judged is not None:
+            payload["judge"] = judged
+        out.print_json(json.dumps(payload))
+        return
+    if humans is not None:
+        print_review_summary(f"experts ({len(humans['raters'])} raters)", humans)
+        if csv_file is not None:
+            out.print(f"votes: {csv_file}", highlight=False)
+    if judged is not None:
+        print_review_summary(f"judge {judged['judge']}", judged)
+        if judged["unparsed"]:
+            out.print(f"[yellow]note:[/] {judged['unparsed']} judgement(s) gave no verdict and count as ties "
+                      f"(RUN/review/judge.jsonl has them)", highlight=False)
+
+
+def print_review_summary(who: str, s: dict[str, Any]) -> None:
+    out.print(f"[bold]{escape(who)}[/]: {s['votes']} votes on {s['items']} items: tuned better {s['tuned_wins']}, "
+              f"base better {s['base_wins']}, tie {s['ties']}, both bad {s['both_bad']}", highlight=False)
+    out.print(f"  win rate of the tuned model: {win_rate_text(s)}", highlight=False)
+    agreement = s.get("agreement")
+    if agreement and agreement["value"] is not None:
+        name = "Cohen's kappa" if agreement["method"] == "cohen_kappa" else "Krippendorff's alpha"
+        out.print(f"  agreement between raters: {name} {agreement['value']:.2f} ({agreement['raters']} raters, "
+                  f"{agreement['items']} items rated by more than one)", highlight=False)
+    if s.get("mean_score") is not None:
+        out.print(f"  mean score (1-5) of the better answer: {s['mean_score']:.2f}", highlight=False)
+    if s["categories"]:
+        table = Table(title="per category")
+        for column in ("category", "votes", "tuned", "base", "tie", "both bad", "win rate (95% CI)"):
+            table.add_column(column, justify="left" if column == "category" else "right")
+        for name, c in s["categories"].items():
+            table.add_row(name, str(c["votes"]), str(c["tuned_wins"]), str(c["base_wins"]), str(c["ties"]),
+                          str(c["both_bad"]), win_rate_text(c, verdict=False))
+        out.print(table)
+
+
+def win_rate_text(s: dict[str, Any], verdict: bool = True) -> str:
+    """"0.62 (95% CI 0.51-0.72): tuned is preferred" - the interval decides, not the point."""
+    if s["win_rate"] is None:
+        return "none yet (no vote that is not 'both bad')"
+    text = f"{s['win_rate']:.2f}"
+    if s["ci"] is None:
+        return text + " (one item: no interval)"
+    low, high = s["ci"]
+    text += f" (95% CI {low:.2f}-{high:.2f})"
+    if not verdict:
+        return text
+    if low > 0.5:
+        return text + ": the tuned model is preferred"
+    if high < 0.5:
+        return text + ": the base model is preferred"
+    return text + ": no clear preference yet; more items or raters narrow the interval"
 
 
 def print_review_links(links: Any) -> None:
