@@ -1,11 +1,19 @@
-"""The forgetting check (eval/general.py)."""
+"""The forgetting check (eval/general.py) and the general-data mix (data/mix.py, prepare)."""
 
 import json
 import re
 from collections import Counter
+from importlib import resources
 
 import pytest
 
+from tiny import order_rows, write_rows
+from tunesmith.config import RunConfig
+from tunesmith.data import mix
+from tunesmith.data.clean import clean_file
+from tunesmith.data.dedup import shingles
+from tunesmith.data.mix import general_rows, mix_count, shipped_rows
+from tunesmith.data.prepare import prepare_run_data
 from tunesmith.errors import TunesmithError
 from tunesmith.eval import general
 from tunesmith.eval.general import (
@@ -201,3 +209,185 @@ def test_a_drop_of_a_few_items_is_called_possible_chance():
 @pytest.mark.parametrize("lost, gained, p", [(0, 0, 1.0), (5, 0, 0.0625), (0, 5, 0.0625), (6, 2, 0.2890625), (3, 3, 1.0)])
 def test_sign_test_exact_values(lost, gained, p):
     assert sign_test(lost, gained) == pytest.approx(p, abs=1e-12)
+
+
+# ---------------------------------------------------------------- the mix file
+
+def mix_path():
+    return resources.files("tunesmith.data") / "general_mix.jsonl"
+
+
+def test_mix_file_reads_and_cleans_without_removing_or_redacting_anything():
+    result = clean_file(str(mix_path()))
+    report = result.report
+    assert report["input_rows"] >= 300 and report["kept"] == report["input_rows"] == shipped_rows()
+    assert (report["removed"], report["warnings"], report["fixes"], report["pii"]) == (0, {}, {}, {})
+    assert report["duplicates"] == {"exact": 0, "near": 0, "semantic": 0}
+    assert report["formats"] == {"instruction": report["input_rows"]}
+
+
+def user_text(row):
+    return row["instruction"] + ("\n\n" + row["input"] if "input" in row else "")
+
+
+def mix_file_rows():
+    return [json.loads(line) for line in mix_path().read_text(encoding="utf-8").splitlines()]
+
+
+def test_no_mix_row_is_near_an_eval_item():
+    """Training on a near-copy of a general item would hide forgetting, not prevent it."""
+    prompts = [(i["id"], shingles(i["prompt"], 3)) for i in load_general_set()]
+    close = []
+    for number, row in enumerate(mix_file_rows(), start=1):
+        for text in (user_text(row), user_text(row) + "\n" + row["response"]):
+            mine = shingles(text, 3)
+            close += [(number, id) for id, theirs in prompts if len(mine & theirs) / len(mine | theirs) >= 0.5]
+    assert close == []
+
+
+# Words of a fact question that say nothing about its subject.
+QUESTION_WORDS = {
+    "what", "which", "who", "how", "the", "and", "for", "are", "its", "our", "does", "there", "many", "known",
+    "called", "comes", "right", "after", "first", "last", "number", "famous", "usual", "count", "taught",
+    "english", "speaking", "schools", "credited", "largest", "smallest", "whole", "with",
+}
+
+
+def subject_words(prompt):
+    question = prompt.split(" Answer with")[0]
+    return {w for w in re.findall(r"[a-z0-9]+", question.lower()) if len(w) >= 3 and w not in QUESTION_WORDS}
+
+
+def test_no_mix_row_asks_an_eval_fact_and_answers_it():
+    """A mix row that asks about half the subject of a fact item and whose response passes
+    that item's check teaches the eval its answer (e.g. "frozen water" -> "ice")."""
+    facts = [i for i in load_general_set() if i["kind"] == "fact"]
+    asked = []
+    for number, row in enumerate(mix_file_rows(), start=1):
+        words = set(re.findall(r"[a-z0-9]+", user_text(row).lower()))
+        for fact in facts:
+            subject = subject_words(fact["prompt"])
+            if len(subject & words) >= len(subject) / 2 and check_answer(fact, row["response"]):
+                asked.append((number, fact["id"]))
+    assert asked == []
+
+
+# ---------------------------------------------------------------- choosing and counting rows
+
+def test_general_rows_are_a_seeded_choice_in_file_order():
+    first = general_rows(25, seed=7)
+    assert first == general_rows(25, seed=7)
+    assert [r["line"] for r in first] != [r["line"] for r in general_rows(25, seed=8)]
+    lines = [r["line"] for r in first]
+    assert lines == sorted(set(lines)) and len(lines) == 25
+    assert set(first[0]) == {"line", "messages"} and first[0]["messages"][-1]["role"] == "assistant"
+    assert len(general_rows(shipped_rows(), seed=1)) == shipped_rows() and general_rows(0, seed=1) == []
+    first[0]["messages"].clear()  # the caller's copy: the shipped rows stay intact
+    assert general_rows(25, seed=7)[0]["messages"]
+
+
+def test_general_rows_refuses_more_than_shipped():
+    with pytest.raises(ValueError, match=f"between 0 and {shipped_rows()}"):
+        general_rows(shipped_rows() + 1, seed=0)
+
+
+@pytest.mark.parametrize("train_rows, share, count", [
+    (36, 0.2, 9), (100, 0.1, 11), (10, 0.2, 3), (90, 0.1, 10), (0, 0.3, 0), (50, 0.0, 0), (1, 0.49, 1), (1000, 0.05, 53),
+])
+def test_mix_count(train_rows, share, count):
+    assert mix_count(train_rows, share) == count
+
+
+def test_mix_count_refuses_a_share_of_one():
+    with pytest.raises(ValueError, match=r"share must be in \[0, 1\)"):
+        mix_count(10, 1.0)
+
+
+# ---------------------------------------------------------------- through the data stage
+
+def config(path, mix_general, data=None, train=None):
+    return RunConfig.model_validate({"data": {"train": str(path), "mix_general": mix_general, **(data or {})},
+                                     "train": {"max_seq_len": 1024, **(train or {})}})
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def user_data(tmp_path_factory):
+    return write_rows(tmp_path_factory.mktemp("mix") / "train.jsonl", order_rows(40))
+
+
+def test_mix_general_adds_exactly_its_rows_to_train_and_none_to_val(user_data, tiny_tokenizer, tmp_path):
+    plain = prepare_run_data(config(user_data, 0.0), tiny_tokenizer, tmp_path / "plain")
+    mixed = prepare_run_data(config(user_data, 0.2), tiny_tokenizer, tmp_path / "mixed")
+    train, val = read_jsonl(tmp_path / "mixed" / "data" / "train.jsonl"), read_jsonl(tmp_path / "mixed" / "data" / "val.jsonl")
+    plain_train = read_jsonl(tmp_path / "plain" / "data" / "train.jsonl")
+    assert (len(plain_train), len(train)) == (36, 36 + 9)  # mix_count(36, 0.2) == 9: 20% of 45
+    assert train[:36] == plain_train  # the user's rows, unchanged and first
+    assert val == read_jsonl(tmp_path / "plain" / "data" / "val.jsonl")
+    added = train[36:]
+    assert all(r["file"] == "general-mix" and set(r) == {"line", "messages", "file"} for r in added)
+    assert [r["line"] for r in added] == [r["line"] for r in general_rows(9, seed=RunConfig().train.seed)]
+    assert "file" not in plain_train[0]
+    assert [e.origin for e in mixed.train[36:]] == [f"general-mix:{r['line']}" for r in added]
+    assert mixed.train[:36] == plain.train and mixed.val == plain.val
+    assert mixed.report["mix_general"] == {"share": 0.2, "rows": 9, "shipped": shipped_rows(), "wanted": 9,
+                                           "left_out": {}, "tokens": sum(len(e.input_ids) for e in mixed.train[36:])}
+    assert "mix_general" not in plain.report
+    assert ("data.mix_general 0.2: 9 general instruction rows shipped with tunesmith added to the 36 training rows "
+            "(20% of 45; validation has none)") in mixed.report["notes"]
+    saved = json.loads((tmp_path / "mixed" / "data" / "report.json").read_text())
+    assert saved["mix_general"]["rows"] == 9
+    assert "9 general instruction rows" in (tmp_path / "mixed" / "data" / "report.html").read_text()
+
+
+def test_mixed_rows_are_encoded_as_training_encodes_a_row(user_data, tiny_tokenizer, tmp_path):
+    from tunesmith.models.encode import encode
+
+    mixed = prepare_run_data(config(user_data, 0.2), tiny_tokenizer, tmp_path / "run")
+    added = read_jsonl(tmp_path / "run" / "data" / "train.jsonl")[36:]
+    for row, encoded in zip(added, mixed.train[36:]):
+        expected = encode(tiny_tokenizer, row["messages"])
+        assert (encoded.input_ids, encoded.trained) == (expected.input_ids, expected.trained)
+
+
+def test_the_same_seed_mixes_the_same_rows_and_another_seed_others(user_data, tiny_tokenizer, tmp_path):
+    for name, seed in (("a", 3), ("b", 3), ("c", 4)):
+        prepare_run_data(config(user_data, 0.25, train={"seed": seed}), tiny_tokenizer, tmp_path / name)
+    train = {name: (tmp_path / name / "data" / "train.jsonl").read_bytes() for name in "abc"}
+    assert train["a"] == train["b"] and train["a"] != train["c"]
+
+
+def test_rows_too_long_for_max_seq_len_are_left_out_into_removed(user_data, tiny_tokenizer, tmp_path):
+    mixed = prepare_run_data(config(user_data, 0.2, train={"max_seq_len": 128}), tiny_tokenizer, tmp_path / "run")
+    info = mixed.report["mix_general"]
+    removed = [r for r in read_jsonl(tmp_path / "run" / "data" / "removed.jsonl") if r["file"] == "general-mix"]
+    assert set(info["left_out"]) == {"too_long"} and info["rows"] + info["left_out"]["too_long"] == 9
+    assert len(removed) == info["left_out"]["too_long"] and all(r["reasons"][0].startswith("too_long: ") for r in removed)
+    assert all(len(e.input_ids) <= 128 for e in mixed.train)
+    assert len(read_jsonl(tmp_path / "run" / "data" / "train.jsonl")) == 36 + info["rows"]
+
+
+def test_a_mixed_row_near_a_validation_row_is_left_out(user_data, tiny_tokenizer, tmp_path):
+    """Training on a near-copy of a validation row would make eval loss measure memory."""
+    seed = RunConfig().train.seed
+    leaked = general_rows(mix_count(40, 0.2), seed)[0]  # all 40 rows train: data.val holds the validation rows
+    val = tmp_path / "val.jsonl"
+    val.write_text(json.dumps({"prompt": leaked["messages"][0]["content"], "completion": leaked["messages"][1]["content"]}) + "\n")
+    mixed = prepare_run_data(config(user_data, 0.2, data={"val": str(val)}), tiny_tokenizer, tmp_path / "run")
+    assert mixed.report["mix_general"]["rows"] == 9 and mixed.report["mix_general"]["left_out"] == {"leaks_into_val": 1}
+    removed = read_jsonl(tmp_path / "run" / "data" / "removed.jsonl")
+    assert [(r["file"], r["line"]) for r in removed] == [("general-mix", leaked["line"])]
+    assert leaked["line"] not in [r["line"] for r in read_jsonl(tmp_path / "run" / "data" / "train.jsonl")[40:]]
+
+
+def test_a_share_beyond_the_shipped_rows_is_capped_with_a_note(user_data, tiny_tokenizer, tmp_path, monkeypatch):
+    five = tuple(general_rows(5, seed=0))
+    monkeypatch.setattr(mix, "_shipped", lambda: five)
+    mixed = prepare_run_data(config(user_data, 0.4), tiny_tokenizer, tmp_path / "run")
+    assert mixed.report["mix_general"] == {"share": 0.4, "rows": 5, "shipped": 5, "wanted": 24, "left_out": {},
+                                           "tokens": sum(len(e.input_ids) for e in mixed.train[36:])}
+    assert any("24 were asked for, but tunesmith ships 5, so all 5 were chosen" in n for n in mixed.report["notes"])
+    assert len(read_jsonl(tmp_path / "run" / "data" / "train.jsonl")) == 36 + 5
