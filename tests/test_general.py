@@ -46,6 +46,46 @@ def test_every_prompt_says_what_form_of_answer_it_wants():
     assert [i["id"] for i in load_general_set() if not form.search(i["prompt"])] == []
 
 
+# What a good model might answer to each format item: each item can be passed, by the
+# kind of answer its prompt asks for.
+FORMAT_ANSWERS = {
+    "format-001": "Vast, deep, blue, restless, ancient.", "format-002": "Curious, soft, independent.",
+    "format-003": "Rain taps gently on the window glass.",
+    "format-004": "Coffee wakes me up and warms my hands every morning.",
+    "format-005": "To rest and recover.", "format-006": '{"x": 3, "y": 4}',
+    "format-007": '```json\n{"city": "Lisbon", "country": "Portugal"}\n```', "format-008": '{"a": 1, "b": 2, "c": 3}',
+    "format-009": '{"ok": true}', "format-010": '{"title": "Casablanca", "year": 1942}', "format-011": "HELLO",
+    "format-012": "IT IS BLUE.", "format-013": "HELLO THERE, HAVE A GREAT DAY!", "format-014": "autumn",
+    "format-015": "Apple, banana, cherry", "format-016": "Red, green, blue, yellow", "format-017": "Dog; cat; horse",
+    "format-018": "2, 4, 6, 8, 10", "format-019": "hat, bat", "format-020": "Certainly! Carrot.",
+    "format-021": "No, a fish cannot climb a tree.", "format-022": "Yes, ten is greater than three.",
+    "format-023": "Today is a wonderful day!", "format-024": "A big dog ran far.", "format-025": "Big blue sky",
+    "format-026": "2", "format-027": "Yes", "format-028": "Down", "format-029": "1 2 3 4 5",
+    "format-030": "ananab", "format-031": "Honey.", "format-032": "- Python\n- Rust\n- Go", "format-033": "2021-07-04",
+    "format-034": "c-a-t", "format-035": "Red, done.", "format-036": "[Mars]",
+    "format-037": '["Monday", "Tuesday", "Friday"]', "format-038": "White flakes drift down\nHushing the sleeping town\nSoft and slow",
+    "format-039": "blue blue blue", "format-040": "OK", "format-041": "A", "format-042": "Will it rain tomorrow?",
+}
+
+
+def good_answer(item):
+    check = item["check"]
+    if check["type"] == "contains_any":
+        return f"The answer is {check['values'][0]}."
+    if check["type"] == "number":
+        return f"{check['value']:g}"
+    return FORMAT_ANSWERS[item["id"]]
+
+
+def test_every_item_can_be_passed_by_the_answer_its_prompt_asks_for():
+    """An item no answer passes (a regex one character too strict) would count against both
+    models and hide a real drop."""
+    items = load_general_set()
+    assert sorted(FORMAT_ANSWERS) == sorted(i["id"] for i in items if i["kind"] == "format")
+    assert [i["id"] for i in items if not check_answer(i, good_answer(i))] == []
+    assert score_general(items, {"base": [good_answer(i) for i in items]})["base"] == 1.0
+
+
 def test_a_broken_set_file_is_refused_with_its_line(tmp_path, monkeypatch):
     good = json.dumps(item({"type": "uppercase"}))
     bad = json.dumps(item({"type": "word_count", "value": "five"}, id="format-002"))
