@@ -56,6 +56,11 @@ class DataConfig(Section):
     val_fraction: float = Field(0.1, gt=0, lt=1, description="share held out when there is no val file")
     max_val_examples: int = Field(200, ge=1, description="cap on held-out rows (eval generates for each)")
     train_on_inputs: bool = Field(False, description="also train on prompt tokens, not only responses")
+    mix_general: float = Field(
+        0.0, ge=0, lt=0.5, description="share of the training set made of general instruction rows shipped with "
+        "tunesmith (0.1: one row in ten), against forgetting general skills; added to training only, never to "
+        "validation; 0: none"
+    )
 
 
 TASK_TYPES = ("task", "conversational", "domain", "pretraining")

@@ -10,6 +10,8 @@ from typing import Any
 
 from tunesmith.config import RunConfig
 from tunesmith.data.clean import CleanResult, clean_file
+from tunesmith.data.formats import count_reasons
+from tunesmith.data.mix import MIX_SOURCE, encode_general, general_rows, mix_count, shipped_rows
 from tunesmith.data.report import write_report
 from tunesmith.data.split import remove_leaks, split_examples
 from tunesmith.data.tokens import token_encoder
@@ -52,7 +54,8 @@ def prepare_run_data(cfg: RunConfig, tokenizer: Any, run_dir: Path) -> Prepared:
     """Writes RUN/data/{train,val,removed}.jsonl and report.{json,html}; removed rows carry
     the file they came from. A blocked run still gets removed.jsonl and a report whose
     `blocking` says why. Returns the encodings the clean stage made while measuring the
-    rows, so nothing is encoded twice."""
+    rows, so nothing is encoded twice. With data.mix_general, general rows follow the
+    user's rows in train.jsonl (see _mix_general)."""
     check_data_files(cfg)
     data_dir = run_dir / "data"
     encoder = token_encoder(tokenizer, cfg.data.train_on_inputs)  # one for both files: its vocabulary is read once
@@ -83,12 +86,51 @@ def prepare_run_data(cfg: RunConfig, tokenizer: Any, run_dir: Path) -> Prepared:
     if not train:
         reason = _no_training_rows(cfg, len(cleaned.kept), len(val), len(leaks))
         _block(cleaned, removed, data_dir, f"{cfg.data.train}: cannot train on this data: {reason}", reason)
+    mixed: list[tuple[dict[str, Any], Encoded]] = []
+    if cfg.data.mix_general > 0:
+        mixed, left_out = _mix_general(cfg, encoder, len(train), val, cleaned.report)
+        removed += left_out
     write_report(cleaned, data_dir)
-    write_jsonl_atomic(data_dir / "train.jsonl", train)
+    write_jsonl_atomic(data_dir / "train.jsonl", train + [row for row, _ in mixed])
     write_jsonl_atomic(data_dir / "val.jsonl", val)
     write_jsonl_atomic(data_dir / "removed.jsonl", _in_file_order(removed))
-    return Prepared([_from(cleaned.encodings, cfg.data.train, r["line"]) for r in train],
+    return Prepared([_from(cleaned.encodings, cfg.data.train, r["line"]) for r in train] + [e for _, e in mixed],
                     [_from(val_encodings, cfg.data.val or cfg.data.train, r["line"]) for r in val], cleaned.report)
+
+
+def _mix_general(cfg: RunConfig, encoder: Any, n_train: int, val: list[dict[str, Any]],
+                 report: dict[str, Any]) -> tuple[list[tuple[dict[str, Any], Encoded]], list[dict[str, Any]]]:
+    """The general rows that make data.mix_general of the training set (capped at what
+    tunesmith ships), chosen by train.seed, so the same run mixes the same rows. Each is
+    encoded and judged as a user's row is; one near a validation row is left out too
+    (training on it would flatter eval loss). In train.jsonl a mixed row says
+    "file": "general-mix" and its line in the shipped file. Records report["mix_general"]
+    and a note; returns ([(row, encoding)], [left-out rows for removed.jsonl])."""
+    share = cfg.data.mix_general
+    wanted, shipped = mix_count(n_train, share), shipped_rows()
+    chosen = general_rows(min(wanted, shipped), cfg.train.seed)
+    chosen, leaks = remove_leaks(chosen, val, cfg.clean.near_dup_threshold, cfg.clean.shingle_size)
+    kept, refused = encode_general(chosen, encoder, cfg.train.max_seq_len)
+    left_out = [{"file": MIX_SOURCE, **r} for r in leaks] + refused
+    mixed = [({**row, "file": MIX_SOURCE}, encoded) for row, encoded in kept]
+    reasons = count_reasons(r["reasons"] for r in left_out)
+    report["mix_general"] = {"share": share, "rows": len(mixed), "shipped": shipped, "wanted": wanted,
+                             "left_out": reasons, "tokens": sum(len(e.input_ids) for _, e in mixed)}
+    report["notes"].append(_mix_note(share, n_train, len(mixed), wanted, shipped, reasons))
+    return mixed, left_out
+
+
+def _mix_note(share: float, n_train: int, rows: int, wanted: int, shipped: int, left_out: dict[str, int]) -> str:
+    total = n_train + rows
+    note = (f"data.mix_general {share:g}: {rows} general instruction rows shipped with tunesmith added to the "
+            f"{n_train} training rows ({rows / total if total else 0:.0%} of {total}; validation has none)")
+    if wanted > shipped:
+        note += (f"; {wanted} were asked for, but tunesmith ships {shipped}, so all {shipped} were chosen: lower "
+                 f"data.mix_general, or add general rows of your own to the training file")
+    if left_out:
+        counts = ", ".join(f"{code} {n}" for code, n in left_out.items())
+        note += f"; left out (in removed.jsonl, file {MIX_SOURCE}): {counts}"
+    return note
 
 
 def _from(encodings: dict[int, Encoded], file: str, line: int) -> Encoded:
