@@ -254,6 +254,7 @@ ROWS = [
     Row("train-track-not-list", train("--set", "track.to=7"), 2, ["--set track.to=7", "track.to"]),
     Row("train-watch-unknown", train("--set", "train.watch_preemption=azure"), 2,
         ["--set train.watch_preemption=azure", "choose one of"]),
+    Row("train-mix-general", train("--set", "data.mix_general=0.7"), 2, ["--set data.mix_general=0.7", "less than 0.5"]),
     Row("train-keep-zero", train("--set", "train.keep_checkpoints=0"), 2, ["--set train.keep_checkpoints=0"]),
     Row("train-patience-negative", train("--set", "train.early_stopping_patience=-1"), 2,
         ["--set train.early_stopping_patience=-1"]),

@@ -68,6 +68,9 @@ def _scores(*, compare=False, categories=True, general="ok"):
         "general": None if general is None else {
             "n": 120, "base": 0.41, "tuned": 0.30 if general == "flagged" else 0.39,
             "drop": 0.11 if general == "flagged" else 0.02, "threshold": 0.05, "flagged": general == "flagged",
+            "advice": "Remedies: lower train.lr, train 1-2 epochs, --set data.mix_general=0.1 <b>"
+            if general == "flagged" else None,
+            "noise": "the difference is 13 of 120 items",
             "by_kind": {"fact": {"n": 80, "base": 0.45, "tuned": 0.35}, "math": {"n": 40, "base": 0.325, "tuned": 0.2}},
         },
         "caveat": CAVEAT,
@@ -143,8 +146,9 @@ def test_flagged_forgetting_shows_the_warning_with_the_advice():
     html = render_eval_report(_scores(general="flagged"), ROWS)
     warning = re.search(r'<div class="warning" id="forgetting-warning">.*?</div>', html, re.DOTALL).group(0)
     assert "11.0 percentage points fewer" in warning and "more than 5.0 percentage points is flagged" in warning
-    assert "<code>train.epochs</code>" in warning and "<code>train.lr</code>" in warning
-    assert "mix general examples into the training data" in warning
+    # the advice is the eval stage's text, escaped like everything else
+    assert "Remedies: lower train.lr, train 1-2 epochs, --set data.mix_general=0.1 &lt;b&gt;" in warning
+    assert "the difference is 13 of 120 items" in html
     assert ('<td>math</td><td class="num">40</td><td class="num">32.5%</td><td class="num">20.0%</td>'
             '<td class="num worse">-12.5 pts</td>') in html
     ok = render_eval_report(_scores(general="ok"), ROWS)

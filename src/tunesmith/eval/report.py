@@ -98,6 +98,8 @@ def general_view(general: dict[str, Any] | None) -> dict[str, Any] | None:
     kinds += [{"name": name, **kind} for name, kind in (general.get("by_kind") or {}).items()]
     return {
         "flagged": bool(general["flagged"]),
+        "advice": general.get("advice"),  # the eval stage's words, so page and terminal agree
+        "noise": general.get("noise"),
         "drop": _points(general["drop"]),
         "threshold": _points(general["threshold"]),
         "kinds": [
