@@ -29,7 +29,11 @@ def test_demo_runs_validation_train_eval_and_writes_a_summary(tmp_path):
     assert summary["model"] == "smollm2-135m-instruct"
     assert summary["n_eval"] == 6
     assert summary["train"]["steps"] == 3 and summary["train"]["tokens_per_s"] > 0
-    assert set(summary["base"]) == {"exact_match", "json_valid", "json_field_accuracy"}
+    assert set(summary["base"]) == {"exact_match", "json_valid", "json_field_accuracy", "perplexity"}
+    assert summary["base"]["perplexity"] > summary["tuned"]["perplexity"] > 1  # 3 steps already teach the format
+    general = summary["general"]
+    assert general["n"] == 139 and general["base"] > 0.2  # a real small instruct model passes many general items
+    assert "general set (139 items" in printed
     assert summary["data"]["kept"] == 609 and (run / "data" / "report.html").is_file()
     assert (run / "adapter" / "adapter_model.safetensors").is_file()
     assert len((run / "eval" / "outputs.jsonl").read_text().splitlines()) == 6

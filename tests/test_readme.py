@@ -24,8 +24,8 @@ TUNESMITH = (".venv/bin/tunesmith", "tunesmith")
 # Appended to the commands that would train or generate for minutes: same code path, seconds.
 BUDGET = {
     "train": ["--set", "train.max_steps=2"],
-    "demo": ["--set", "train.max_steps=2", "--set", "eval.max_examples=2"],
-    "eval": ["--set", "eval.max_examples=2", "--set", "eval.max_new_tokens=8"],
+    "demo": ["--set", "train.max_steps=2", "--set", "eval.max_examples=2", "--set", "eval.general=false"],
+    "eval": ["--set", "eval.max_examples=2", "--set", "eval.max_new_tokens=8", "--set", "eval.general=false"],
 }
 
 

@@ -632,13 +632,15 @@ def demo_cmd(
 
     def trained(result: Any) -> None:
         out.print(f"    {result.steps} steps, {result.tokens:,} tokens at {result.tokens_per_s:,.0f} tokens/s")
-        out.print("[bold]3/3 eval[/]: greedy answers from base and tuned on the held-out file")
+        out.print("[bold]3/3 eval[/]: greedy answers from base and tuned on the held-out file and the general set")
 
     bar = progress and err.is_terminal
     summary = run_demo(out_dir, set_, on_data=cleaned, on_trained=trained, progress=bar,
                        on_log=print_log_line if progress and not bar else None, on_eval_progress=_eval_progress)
     err.print()
     out.print(score_table({"base": summary["base"], "tuned": summary["tuned"], "n": summary["n_eval"]}))
+    if summary["general"]:
+        print_forgetting(summary["general"])
     out.print(f"done in {summary['wall_minutes']:.1f} min; run folder: {out_dir} (summary.json, metrics.jsonl, eval/)")
 
 

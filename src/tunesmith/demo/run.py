@@ -51,6 +51,8 @@ def run_demo(
         "base": scores["base"],
         "tuned": scores["tuned"],
         "n_eval": scores["n"],
+        # the forgetting verdict, without the lists of failed item ids (scores.json has them)
+        "general": {k: v for k, v in scores["general"].items() if k != "failed"} if scores["general"] else None,
         "train": {"steps": result.steps, "tokens": result.tokens,
                   "tokens_per_s": round(result.tokens_per_s, 1),
                   "final_loss": result.final_loss, "final_eval_loss": result.final_eval_loss},
