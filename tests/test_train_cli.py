@@ -82,7 +82,7 @@ def test_eval_writes_outputs_and_scores(trained_run):
     scores = json.loads((run / "eval" / "scores.json").read_text())
     assert scores["n"] == 4
     for side in ("base", "tuned"):
-        assert set(scores[side]) == {"exact_match", "json_valid", "json_field_accuracy"}
+        assert set(scores[side]) == {"exact_match", "json_valid", "json_field_accuracy", "perplexity"}
     outputs = [json.loads(line) for line in (run / "eval" / "outputs.jsonl").read_text().splitlines()]
     assert len(outputs) == 4
     assert {"line", "prompt", "reference", "base", "tuned", "scores"} <= set(outputs[0])
