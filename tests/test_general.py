@@ -381,6 +381,12 @@ def test_mix_general_adds_exactly_its_rows_to_train_and_none_to_val(user_data, t
     saved = json.loads((tmp_path / "mixed" / "data" / "report.json").read_text())
     assert saved["mix_general"]["rows"] == 9
     assert "9 general instruction rows" in (tmp_path / "mixed" / "data" / "report.html").read_text()
+    # what train plans and pre-flights with counts the mixed rows' tokens too
+    from tunesmith.plan.inputs import report_tokens
+
+    assert report_tokens(mixed.report, "d").per_epoch == \
+        report_tokens(plain.report, "d").per_epoch + mixed.report["mix_general"]["tokens"]
+    assert report_tokens(mixed.report, "d").source.endswith("plus 9 general-mix rows")
 
 
 def test_mixed_rows_are_encoded_as_training_encodes_a_row(user_data, tiny_tokenizer, tmp_path):

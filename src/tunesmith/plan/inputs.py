@@ -131,8 +131,12 @@ def report_tokens(report: dict[str, Any], path: str) -> TokenCount:
         return TokenCount(None, None, f"{path}: no tokens counted")
     trained = tokens.get("trained_per_epoch")
     rows = report.get("kept")
-    return TokenCount(per_epoch, trained if _positive_int(trained) else None,
-                      f"{path}: {rows:,} rows after cleaning" if _positive_int(rows) else str(path))
+    where = f"{path}: {rows:,} rows after cleaning" if _positive_int(rows) else str(path)
+    mixed = report.get("mix_general") or {}
+    if _positive_int(mixed.get("tokens")):  # data.mix_general's rows train too (their trained share is unknown here)
+        per_epoch += mixed["tokens"]
+        where += f", plus {mixed['rows']:,} general-mix rows"
+    return TokenCount(per_epoch, trained if _positive_int(trained) else None, where)
 
 
 def run_from_config(cfg: Any, count: TokenCount | None = None, *, device: str = "cuda", gpus: int = 1,
