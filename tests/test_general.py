@@ -17,7 +17,7 @@ from tunesmith.data.prepare import prepare_run_data
 from tunesmith.errors import TunesmithError
 from tunesmith.eval import general
 from tunesmith.eval.general import (
-    CHECK_TYPES, KINDS, check_answer, check_problem, first_number, forgetting_verdict, item_problem,
+    CHECK_TYPES, KINDS, check_answer, check_problem, forgetting_verdict, stated_numbers, item_problem,
     load_general_set, score_general, sign_test,
 )
 
@@ -128,6 +128,9 @@ CHECKS = [
     ({"type": "number", "value": 1200}, "About 1,200 litres", "1,2 or 00"),
     ({"type": "number", "value": 0.75}, "0.750", "75"),
     ({"type": "number", "value": -5}, "-5", "5"),
+    ({"type": "number", "value": 132}, "12 × 11 = 132\n\nThis is multiplication of 2 numbers.", "12 × 11 = 121"),
+    ({"type": "number", "value": 42}, "42 (because 6 × 7)", "17 + 25 = 32.\n42"),  # the first numeric line counts
+    ({"type": "number", "value": 30}, "15% of 200 is 0.15 * 200 = 30.", "15% of 200 is 0.15 * 200 = 25."),
     ({"type": "json_keys", "keys": ["x", "y"]}, '{"y": 2, "x": 1}', '{"x": 1, "y": 2, "z": 3}'),
     ({"type": "json_keys", "keys": ["x", "y"]}, '```json\n{"x": 1, "y": 2}\n```', 'Here: {"x": 1, "y": 2}'),
     ({"type": "json_keys", "keys": ["ok"]}, '{"ok": true}', '["ok"]'),
@@ -157,13 +160,16 @@ def test_the_table_covers_every_check_type():
     assert {check["type"] for check, _, _ in CHECKS} == set(CHECK_TYPES)
 
 
-@pytest.mark.parametrize("text, number", [
-    ("42", 42.0), ("42.", 42.0), ("42.0", 42.0), ("The answer is 1,200.", 1200.0), ("1,234,567.5", 1234567.5),
-    ("-12", -12.0), ("\u22125", -5.0), (".25", 0.25), ("0.75 litres", 0.75), ("$30", 30.0), ("30%", 30.0),
-    ("H2O has 3 atoms", 3.0), ("version v1.2 says 7", 7.0), ("1,2,3", 1.0), ("no number", None), ("", None),
+@pytest.mark.parametrize("text, numbers", [
+    ("42", (42.0, 42.0)), ("42.", (42.0, 42.0)), ("42.0", (42.0, 42.0)), ("The answer is 1,200.", (1200.0, 1200.0)),
+    ("1,234,567.5", (1234567.5, 1234567.5)), ("-12", (-12.0, -12.0)), ("\u22125", (-5.0, -5.0)), (".25", (0.25, 0.25)),
+    ("0.75 litres", (0.75, 0.75)), ("$30", (30.0, 30.0)), ("30%", (30.0, 30.0)), ("H2O has 3 atoms", (3.0, 3.0)),
+    ("version v1.2 says 7", (7.0, 7.0)), ("1,2,3", (1.0, 3.0)), ("2 + 2 = 4\nmore: 5", (2.0, 4.0)),
+    ("Sure!\n\n10 - 3 = 7", (10.0, 7.0)), ("A hexagon has six sides.", (6.0, 6.0)),
+    ("Seven days, or 7.", (7.0, 7.0)), ("someone has sixteenth place", ()), ("no number", ()), ("", ()),
 ])
-def test_first_number(text, number):
-    assert first_number(text) == number
+def test_stated_numbers(text, numbers):
+    assert stated_numbers(text) == numbers
 
 
 def test_answers_are_stripped_before_checking():

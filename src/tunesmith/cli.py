@@ -500,6 +500,8 @@ def print_forgetting(general: dict[str, Any]) -> None:
         out.print(f"[red]forgetting:[/] {line}; {escape(general['advice'])}", highlight=False)
     else:
         out.print(f"{line}: no drop above {general['threshold']:g}", highlight=False)
+    if general.get("noise") and general["drop"]:
+        out.print(f"[dim]  {escape(general['noise'])}[/]", highlight=False)
 
 
 @app.command("review")
@@ -544,7 +546,7 @@ def report_review(run: Path, *, results: bool, as_json: bool, csv_file: Optional
     judged = None
     if judge and judge_model:
         judged = judge_results(run, url=judge, model=judge_model,
-                               on_progress=lambda done, total: err.print(f"\r  judge: {done}/{total}", end=""))
+                               on_progress=lambda done, total: _eval_progress("judge", done, total))
         err.print()
     if as_json:
         payload = dict(humans or judged or {})
@@ -879,7 +881,11 @@ def counts(by_name: dict[str, int]) -> str:
 
 
 def _eval_progress(name: str, done: int, total: int) -> None:
-    err.print(f"\r  {name}: {done}/{total}", end="")
+    """One line rewritten in place on a terminal; elsewhere (a log) a line per finished part."""
+    if err.is_terminal:
+        err.print(f"\r  {name}: {done}/{total}", end="")
+    elif done == total:
+        err.print(f"  {name}: {done}/{total}")
 
 
 def score_table(scores: dict[str, Any]) -> Table:

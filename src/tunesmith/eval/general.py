@@ -18,8 +18,12 @@ whitespace first. Check types (and their fields):
 
 - `contains_any` (values: [str]): one of the values occurs in the answer as a whole word or
   phrase, ignoring case ("Au" matches "Au." but not "August").
-- `number` (value: number): the first number in the answer equals value; "42.", "42.0",
-  "1,200", "-5", ".25" are numbers; a number glued to letters ("H2O") is not.
+- `number` (value: number): the answer states value: on the first line that holds a number,
+  the first or the last number equals it ("42", "The answer is 42.", "17 + 25 = 42" and
+  "42 (6 x 7)" pass; "17 + 25 = 32" fails). Small models show their working on one line
+  whatever the prompt says; the format items test obedience, these test arithmetic.
+  "42.", "42.0", "1,200", "-5", ".25" and the words zero to twenty and the tens to ninety
+  are numbers; a number glued to letters ("H2O") is not.
 - `json_keys` (keys: [str]): the answer is one JSON object (a ``` fence around it is
   allowed) with exactly these keys.
 - `word_count` (value: int): exactly that many words (runs of non-space characters holding
@@ -72,6 +76,12 @@ CHECK_TYPES = tuple(_FIELDS)
 # A number as people write it: thousands separators, a decimal part, a leading minus (ASCII
 # or U+2212). Not preceded by a letter, digit or dot, so "H2O" and "v1.2" give no number.
 _NUMBER = re.compile(r"(?<![\w.])[-\u2212]?(?:\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)")
+# "A hexagon has six sides." knows the fact; small numbers are often written as words.
+_NUMBER_WORDS = {word: value for value, word in enumerate(
+    "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen sixteen "
+    "seventeen eighteen nineteen twenty".split())} | {"thirty": 30, "forty": 40, "fifty": 50, "sixty": 60,
+                                                     "seventy": 70, "eighty": 80, "ninety": 90}
+_NUMBER_WORD = re.compile(rf"\b(?:{'|'.join(_NUMBER_WORDS)})\b", re.IGNORECASE)
 _FENCE = re.compile(r"^```[a-zA-Z]*\s*\n?(.*?)\n?```$", re.DOTALL)
 _LEADING_MARKS = "\"'*_`“‘ "
 
@@ -168,8 +178,7 @@ def _passes(check: dict[str, Any], answer: str) -> bool:
     if kind == "contains_any":
         return any(re.search(rf"(?<!\w){re.escape(v)}(?!\w)", answer, re.IGNORECASE) for v in check["values"])
     if kind == "number":
-        found = first_number(answer)
-        return found is not None and math.isclose(found, check["value"], rel_tol=1e-9, abs_tol=1e-9)
+        return any(math.isclose(found, check["value"], rel_tol=1e-9, abs_tol=1e-9) for found in stated_numbers(answer))
     if kind == "json_keys":
         value = _json_object(answer)
         return value is not None and set(value) == set(check["keys"])
@@ -193,12 +202,17 @@ def _passes(check: dict[str, Any], answer: str) -> bool:
     raise ValueError(f"unknown check type {kind!r}")  # load_general_set refuses these
 
 
-def first_number(text: str) -> float | None:
-    """The first number written in `text`: "1,200" -> 1200.0, "42." -> 42.0, "-5" -> -5.0."""
-    match = _NUMBER.search(text)
-    if match is None:
-        return None
-    return float(match.group().replace(",", "").replace("\u2212", "-"))
+def stated_numbers(text: str) -> tuple[float, ...]:
+    """The numbers that may state an answer: the first and the last on the first line that
+    holds a number ("1,200" -> 1200.0, "42." -> 42.0, "-5" -> -5.0, "six" -> 6.0); () when
+    there is none."""
+    for line in text.splitlines():
+        found = sorted([(m.start(), float(m.group().replace(",", "").replace("\u2212", "-")))
+                        for m in _NUMBER.finditer(line)]
+                       + [(m.start(), float(_NUMBER_WORDS[m.group().lower()])) for m in _NUMBER_WORD.finditer(line)])
+        if found:
+            return found[0][1], found[-1][1]
+    return ()
 
 
 def words(text: str) -> list[str]:

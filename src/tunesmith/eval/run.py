@@ -5,7 +5,8 @@ any checkpoint (--checkpoint); with --compare RUN2, RUN2's tuned model too. Each
 answers the shipped general set, so a tuned model that lost general skills is flagged.
 
 Writes RUN/eval/outputs.jsonl (the answers and per-example scores), RUN/eval/scores.json
-(means, perplexity of the references, per category, the general set) and RUN/eval/report.html.
+(means, perplexity of the references, per category, the general set), RUN/eval/general.jsonl
+(each general item's answers and verdicts) and RUN/eval/report.html.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from typing import Any, Callable
 from tunesmith.config import RunConfig, load_config
 from tunesmith.errors import UsageError
 from tunesmith.eval.cases import EvalCase, eval_set
-from tunesmith.eval.general import GENERAL_MAX_NEW_TOKENS, forgetting_verdict, load_general_set, score_general
+from tunesmith.eval.general import (
+    GENERAL_MAX_NEW_TOKENS, check_answer, forgetting_verdict, load_general_set, score_general,
+)
 from tunesmith.eval.generate import generate_greedy
 from tunesmith.eval.metrics import LEXICAL_CAVEAT, aggregate, score_example
 from tunesmith.eval.perplexity import perplexity, reference_nll
@@ -81,6 +84,8 @@ def evaluate_run(
     scores["source"] = {"data": cases.source, "checkpoint": chosen.path.name if chosen else None,
                         "compare": str(other) if other is not None else None}
     write_jsonl_atomic(run_dir / "eval" / "outputs.jsonl", rows)
+    if general:
+        write_jsonl_atomic(run_dir / "eval" / "general.jsonl", general_rows(general, answers))
     write_json_atomic(run_dir / "eval" / "scores.json", scores)
     write_eval_report(run_dir)
     return scores
@@ -189,6 +194,15 @@ def summarise(cases: list[EvalCase], answers: dict[str, Answers], rows: list[dic
         scores["general"] = forgetting_verdict(result, cfg.eval.forgetting_threshold)
     scores["caveat"] = LEXICAL_CAVEAT
     return scores
+
+
+def general_rows(general: list[dict[str, Any]], answers: dict[str, Answers]) -> list[dict[str, Any]]:
+    """Each general item with every model's answer and whether it passed: what a flagged drop
+    is made of, item by item."""
+    return [{"id": item["id"], "kind": item["kind"], "prompt": item["prompt"],
+             **{name: {"answer": said.general[i], "passed": check_answer(item, said.general[i])}
+                for name, said in answers.items()}}
+            for i, item in enumerate(general)]
 
 
 def model_means(picked: Any, answers: dict[str, Answers], rows: list[dict[str, Any]]) -> dict[str, dict[str, float]]:
