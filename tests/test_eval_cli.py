@@ -46,7 +46,8 @@ def test_held_out_rows_are_scored_per_model_and_per_category(run, held_out):
     assert {c: part["n"] for c, part in scores["categories"].items()} == expected
     assert scores["models"] == ["base", "tuned"]
     assert set(scores["tuned"]) == {"exact_match", "json_valid", "json_field_accuracy", "perplexity"}
-    assert scores["general"] is None and scores["source"] == {"data": None, "checkpoint": None, "compare": None}
+    assert scores["general"] is None
+    assert scores["source"] == {"data": None, "checkpoint": None, "compare": None, "seen_in_training": []}
     assert "base vs tuned on 6 held-out examples" in result.stdout
     assert "correlate poorly" in result.stdout and "per category" in result.stdout
     assert "6 held-out rows: the guide asks for 100-200" in result.stdout
@@ -112,6 +113,20 @@ def test_a_curated_csv_with_a_bad_row(run, tmp_path):
     assert scores["source"]["data"] == str(path)
     assert "1 row(s) not evaluated: empty_field 1 (line 6" in result.stdout
     assert f"examples of {path}" in result.stdout
+
+
+def test_a_curated_row_the_run_trained_on_is_named(run, tmp_path):
+    """Regression guard: a curated eval file that repeats training rows flatters the tuned
+    model; the user is told which rows, and with which training line."""
+    trained = read_jsonl(run / "data" / "train.jsonl")[0]
+    rows = [{"prompt": "Name a colour.", "completion": "Blue."}, {"prompt": "Name a fruit.", "completion": "Pear."},
+            {"messages": trained["messages"]}]
+    path = write_rows(tmp_path / "curated.jsonl", rows)
+    result = tunesmith("eval", run, "--data", path, "--no-general", *QUICK)
+    scores = json.loads((run / "eval" / "scores.json").read_text())
+    assert scores["source"]["seen_in_training"] == [3]
+    assert (f"1 of 3 examples are near-duplicates (similarity >= 0.7) of rows the run trained on: lines 3 "
+            f"(train line {trained['line']}, 1.00)") in " ".join(result.stdout.split())
 
 
 def test_the_general_set_scores_both_models(run):

@@ -78,18 +78,31 @@ def remove_leaks(
     train: Sequence[dict[str, Any]], val: Sequence[dict[str, Any]], threshold: float, shingle_size: int
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
     """Drop train rows that are near-duplicates of a validation row, with the reason."""
-    index = NearDupIndex(threshold=threshold, shingle_size=shingle_size)
-    index.add_many(range(len(val)), [conversation_text(row["messages"]) for row in val])
+    near = {id(row): (match, similarity) for row, match, similarity in near_duplicates(train, val, threshold, shingle_size)}
     kept, removed = [], []
     for row in train:
-        hits = index.query(conversation_text(row["messages"]))
-        if hits:
-            j, similarity = hits[0]
-            reason = f"leaks_into_val: near-duplicate of validation line {val[j]['line']} (similarity {similarity:.2f})"
+        if id(row) in near:
+            match, similarity = near[id(row)]
+            reason = f"leaks_into_val: near-duplicate of validation line {match['line']} (similarity {similarity:.2f})"
             removed.append({"line": row["line"], "reasons": [reason], "raw": row_json(row)})
         else:
             kept.append(row)
     return kept, removed
+
+
+def near_duplicates(rows: Sequence[dict[str, Any]], others: Sequence[dict[str, Any]], threshold: float,
+                    shingle_size: int) -> list[tuple[dict[str, Any], dict[str, Any], float]]:
+    """(row, the most similar of `others`, similarity) for each row that is a near-duplicate
+    of one of `others` (word-shingle Jaccard >= threshold, on the user and assistant turns)."""
+    index = NearDupIndex(threshold=threshold, shingle_size=shingle_size)
+    index.add_many(range(len(others)), [conversation_text(row["messages"]) for row in others])
+    found = []
+    for row in rows:
+        hits = index.query(conversation_text(row["messages"]))
+        if hits:
+            j, similarity = hits[0]
+            found.append((row, others[j], similarity))
+    return found
 
 
 def subset(rows: Sequence[dict[str, Any]], fraction: float, seed: int) -> list[dict[str, Any]]:

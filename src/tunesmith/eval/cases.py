@@ -11,6 +11,7 @@ from typing import Any
 
 from tunesmith.config import RunConfig
 from tunesmith.data.formats import read_examples, summarise_reasons
+from tunesmith.data.split import near_duplicates
 from tunesmith.errors import TunesmithError, UsageError
 
 # The guide: "a curated evaluation set of 100-200 examples that represent real production inputs".
@@ -31,11 +32,13 @@ class EvalSet:
     cases: list[EvalCase]
     source: str | None  # the --data file; None: the run's held-out rows
     notes: list[str] = field(default_factory=list)
+    seen_in_training: list[int] = field(default_factory=list)  # lines of cases the run trained on (near-duplicates)
 
 
 def eval_set(run_dir: Path, cfg: RunConfig, data: str | Path | None) -> EvalSet:
     """The cases to score, capped at eval.max_examples, with notes for the user: rows of the
-    file that could not be read (each with its reason), and a size outside the guide's range."""
+    file that could not be read (each with its reason), a size outside the guide's range, and
+    cases the run trained on."""
     if data is None:
         cases, notes = held_out_cases(run_dir, cfg), []
     else:
@@ -44,7 +47,32 @@ def eval_set(run_dir: Path, cfg: RunConfig, data: str | Path | None) -> EvalSet:
         notes.append(f"scoring the first {cfg.eval.max_examples} of {len(cases)} examples (eval.max_examples)")
         cases = cases[: cfg.eval.max_examples]
     size_note = guide_size_note(len(cases), data is not None)
-    return EvalSet(cases, None if data is None else str(data), notes + ([size_note] if size_note else []))
+    if size_note:
+        notes.append(size_note)
+    seen = seen_in_training(run_dir, cfg, cases) if data is not None else []
+    if seen:
+        notes.append(seen_note(seen, len(cases), cfg.clean.near_dup_threshold))
+    return EvalSet(cases, None if data is None else str(data), notes, [line for line, _, _ in seen])
+
+
+def seen_in_training(run_dir: Path, cfg: RunConfig, cases: list[EvalCase]) -> list[tuple[int, int, float]]:
+    """(eval line, training line, similarity) for each case that is a near-duplicate of a row
+    the run trained on (RUN/data/train.jsonl): its score measures memory, not learning. The
+    held-out rows need no check: the split already removed such rows from training."""
+    path = run_dir / "data" / "train.jsonl"
+    if not path.is_file():
+        return []
+    trained = [json.loads(text) for text in path.read_text(encoding="utf-8").splitlines() if text.strip()]
+    rows = [{"line": c.line, "messages": c.messages + [{"role": "assistant", "content": c.reference}]} for c in cases]
+    near = near_duplicates(rows, trained, cfg.clean.near_dup_threshold, cfg.clean.shingle_size)
+    return [(row["line"], match["line"], similarity) for row, match, similarity in near]
+
+
+def seen_note(seen: list[tuple[int, int, float]], n: int, threshold: float) -> str:
+    shown = ", ".join(f"{line} (train line {train_line}, {similarity:.2f})" for line, train_line, similarity in seen[:5])
+    more = f" and {len(seen) - 5} more" if len(seen) > 5 else ""
+    return (f"{len(seen)} of {n} examples are near-duplicates (similarity >= {threshold:g}) of rows the run trained "
+            f"on: lines {shown}{more}; their scores measure memory, not learning: leave them out of the eval file")
 
 
 def held_out_cases(run_dir: Path, cfg: RunConfig) -> list[EvalCase]:

@@ -82,7 +82,8 @@ def evaluate_run(
     rows = output_rows(cases.cases, answers)
     scores = summarise(cases.cases, answers, rows, general, cfg)
     scores["source"] = {"data": cases.source, "checkpoint": chosen.path.name if chosen else None,
-                        "compare": str(other) if other is not None else None}
+                        "compare": str(other) if other is not None else None,
+                        "seen_in_training": cases.seen_in_training}
     write_jsonl_atomic(run_dir / "eval" / "outputs.jsonl", rows)
     if general:
         write_jsonl_atomic(run_dir / "eval" / "general.jsonl", general_rows(general, answers))
