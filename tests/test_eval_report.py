@@ -8,7 +8,6 @@ import time
 
 import pytest
 
-from test_report_html import CHROMIUM, FLAGS
 from tunesmith.errors import UsageError
 from tunesmith.eval.report import render_eval_report, write_eval_report
 
@@ -216,50 +215,45 @@ def test_a_missing_or_broken_input_names_the_file_and_line(tmp_path):
         write_eval_report(run)
 
 
-def test_filters_in_a_real_browser_count_exactly_and_script_answers_do_not_run(tmp_path):
-    from playwright.sync_api import sync_playwright
-
+def test_filters_in_a_real_browser_count_exactly_and_script_answers_do_not_run(tmp_path, browser):
     path = write_eval_report(_write_run(tmp_path, _scores(), ROWS))
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        page = browser.new_page()
-        dialogs, errors = [], []
-        page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
-        page.on("pageerror", lambda error: errors.append(str(error)))
-        page.goto(path.as_uri())
+    page = browser.new_page()
+    dialogs, errors = [], []
+    page.on("dialog", lambda dialog: (dialogs.append(dialog.message), dialog.dismiss()))
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(path.as_uri())
 
-        def shown_lines():
-            examples = page.locator("article.example")
-            return [int(examples.nth(i).get_attribute("data-line")) for i in range(examples.count())
-                    if examples.nth(i).is_visible()]
+    def shown_lines():
+        examples = page.locator("article.example")
+        return [int(examples.nth(i).get_attribute("data-line")) for i in range(examples.count())
+                if examples.nth(i).is_visible()]
 
-        assert shown_lines() == [3, 5, 8, 9, 12, 14]
-        assert page.inner_text("#shown") == "showing 6 of 6"
-        page.select_option("#category-filter", "billing")
-        assert shown_lines() == [3, 5, 14] and page.inner_text("#shown") == "showing 3 of 6"
-        page.check("#worse-filter")
-        assert shown_lines() == [5, 14] and page.inner_text("#shown") == "showing 2 of 6"
-        page.select_option("#category-filter", label="all")
-        assert shown_lines() == WORSE_LINES and page.inner_text("#shown") == "showing 4 of 6"
-        page.select_option("#category-filter", label="no category (1)")
-        assert shown_lines() == [12] and page.inner_text("#shown") == "showing 1 of 6"
-        page.uncheck("#worse-filter")
-        page.select_option("#category-filter", label="all")
-        assert shown_lines() == [3, 5, 8, 9, 12, 14]
+    assert shown_lines() == [3, 5, 8, 9, 12, 14]
+    assert page.inner_text("#shown") == "showing 6 of 6"
+    page.select_option("#category-filter", "billing")
+    assert shown_lines() == [3, 5, 14] and page.inner_text("#shown") == "showing 3 of 6"
+    page.check("#worse-filter")
+    assert shown_lines() == [5, 14] and page.inner_text("#shown") == "showing 2 of 6"
+    page.select_option("#category-filter", label="all")
+    assert shown_lines() == WORSE_LINES and page.inner_text("#shown") == "showing 4 of 6"
+    page.select_option("#category-filter", label="no category (1)")
+    assert shown_lines() == [12] and page.inner_text("#shown") == "showing 1 of 6"
+    page.uncheck("#worse-filter")
+    page.select_option("#category-filter", label="all")
+    assert shown_lines() == [3, 5, 8, 9, 12, 14]
 
-        assert page.evaluate("window.pwned") is None and page.title() == "tunesmith eval report: 6 examples"
-        assert "<script>document.title = 'pwned'" in page.inner_text("#example-12 .column.tuned")
-        assert dialogs == [] and errors == []
+    assert page.evaluate("window.pwned") is None and page.title() == "tunesmith eval report: 6 examples"
+    assert "<script>document.title = 'pwned'" in page.inner_text("#example-12 .column.tuned")
+    assert dialogs == [] and errors == []
 
-        # The page's CSP allows only its own script: one that slipped past escaping would not run.
-        planted = tmp_path / "planted.html"
-        planted.write_text(path.read_text().replace("<body>", "<body><script>window.pwned = 3;</script>"))
-        page.goto(planted.as_uri())
-        assert page.evaluate("window.pwned") is None and page.inner_text("#shown") == "showing 6 of 6"
+    # The page's CSP allows only its own script: one that slipped past escaping would not run.
+    planted = tmp_path / "planted.html"
+    planted.write_text(path.read_text().replace("<body>", "<body><script>window.pwned = 3;</script>"))
+    page.goto(planted.as_uri())
+    assert page.evaluate("window.pwned") is None and page.inner_text("#shown") == "showing 6 of 6"
 
-        # Without JavaScript every example shows and the filters that could not work are hidden.
-        no_js = browser.new_context(java_script_enabled=False).new_page()
-        no_js.goto(path.as_uri())
-        assert no_js.locator("article.example:visible").count() == 6
-        assert not no_js.locator("#filters").is_visible()
-        browser.close()
+    # Without JavaScript every example shows and the filters that could not work are hidden.
+    no_js = browser.new_context(java_script_enabled=False).new_page()
+    no_js.goto(path.as_uri())
+    assert no_js.locator("article.example:visible").count() == 6
+    assert not no_js.locator("#filters").is_visible()

@@ -2,30 +2,12 @@
 filter shows only the rows removed for that reason."""
 
 import json
-import os
 
-import pytest
 
 from test_clean import write_planted
 from tunesmith.config import CleanConfig
 from tunesmith.data.clean import clean_file
 from tunesmith.data.report import write_clean
-
-CHROMIUM = "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-         "--disable-sync", "--no-first-run"]
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert os.path.exists(CHROMIUM), "install Debian's chromium (make test does)"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        yield browser
-        browser.close()
-
 
 def test_report_page_shows_the_counts_and_filters_by_reason(tmp_path, browser):
     path, _ = write_planted(tmp_path)

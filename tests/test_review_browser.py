@@ -13,23 +13,11 @@ from typing import Iterator
 import httpx
 import pytest
 
-from test_report_html import CHROMIUM, FLAGS
 from test_review_server import N, SCRIPT, ReviewServer, review_server, write_outputs
 from tunesmith.eval.review.store import read_votes
 
 REPO = Path(__file__).resolve().parents[1]
 VIEWPORT = {"width": 1000, "height": 800}
-
-
-@pytest.fixture(scope="module")
-def browser():
-    from playwright.sync_api import sync_playwright
-
-    assert os.path.exists(CHROMIUM), "install Debian's chromium (make test does)"
-    with sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture(scope="module")

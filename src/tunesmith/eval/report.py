@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import json
 import math
 from importlib import resources
 from pathlib import Path
@@ -18,7 +17,7 @@ from typing import Any
 
 import jinja2
 
-from tunesmith.errors import UsageError
+from tunesmith.eval.outputs import read_output_rows, read_scores
 from tunesmith.io import write_text_atomic
 
 # Rows of the scores table in this order; a metric not named here follows, by name.
@@ -30,15 +29,13 @@ LOWER_IS_BETTER = frozenset({"ref_nll_per_token", "perplexity"})
 # "Tuned worse than base" for one example is decided by the first of these it has: field
 # accuracy says more than word overlap for a JSON reference, and exact match is the floor.
 PRIMARY_METRICS = ("json_field_accuracy", "token_f1", "exact_match")
-SCORES_FIELDS = ("n", "source", "models", "base", "tuned", "caveat")
-OUTPUT_FIELDS = ("line", "file", "prompt", "reference", "base", "tuned", "scores")
 
 
 def write_eval_report(run_dir: Path) -> Path:
     """Read RUN/eval/scores.json and outputs.jsonl; write RUN/eval/report.html atomically."""
     eval_dir = run_dir / "eval"
-    scores = _read_scores(eval_dir / "scores.json", run_dir)
-    rows = _read_outputs(eval_dir / "outputs.jsonl", run_dir)
+    scores = read_scores(run_dir)
+    rows = read_output_rows(run_dir)
     path = eval_dir / "report.html"
     write_text_atomic(path, render_eval_report(scores, rows))
     return path
@@ -201,39 +198,3 @@ def _points(share: float) -> str:
 def _csp_sha256(script: str) -> str:
     """The CSP source for exactly this inline script: any other script on the page is refused."""
     return "sha256-" + base64.b64encode(hashlib.sha256(str(script).encode("utf-8")).digest()).decode("ascii")
-
-
-# ---------------------------------------------------------------- reading
-
-def _read_scores(path: Path, run_dir: Path) -> dict[str, Any]:
-    text = _read(path, run_dir)
-    try:
-        scores = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise UsageError(f"{path}:{e.lineno}: not valid JSON ({e.msg}); run `tunesmith eval {run_dir}` again") from None
-    missing = [field for field in SCORES_FIELDS if field not in scores]
-    if missing:
-        raise UsageError(f"{path}: no `{missing[0]}` field; run `tunesmith eval {run_dir}` again to rewrite it")
-    return scores
-
-
-def _read_outputs(path: Path, run_dir: Path) -> list[dict[str, Any]]:
-    rows = []
-    for number, line in enumerate(_read(path, run_dir).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{path}:{number}: not valid JSON ({e.msg}); run `tunesmith eval {run_dir}` again") from None
-        missing = [field for field in OUTPUT_FIELDS if field not in row]
-        if missing:
-            raise UsageError(f"{path}:{number}: no `{missing[0]}` field; run `tunesmith eval {run_dir}` again to rewrite it")
-        rows.append(row)
-    return rows
-
-
-def _read(path: Path, run_dir: Path) -> str:
-    if not path.is_file():
-        raise UsageError(f"{path} not found: run `tunesmith eval {run_dir}` first, it writes the scores the report shows")
-    return path.read_text(encoding="utf-8")

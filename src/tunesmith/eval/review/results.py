@@ -3,12 +3,11 @@ and over an LLM judge's, so the two can be read side by side."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any, Callable
 
-from tunesmith.errors import UsageError
-from tunesmith.eval.review.store import outputs_path, read_items, read_votes, review_dir
+from tunesmith.eval.outputs import read_output_rows
+from tunesmith.eval.review.store import read_items, read_votes, review_dir
 from tunesmith.eval.stats import summarise_votes, write_votes_csv
 
 
@@ -28,27 +27,10 @@ def judge_results(run_dir: Path, *, url: str, model: str, api_key: str | None = 
     asking again costs nothing) and summarise the verdicts like votes."""
     from tunesmith.eval.judge import judge_items, unparsed_judgements
 
-    rows = eval_rows(run_dir)
+    rows = read_output_rows(run_dir)
     cache = review_dir(run_dir) / "judge.jsonl"
     cache.parent.mkdir(parents=True, exist_ok=True)
     votes = judge_items(rows, url=url, model=model, api_key=api_key, cache=cache, on_progress=on_progress)
     summary = summarise_votes(votes, {row["line"]: row.get("category") for row in rows})
     return {"items": len(rows), "judge": model, "unparsed": unparsed_judgements(rows, model=model, cache=cache),
             **summary}
-
-
-def eval_rows(run_dir: Path) -> list[dict[str, Any]]:
-    path = outputs_path(run_dir)
-    if not path.is_file():
-        raise UsageError(f"{path}: not found; run `tunesmith eval {run_dir}` first")
-    rows = []
-    for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        try:
-            row = json.loads(text)
-            if not all(key in row for key in ("line", "prompt", "reference", "base", "tuned")):
-                raise ValueError("missing fields")
-        except ValueError as e:
-            raise UsageError(f"{path}:{number}: not an eval output row ({e}); run `tunesmith eval {run_dir}` "
-                             f"again to rewrite it") from None
-        rows.append(row)
-    return rows
