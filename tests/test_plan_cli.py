@@ -491,7 +491,7 @@ def _copy_run(run, folder):
     ("metrics.jsonl", None, "no metrics.jsonl there"),
     ("metrics.jsonl", b"\xff\xfe{}\n", "metrics.jsonl:1: not UTF-8 text"),
     ("metrics.jsonl", b'{"step": 1, "tokens_per_s": 5}\n{"step": 2,\n', "metrics.jsonl:2: not valid JSON"),
-    ("metrics.jsonl", b"[1, 2]\n", "metrics.jsonl:1: expected a JSON object per step"),
+    ("metrics.jsonl", b"[1, 2]\n", "metrics.jsonl:1: expected a JSON object, found list; each line is one logged step"),
     ("metrics.jsonl", b'{"step": 1, "tokens_per_s": "fast"}\n', 'metrics.jsonl:1: tokens_per_s = "fast" is not a speed'),
     ("metrics.jsonl", b'{"step": 1, "loss": 2.0}\n', "metrics.jsonl: no step with tokens_per_s logged yet"),
     ("plan.json", None, "no plan.json there"),

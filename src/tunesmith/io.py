@@ -201,6 +201,23 @@ def read_json(path: str | Path, what: str, fix: str) -> Any:
         raise UsageError(f"{path}:{e.lineno}:{e.colno}: not valid JSON ({e.msg}); {fix}") from None
 
 
+def read_jsonl_objects(path: str | Path, what: str, fix: str) -> list[tuple[int, dict[str, Any]]]:
+    """(line number, object) for each non-blank line of a JSON Lines file, after `read_utf8`;
+    a line that is not JSON, or not a JSON object, is one UsageError naming FILE:LINE and `fix`."""
+    rows = []
+    for number, line in enumerate(read_utf8(path, what, fix).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UsageError(f"{path}:{number}: not valid JSON ({e.msg}); {fix}") from None
+        if not isinstance(value, dict):
+            raise UsageError(f"{path}:{number}: expected a JSON object, found {type(value).__name__}; {fix}")
+        rows.append((number, value))
+    return rows
+
+
 def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
     """Make sure an output folder can be created (or written, when it exists) before any
     work starts, without leaving anything behind: the folders it had to create for the

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from tunesmith.errors import UsageError
+from tunesmith.io import read_jsonl_objects
 
 SCORES_FIELDS = ("n", "source", "models", "base", "tuned", "caveat")
 OUTPUT_FIELDS = ("line", "file", "prompt", "reference", "base", "tuned", "scores")
@@ -26,17 +27,11 @@ def read_scores(run_dir: Path) -> dict[str, Any]:
 
 def read_output_rows(run_dir: Path) -> list[dict[str, Any]]:
     path = run_dir / "eval" / "outputs.jsonl"
-    rows = []
-    for number, line in enumerate(_text(path, run_dir).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{path}:{number}: not valid JSON ({e.msg}); run `tunesmith eval {run_dir}` again") from None
+    _exists(path, run_dir)
+    rows = read_jsonl_objects(path, "eval outputs", f"run `tunesmith eval {run_dir}` again to rewrite it")
+    for number, row in rows:
         _require(row, OUTPUT_FIELDS, f"{path}:{number}", run_dir)
-        rows.append(row)
-    return rows
+    return [row for _, row in rows]
 
 
 def _require(value: Any, fields: tuple[str, ...], where: str, run_dir: Path) -> None:
@@ -48,6 +43,10 @@ def _require(value: Any, fields: tuple[str, ...], where: str, run_dir: Path) -> 
 
 
 def _text(path: Path, run_dir: Path) -> str:
+    _exists(path, run_dir)
+    return path.read_text(encoding="utf-8")
+
+
+def _exists(path: Path, run_dir: Path) -> None:
     if not path.is_file():
         raise UsageError(f"{path} not found: run `tunesmith eval {run_dir}` first")
-    return path.read_text(encoding="utf-8")

@@ -12,7 +12,7 @@ from typing import Any
 from tunesmith.catalog.gpu import Gpu
 from tunesmith.config import resolve_epochs
 from tunesmith.errors import UsageError
-from tunesmith.io import read_json, read_utf8, require_file
+from tunesmith.io import read_json, read_jsonl_objects, require_file
 from tunesmith.models.arch import ModelFacts
 from tunesmith.models.facts import model_facts
 from tunesmith.plan.memory import Setup
@@ -220,17 +220,9 @@ def _last_speed(metrics: Path) -> float:
     if not metrics.exists():
         raise UsageError(f"--calibrate {metrics.parent}: no metrics.jsonl there (is it a run folder written by "
                          "`tunesmith train`?)")
-    last = None
-    for number, line in enumerate(read_utf8(metrics, "metrics file", NOT_OURS).splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as e:
-            raise UsageError(f"{metrics}:{number}: not valid JSON ({e.msg}); each line is one logged step") from None
-        if not isinstance(record, dict):
-            raise UsageError(f"{metrics}:{number}: expected a JSON object per step, found {type(record).__name__}")
-        last = (number, record)
+    records = read_jsonl_objects(metrics, "metrics file", "each line is one logged step: is it a file `tunesmith "
+                                                          "train` wrote?")
+    last = records[-1] if records else None
     if last is None or last[1].get("tokens_per_s") is None:
         raise UsageError(f"{metrics}: no step with tokens_per_s logged yet; calibrate once the run has logged a step")
     number, record = last
