@@ -182,6 +182,9 @@ ROWS = [
     Row("config-set-yes", ["config", "show", "--set", "clean.pii=yes"], 2, ["--set clean.pii=yes", "redact"]),
     # ------------------------------------------------------------ plan / gpus
     Row("plan-nothing", ["plan"], 2, ["give a CONFIG file or --model"]),
+    Row("plan-inference-context", ["plan", "--model", "llama-3.1-8b", "--inference", "--context", "0"], 2, ["--context"]),
+    Row("plan-inference-rate", ["plan", "--model", "llama-3.1-8b", "--inference", "--tokens-per-s", "0"], 2,
+        ["--tokens-per-s"]),
     Row("plan-tokens-inf", ["plan", "--model", "llama-3.1-8b", "--tokens", "inf"], 2, ["--tokens"]),
     Row("plan-tokens-nan", ["plan", "--model", "llama-3.1-8b", "--tokens", "nan"], 2, ["--tokens"]),
     Row("plan-tokens-huge", ["plan", "--model", "llama-3.1-8b", "--tokens", "1e30"], 2, ["--tokens"]),

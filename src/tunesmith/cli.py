@@ -677,10 +677,17 @@ def plan_cmd(
     calibrate: Optional[Path] = typer.Option(None, help="a run folder whose measured speed replaces the defaults "
                                              "(a GPU run: the MFU of the GPU rows; any run: this machine's time)"),
     json_out: bool = typer.Option(False, "--json", help="print the plan as JSON"),
+    inference: bool = typer.Option(False, "--inference", help="size serving instead of training: weights + KV "
+                                   "cache per GPU, $/hour, $/million tokens"),
+    context: int = typer.Option(4096, "--context", min=1, help="with --inference: tokens per sequence (prompt + answer)"),
+    concurrency: int = typer.Option(16, "--concurrency", min=1, help="with --inference: sequences served at once"),
+    tokens_per_s: Optional[float] = typer.Option(None, "--tokens-per-s", min=0.001, help="with --inference: generated "
+                                                 "tokens/s you measured or expect, for $/million tokens"),
     set_: Optional[list[str]] = SetOption,
 ) -> None:
     """Memory, time and cost of a fine-tuning run on every GPU in the catalog, before renting one.
-    Exit 0 when some option fits, 1 when none does (the advice says what would)."""
+    Exit 0 when some option fits, 1 when none does (the advice says what would).
+    With --inference: the memory and price of serving the model instead."""
     from dataclasses import replace
 
     from tunesmith.catalog.gpu import load_gpus
@@ -697,6 +704,10 @@ def plan_cmd(
     cfg = resolve_config(config, locals(), PLAN_FLAGS, set_)
     catalog = load_gpus()
     prices = load_prices(prices_file)
+    if inference:
+        plan_inference(cfg.model.source, catalog, prices, context=context, concurrency=concurrency,
+                       tokens_per_s=tokens_per_s, json_out=json_out)
+        return
     calibration = read_calibration(calibrate, catalog) if calibrate else None
     if tokens is not None:
         count = TokenCount(parse_tokens(tokens), None, "--tokens")
@@ -715,6 +726,39 @@ def plan_cmd(
         print(json.dumps(plan, indent=2, ensure_ascii=False))
     else:
         print_plan(plan)
+    if plan["recommendation"] is None:
+        raise typer.Exit(1)
+
+
+def plan_inference(source: str, catalog: Any, prices: Any, *, context: int, concurrency: int,
+                   tokens_per_s: Optional[float], json_out: bool) -> None:
+    from tunesmith.catalog.prices import format_range
+    from tunesmith.models.facts import model_facts
+    from tunesmith.plan.serving import serving_plan
+
+    facts, where = model_facts(source)
+    plan = serving_plan(facts, catalog, prices, context=context, concurrency=concurrency, tokens_per_s=tokens_per_s)
+    if json_out:
+        print(json.dumps({"model": {"source": source, "config_from": where}, **plan}, indent=2))
+    else:
+        need = plan["need"]
+        out.print(f"[bold]serving {escape(source)}[/] (bf16 weights {need['weights_gb']:.1f} GB + KV cache "
+                  f"{need['kv_gb_per_sequence']:.2f} GB per {context:,}-token sequence x {concurrency} + "
+                  f"{need['runtime_reserve_gb']:g} GB runtime = {need['total_gb']:.1f} GB; vLLM takes "
+                  f"{need['gpu_memory_utilization']:.0%} of the GPU)", highlight=False)
+        table = Table()
+        for column in ("GPU", "memory", "fits", f"sequences of {context:,}", "$/hour (on-demand)", "$/M tokens"):
+            table.add_column(column, justify="left" if column == "GPU" else "right")
+        for o in plan["options"]:
+            per_mtok = format_range(o["usd_per_million_tokens"]) if o["usd_per_million_tokens"] else ""
+            table.add_row(o["gpu"], f"{o['memory_gb']:g} GB", "yes" if o["fits"] else "no", str(o["max_sequences"]),
+                          format_range(o["usd_per_hour"]) if o["usd_per_hour"] else "no price", per_mtok)
+        out.print(table)
+        if tokens_per_s is None:
+            out.print("[dim]$/M tokens: give --tokens-per-s (measured, or what you expect)[/]", highlight=False)
+        best = plan["recommendation"]
+        out.print(f"cheapest that fits: {best['gpu']} at {format_range(best['usd_per_hour'])}/hour" if best else
+                  "[red]no single GPU in the catalog fits[/]: lower --concurrency or --context", highlight=False)
     if plan["recommendation"] is None:
         raise typer.Exit(1)
 

@@ -1,0 +1,68 @@
+"""`tunesmith plan --inference`: weights + KV cache per GPU and the price of serving, from the
+architecture's exact counts."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from tunesmith.catalog.gpu import load_gpus
+from tunesmith.catalog.prices import load_prices
+from tunesmith.models.facts import model_facts
+from tunesmith.plan.serving import RUNTIME_RESERVE_GB, kv_bytes_per_token, serving_plan
+
+
+def llama_8b():
+    return model_facts("llama-3.1-8b")[0]
+
+
+def test_the_kv_cache_of_llama_3_1_8b_is_128_kib_per_token():
+    # 2 (K and V) x 32 layers x 8 KV heads x 128 dims x 2 bytes
+    assert kv_bytes_per_token(llama_8b()) == 131_072
+
+
+def test_what_fits_where_and_how_many_sequences():
+    plan = serving_plan(llama_8b(), load_gpus(), load_prices(skypilot=False), context=4096, concurrency=16,
+                        tokens_per_s=800)
+    need = plan["need"]
+    assert need["weights_gb"] == pytest.approx(8_030_261_248 * 2 / 1e9)
+    assert need["kv_gb_per_sequence"] == pytest.approx(131_072 * 4096 / 1e9)
+    assert need["total_gb"] == round(need["weights_gb"] + 16 * need["kv_gb_per_sequence"] + RUNTIME_RESERVE_GB, 2)
+    rows = {o["gpu"]: o for o in plan["options"]}
+    assert rows["L40S"]["fits"] and not rows["L4"]["fits"] and not rows["A10"]["fits"]
+    # 24 GB x 0.9 - 16.06 GB weights - 1.5 GB runtime leaves room for 7 sequences of 4,096 tokens
+    assert rows["L4"]["max_sequences"] == 7
+    assert rows["L40S"]["max_sequences"] == int((48 * 0.9 - need["weights_gb"] - RUNTIME_RESERVE_GB)
+                                                // need["kv_gb_per_sequence"])
+    low, high = rows["L40S"]["usd_per_hour"]
+    assert rows["L40S"]["usd_per_million_tokens"] == (round(low / (800 * 3600) * 1e6, 4),
+                                                      round(high / (800 * 3600) * 1e6, 4))
+    assert plan["recommendation"]["gpu"] == "L40S"  # the cheapest priced GPU that fits
+
+
+def test_without_a_rate_there_is_no_price_per_token():
+    plan = serving_plan(llama_8b(), load_gpus(), load_prices(skypilot=False), context=2048, concurrency=4,
+                        tokens_per_s=None)
+    assert all(o["usd_per_million_tokens"] is None for o in plan["options"])
+
+
+def run_plan(*args):
+    return subprocess.run([sys.executable, "-m", "tunesmith.cli", "plan", *args], capture_output=True, text=True)
+
+
+def test_the_cli_prints_the_table_and_json():
+    text = run_plan("--model", "llama-3.1-8b", "--inference", "--tokens-per-s", "800")
+    assert text.returncode == 0, text.stderr
+    printed = " ".join(text.stdout.split())
+    assert "bf16 weights 16.1 GB + KV cache 0.54 GB per 4,096-token sequence x 16" in printed
+    assert "cheapest that fits: L40S" in printed
+    result = run_plan("--model", "llama-3.1-8b", "--inference", "--concurrency", "4", "--json")
+    plan = json.loads(result.stdout)
+    assert plan["need"]["concurrency"] == 4 and plan["model"]["source"] == "llama-3.1-8b"
+
+
+def test_nothing_fits_exits_1_and_says_what_to_lower():
+    result = run_plan("--model", "llama-3.1-70b", "--inference", "--context", "131072", "--concurrency", "64")
+    assert result.returncode == 1
+    assert "lower --concurrency or --context" in result.stdout
