@@ -315,6 +315,16 @@ ROWS = [
     Row("demo-out-file", ["demo", "--out", "{tmp}/f"], 2, ["--out", "is a file"], write("f", "x")),
     Row("demo-out-other-run", ["demo", "--out", "{tmp}/run"], 2, ["holds another run", "--restart"], copy_run),
     Row("demo-set", ["demo", "--out", "{tmp}/out", "--set", "train.epochs=-1"], 2, ["--set train.epochs=-1"]),
+    # ------------------------------------------------------------ export
+    Row("export-missing", ["export", "{tmp}/nope", "--out", "{tmp}/out"], 2, ["nope", "not a run folder"]),
+    Row("export-out-file", ["export", "{tmp}/run", "--out", "{tmp}/f"], 2, ["--out", "is a file"],
+        lambda tmp: (copy_run(tmp), write("f", "x")(tmp))),
+    Row("export-out-other-run", ["export", "{tmp}/run", "--out", "{tmp}/d"], 2,
+        ["--out", "is not an earlier export", "choose a new or empty folder"],
+        lambda tmp: (copy_run(tmp), write("d/notes.txt", "x")(tmp))),
+    Row("export-no-adapter", ["export", "{tmp}/run", "--out", "{tmp}/out"], 1, ["adapter", "not found"],
+        lambda tmp: (copy_run(tmp), shutil.rmtree(tmp / "run" / "adapter"))),
+    Row("export-check", ["export", "{tmp}/run", "--out", "{tmp}/out", "--check", "-1"], 2, ["--check"], copy_run),
     # ------------------------------------------------------------ the command line itself
     Row("unknown-command", ["trian"], 2, ["No such command 'trian'"]),
     Row("unknown-flag", ["gpus", "--json-out"], 2, ["No such option: --json-out"]),

@@ -504,6 +504,33 @@ def print_forgetting(general: dict[str, Any]) -> None:
         out.print(f"[dim]  {escape(general['noise'])}[/]", highlight=False)
 
 
+@app.command("export")
+def export_cmd(
+    run: Path = typer.Argument(..., help="run folder written by `tunesmith train`"),
+    out_dir: Path = typer.Option(..., "--out", help="folder to write (new, empty, or an earlier export of RUN, "
+                                 "which it replaces)"),
+    adapter_only: bool = typer.Option(False, "--adapter-only", help="write the LoRA adapter (for peft) instead "
+                                      "of merging it into the base"),
+    check: int = typer.Option(8, "--check", min=0, help="held-out prompts whose greedy answers the exported "
+                              "folder must reproduce (0: skip the check)"),
+) -> None:
+    """Write the tuned model as a folder plain transformers loads: LoRA merged into the base
+    (safetensors shards), the tokenizer with its chat template, a generation config that stops
+    at the trained end-of-turn token. Checks that the folder answers as the run's model does."""
+    from tunesmith.serve.export import export_run
+
+    quiet_transformers()
+    working_in(run, "nothing was written to --out; run the same command again")
+    record = export_run(run, out_dir, adapter_only=adapter_only, check=check, on_note=print_note)
+    if record["checked"]:
+        out.print(f"greedy answers: {record['identical']} of {record['checked']} identical to {record['against']}",
+                  highlight=False)
+    else:
+        out.print("greedy check skipped (--check 0)", highlight=False)
+    what = "adapter" if adapter_only else "merged model" if record["merged"] else "model"
+    out.print(f"exported the {what} ({record['dtype']}) -> {out_dir}", highlight=False)
+
+
 @app.command("review")
 def review_cmd(
     run: Path = typer.Argument(..., help="run folder with eval/outputs.jsonl (written by `tunesmith eval`)"),

@@ -6,12 +6,7 @@ from typing import Any, Callable
 
 import torch
 
-
-def stop_ids(model: Any, tokenizer: Any) -> list[int]:
-    ids = {tokenizer.eos_token_id}
-    configured = getattr(model.generation_config, "eos_token_id", None)
-    ids.update(configured if isinstance(configured, list) else [configured])
-    return sorted(i for i in ids if i is not None)
+from tunesmith.models.generation import stop_ids
 
 
 @torch.no_grad()
