@@ -27,6 +27,7 @@ from tunesmith.eval.metrics import LEXICAL_CAVEAT, aggregate, score_example
 from tunesmith.eval.perplexity import perplexity, reference_nll
 from tunesmith.eval.report import write_eval_report
 from tunesmith.io import write_json_atomic, write_jsonl_atomic
+from tunesmith.models.card import write_model_card
 from tunesmith.models.encode import ensure_chat_template, prompt_ids
 from tunesmith.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunesmith.models.source import resolve_source
@@ -89,6 +90,7 @@ def evaluate_run(
         write_jsonl_atomic(run_dir / "eval" / "general.jsonl", general_rows(general, answers))
     write_json_atomic(run_dir / "eval" / "scores.json", scores)
     write_eval_report(run_dir)
+    write_model_card(run_dir)  # the card's evaluation section now has these scores
     return scores
 
 

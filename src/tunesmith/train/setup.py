@@ -21,6 +21,7 @@ from tunesmith.config import RunConfig, resolve_epochs
 from tunesmith.data.prepare import Prepared, prepare_run_data
 from tunesmith.errors import OutOfMemory, TunesmithError, UsageError, memory_kind
 from tunesmith.io import write_dir_atomic, write_json_atomic, write_text_atomic
+from tunesmith.models.card import base_record, make_portable, write_model_card
 from tunesmith.models.encode import ensure_chat_template
 from tunesmith.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunesmith.models.source import resolve_source
@@ -269,6 +270,7 @@ def run_fit(cfg: RunConfig, run_dir: Path, path: str, tokenizer: Any, data: Prep
     record.update(status=status, adapter_step=adapter_step, final_loss=state.last_loss,
                   final_eval_loss=state.last_eval)
     record.write()
+    write_model_card(run_dir)  # from the final train.json; before the trackers take the folder
     trackers.finish(status=status, adapter_dir=run_dir / "adapter" if cfg.method.name != "full" else None)
     return TrainResult(run_dir=run_dir, steps=state.step, data=data.report, tokens=state.tokens,
                        train_seconds=state.train_seconds,
@@ -380,6 +382,10 @@ def save_trained(model: Any, tokenizer: Any, run_dir: Path, cfg: RunConfig) -> P
         model.save_pretrained(folder, safe_serialization=True)
         if cfg.method.name == "full":
             tokenizer.save_pretrained(folder)
+        # PEFT names the base by the cache path it was loaded from; name it as the user did.
+        make_portable(folder, cfg, base)
+
+    base = base_record(cfg)  # hashes the base's weights: seconds for a big model, once per run
 
     return write_dir_atomic(run_dir / ("model" if cfg.method.name == "full" else "adapter"), fill)
 

@@ -9,6 +9,7 @@ from typing import Any, Callable
 from tunesmith.eval.outputs import read_output_rows
 from tunesmith.eval.review.store import read_items, read_votes, review_dir
 from tunesmith.eval.stats import summarise_votes, write_votes_csv
+from tunesmith.models.card import write_model_card
 
 
 def human_results(run_dir: Path, csv_path: Path | None = None) -> dict[str, Any]:
@@ -18,6 +19,7 @@ def human_results(run_dir: Path, csv_path: Path | None = None) -> dict[str, Any]
     if csv_path is not None:
         write_votes_csv(votes, csv_path)
     summary = summarise_votes(votes, {item["line"]: item["category"] for item in items})
+    write_model_card(run_dir, review={key: summary.get(key) for key in ("win_rate", "ci", "votes", "counted", "raters")})
     return {"items": len(items), **summary}
 
 
