@@ -52,4 +52,4 @@ gpu-wheels: setup
 		--platform manylinux2014_x86_64 -d .whl -r bench/gpu_requirements.txt
 
 clean:
-	rm -rf runs .pytest_cache
+	rm -rf runs cleaned split exported .pytest_cache

@@ -86,6 +86,10 @@ def test_adapter_only_loads_with_peft(run, tiny_model_dir, tmp_path):
     assert any("lora_A" in name for name, _ in tuned.named_parameters())
     assert AutoTokenizer.from_pretrained(out).chat_template
     assert json.loads((out / "export.json").read_text())["merged"] is False
+    # portable: the base as the user named it at train time, and the run's model card, not peft's template
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model_dir)
+    assert (out / "README.md").read_text() == (run / "adapter" / "README.md").read_text()
+    assert json.loads((out / "tunesmith.json").read_text())["base"]["source"] == str(tiny_model_dir)
 
 
 def test_refuses_a_foreign_folder_and_replaces_its_own_export(run, tmp_path):

@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import gc
 import json
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -35,7 +36,8 @@ from tunesmith.models.load import load_model, load_tokenizer, pick_device, pick_
 from tunesmith.models.source import resolve_source
 from tunesmith.train.tuned import load_tuned
 
-MARKER = "export.json"  # also says which run an existing DIR was exported from
+MARKER = "export.json"
+PORTABLE_FILES = ("adapter_config.json", "tunesmith.json", "README.md")  # also says which run an existing DIR was exported from
 CHECK_PROMPTS = 8
 # Shards small enough for an upload that resumes per file and for a 32-bit loader; the
 # index file lets a loader read one shard at a time.
@@ -176,6 +178,11 @@ def _export_adapter(loaded: Loaded, folder: Path) -> dict[str, Any]:
                        device=loaded.device)
     reference = _answers(loaded, tuned)
     tuned.save_pretrained(folder, safe_serialization=True)
+    # peft writes the base's local cache path and an empty card: the run's adapter folder has the
+    # portable config (the base as the user named it), its record and the model card.
+    for name in PORTABLE_FILES:
+        if (loaded.run_dir / "adapter" / name).is_file():
+            shutil.copy2(loaded.run_dir / "adapter" / name, folder / name)
     generation = copy.deepcopy(tuned.base_model.model.generation_config)
     generation.eos_token_id = stop_ids(tuned, loaded.tokenizer)
     generation.pad_token_id = loaded.tokenizer.pad_token_id
