@@ -28,7 +28,7 @@ def exported(run, tmp_path_factory):
     return out, result
 
 
-def test_merged_folder_loads_with_plain_transformers(exported):
+def test_merged_folder_loads_with_plain_transformers(exported, run):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     out, result = exported
@@ -51,6 +51,7 @@ def test_merged_folder_loads_with_plain_transformers(exported):
                                                                       "dtype": "float32"}
     assert record["checked"] == 4 and record["identical"] == record["checked"]  # 4 held-out rows, all equal
     assert "greedy answers: 4 of 4 identical to base + adapter" in result.stdout
+    assert (out / "tunesmith.json").read_bytes() == (run / "adapter" / "tunesmith.json").read_bytes()
 
 
 def test_merged_weights_equal_base_plus_b_times_a(exported, run, tiny_model_dir):

@@ -213,6 +213,11 @@ def _save_model(loaded: Loaded, model: Any, folder: Path) -> None:
     model.generation_config.pad_token_id = loaded.tokenizer.pad_token_id
     model.save_pretrained(folder, max_shard_size=MAX_SHARD)
     loaded.tokenizer.save_pretrained(folder)
+    # Where the weights came from (the base as named, its file hashes, the review): the card's
+    # loading snippet is for the adapter, so only the record travels with merged weights.
+    trained = loaded.run_dir / ("model" if loaded.cfg.method.name == "full" else "adapter") / "tunesmith.json"
+    if trained.is_file():
+        shutil.copy2(trained, folder / "tunesmith.json")
 
 
 def _check_folder(loaded: Loaded, folder: Path, reference: list[str]) -> dict[str, Any]:
