@@ -94,6 +94,16 @@ def copy_run(tmp: Path) -> None:
     shutil.copytree(FINISHED_RUN, tmp / "run")
 
 
+def reviewed_run(tmp: Path) -> None:
+    """A finished run with eval outputs and a review started (one rater, no votes yet)."""
+    from test_review_server import write_outputs
+    from tunesmith.eval.review.store import prepare_review
+
+    copy_run(tmp)
+    write_outputs(tmp / "run")
+    prepare_review(tmp / "run", ["ann"])
+
+
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 UTF16 = '{"instruction": "a", "response": "b"}\n'.encode("utf-16")
 LATIN1_YAML = "train:\n  lr: 1e-4   # caf\xe9\n".encode("latin-1")
@@ -310,6 +320,8 @@ ROWS = [
     Row("review-port", ["review", "{tmp}/run", "--raters", "ann", "--port", "70000"], 2, ["--port", "65535"], copy_run),
     Row("review-results-none", ["review", "{tmp}/run", "--results"], 2, ["no review here yet", "--raters"], copy_run),
     Row("review-csv-alone", ["review", "{tmp}/run", "--csv", "{tmp}/v.csv"], 2, ["--csv needs --results"], copy_run),
+    Row("review-csv-folder", ["review", "{tmp}/run", "--results", "--csv", "{tmp}/adir"], 1,
+        ["adir: is a folder, not a file"], lambda tmp: (reviewed_run(tmp), (tmp / "adir").mkdir())),
     Row("review-judge-no-model", ["review", "{tmp}/run", "--judge", "http://127.0.0.1:9/v1"], 2,
         ["--judge URL and --judge-model NAME go together"], copy_run),
     Row("demo-out-file", ["demo", "--out", "{tmp}/f"], 2, ["--out", "is a file"], write("f", "x")),

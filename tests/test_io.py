@@ -77,3 +77,17 @@ def test_an_escaped_os_error_is_one_line_naming_the_file():
                        (errno.EACCES, "permission denied"), (errno.EIO, "input/output error")):
         text = str(describe_os_error(OSError(code, os.strerror(code), "/data/x.jsonl")))
         assert text.startswith(f"/data/x.jsonl: {says}") and "\n" not in text
+
+
+def test_an_atomic_write_onto_a_folder_names_the_folder_not_its_temp_file(tmp_path):
+    """Regression: `review --results --csv FOLDER` said "/.../.FOLDER.x1y2.tmp: is a folder"."""
+    import errno
+
+    from tunesmith.io import atomic_writer
+
+    (tmp_path / "out").mkdir()
+    with pytest.raises(OSError) as caught:
+        with atomic_writer(tmp_path / "out") as f:
+            f.write("x")
+    assert caught.value.errno == errno.EISDIR and caught.value.filename == str(tmp_path / "out")
+    assert [p.name for p in tmp_path.iterdir()] == ["out"]  # no temp file left behind

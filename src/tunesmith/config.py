@@ -358,6 +358,14 @@ def build_config(raw: dict[str, Any], overrides: list[str] | None = None, where:
         raise UsageError(describe_validation_error(e, where, given, lines or {})) from None
 
 
+def load_run_config(run_dir: Path, overrides: list[str] | None = None, flag: str = "RUN") -> RunConfig:
+    """The resolved config a run folder holds (RUN/config.yaml, written by `tunesmith train`)."""
+    config_path = Path(run_dir) / "config.yaml"
+    if not config_path.is_file():
+        raise UsageError(f"{flag} {run_dir} is not a run folder (no config.yaml); train into it first")
+    return load_config(config_path, overrides)
+
+
 def load_config(path: str | Path, overrides: list[str] | None = None, *,
                 flags: dict[str, str] | None = None) -> RunConfig:
     path = Path(path)

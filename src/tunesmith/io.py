@@ -7,6 +7,7 @@ Outputs take the user's umask like any file a program creates; only secrets are 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import os
 import shutil
@@ -65,7 +66,10 @@ def atomic_writer(path: Path, *, private: bool = False) -> Iterator[TextIO]:
             yield f
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as e:  # say what the user named (a folder in the way), not the temp file
+            raise OSError(e.errno, e.strerror, str(path)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
@@ -143,6 +147,15 @@ def write_dir_atomic(final_dir: Path, fill: Callable[[Path], None]) -> Path:
 
 
 # ---------------------------------------------------------------- checking paths first
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file, read 1 MiB at a time: a multi-GB weights file never sits in memory."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
 
 def require_file(path: str | Path, what: str = "file") -> Path:
     """`path` as a readable regular file, or one UsageError naming it and what is wrong:

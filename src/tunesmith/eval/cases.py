@@ -13,6 +13,7 @@ from tunesmith.config import RunConfig
 from tunesmith.data.formats import read_examples, summarise_reasons
 from tunesmith.data.split import near_duplicates
 from tunesmith.errors import TunesmithError, UsageError
+from tunesmith.io import read_jsonl_objects
 
 # The guide: "a curated evaluation set of 100-200 examples that represent real production inputs".
 GUIDE_RANGE = (100, 200)
@@ -62,7 +63,7 @@ def seen_in_training(run_dir: Path, cfg: RunConfig, cases: list[EvalCase]) -> li
     path = run_dir / "data" / "train.jsonl"
     if not path.is_file():
         return []
-    trained = [json.loads(text) for text in path.read_text(encoding="utf-8").splitlines() if text.strip()]
+    trained = [row for _, row in read_jsonl_objects(path, "training rows", "run `tunesmith train` again with --restart")]
     rows = [{"line": c.line, "messages": c.messages + [{"role": "assistant", "content": c.reference}]} for c in cases]
     near = near_duplicates(rows, trained, cfg.clean.near_dup_threshold, cfg.clean.shingle_size)
     return [(row["line"], match["line"], similarity) for row, match, similarity in near]

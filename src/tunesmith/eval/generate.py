@@ -9,6 +9,17 @@ import torch
 from tunesmith.models.generation import stop_ids
 
 
+# Room for an answer a little longer than the longest reference, no more: a base model often
+# rambles, and every extra token is paid for on every model.
+EXTRA_TOKENS = 16
+
+
+def answer_budget(tokenizer: Any, references: list[str], cap: int) -> int:
+    """New tokens to generate: the longest reference plus EXTRA_TOKENS, at most `cap`."""
+    longest = max((len(tokenizer(text, add_special_tokens=False)["input_ids"]) for text in references), default=0)
+    return min(cap, longest + EXTRA_TOKENS)
+
+
 @torch.no_grad()
 def generate_greedy(
     model: Any,

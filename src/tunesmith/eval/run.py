@@ -16,27 +16,21 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from tunesmith.config import RunConfig, load_config
-from tunesmith.errors import UsageError
+from tunesmith.config import RunConfig, load_run_config
 from tunesmith.eval.cases import EvalCase, eval_set
 from tunesmith.eval.general import (
     GENERAL_MAX_NEW_TOKENS, check_answer, forgetting_verdict, load_general_set, score_general,
 )
-from tunesmith.eval.generate import generate_greedy
+from tunesmith.eval.generate import answer_budget, generate_greedy
 from tunesmith.eval.metrics import LEXICAL_CAVEAT, aggregate, score_example
 from tunesmith.eval.perplexity import perplexity, reference_nll
 from tunesmith.eval.report import write_eval_report
 from tunesmith.io import write_json_atomic, write_jsonl_atomic
 from tunesmith.models.card import write_model_card
-from tunesmith.models.encode import ensure_chat_template, prompt_ids
-from tunesmith.models.load import load_model, load_tokenizer, pick_device, pick_dtype
-from tunesmith.models.source import resolve_source
+from tunesmith.models.encode import prompt_ids
+from tunesmith.models.load import load_model
 from tunesmith.train.checkpoint import Checkpoint
-from tunesmith.train.tuned import find_checkpoint, load_tuned
-
-# Room for a tuned answer a little longer than the longest reference, no more: the base
-# model often rambles, and every extra token is paid for on every model.
-EXTRA_TOKENS = 16
+from tunesmith.train.tuned import base_source, find_checkpoint, load_tuned
 
 Progress = Callable[[str, int, int], None]
 
@@ -61,9 +55,9 @@ def evaluate_run(
     on_note: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     run_dir = Path(run_dir)
-    cfg = run_config(run_dir, overrides)
+    cfg = load_run_config(run_dir, overrides)
     other = Path(compare) if compare is not None else None
-    other_cfg = run_config(other, None, flag="--compare") if other is not None else None
+    other_cfg = load_run_config(other, flag="--compare") if other is not None else None
     chosen = find_checkpoint(run_dir, checkpoint) if checkpoint is not None else None
     cases = eval_set(run_dir, cfg, data)
     for note in cases.notes:
@@ -94,13 +88,6 @@ def evaluate_run(
     return scores
 
 
-def run_config(run_dir: Path, overrides: list[str] | None, flag: str = "RUN") -> RunConfig:
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise UsageError(f"{flag} {run_dir} is not a run folder (no config.yaml); train into it first")
-    return load_config(config_path, overrides)
-
-
 # ---------------------------------------------------------------- generating
 
 
@@ -108,11 +95,8 @@ def run_answers(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None,
                 work: Callable[[str, Any, Any], Answers], *, with_base: bool = True) -> dict[str, Answers]:
     """Answers of the run's base (unless with_base is off) and tuned model. Models are freed
     before returning, so a --compare run is loaded only after this one has gone."""
-    device = pick_device()
-    dtype = pick_dtype(cfg.model.dtype, device)
-    path = resolve_source(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
-    tokenizer = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code)
-    ensure_chat_template(tokenizer)
+    src = base_source(cfg)
+    tokenizer, path, dtype, device = src.tokenizer, src.path, src.dtype, src.device
     full = cfg.method.name == "full"
     # LoRA: the adapter wraps the base, and the base answers come from the same object with the
     # adapter off. Full fine-tuning: two models, the base only when its answers are wanted.
@@ -135,8 +119,7 @@ def run_answers(cfg: RunConfig, run_dir: Path, checkpoint: Checkpoint | None,
 def answer(name: str, tokenizer: Any, model: Any, cases: list[EvalCase], general: list[dict[str, Any]],
            cfg: RunConfig, on_progress: Progress | None) -> Answers:
     prompts = [prompt_ids(tokenizer, c.messages) for c in cases]
-    longest = max(len(tokenizer(c.reference, add_special_tokens=False)["input_ids"]) for c in cases)
-    max_new = min(cfg.eval.max_new_tokens, longest + EXTRA_TOKENS)
+    max_new = answer_budget(tokenizer, [c.reference for c in cases], cfg.eval.max_new_tokens)
     texts = generate_greedy(model, tokenizer, prompts, max_new_tokens=max_new, batch_size=cfg.eval.batch_size,
                             on_batch=_ticker(name, len(cases), on_progress))
     nll = reference_nll(model, tokenizer, [c.messages + [{"role": "assistant", "content": c.reference}] for c in cases],

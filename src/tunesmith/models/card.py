@@ -13,19 +13,17 @@ Shared by train (writes), eval and review (refresh), and serve/export on another
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tunesmith.io import write_json_atomic, write_text_atomic
+from tunesmith.io import file_sha256, write_json_atomic, write_text_atomic
 
 MANIFEST = "tunesmith.json"
 NOT_YET = "not evaluated yet"
 METHOD_NAMES = {"lora": "LoRA adapter", "qlora": "QLoRA adapter (trained on a 4-bit base)", "full": "full fine-tune"}
-HASH_CHUNK = 1 << 20  # 1 MiB reads: a multi-GB safetensors file never sits in memory
 
 
 # ---------------------------------------------------------------- the base, portable
@@ -48,14 +46,6 @@ def base_record(cfg: Any) -> dict[str, Any]:
 def folder_hashes(folder: Path) -> dict[str, str]:
     files = sorted(folder.glob("*.safetensors")) + [folder / "config.json"]
     return {f.name: file_sha256(f) for f in files if f.is_file()}
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while chunk := f.read(HASH_CHUNK):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def make_portable(adapter_dir: Path, cfg: Any, base: dict[str, Any]) -> None:

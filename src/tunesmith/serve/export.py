@@ -25,16 +25,15 @@ from typing import Any, Callable
 
 import torch
 
-from tunesmith.config import RunConfig, load_config
+from tunesmith.config import RunConfig, load_run_config
 from tunesmith.errors import TunesmithError, UsageError
 from tunesmith.eval.cases import held_out_cases
-from tunesmith.eval.generate import generate_greedy
+from tunesmith.eval.generate import answer_budget, generate_greedy
 from tunesmith.io import check_output_dir, write_dir_atomic, write_json_atomic
-from tunesmith.models.encode import ensure_chat_template, prompt_ids
+from tunesmith.models.encode import prompt_ids
 from tunesmith.models.generation import stop_ids
-from tunesmith.models.load import load_model, load_tokenizer, pick_device, pick_dtype
-from tunesmith.models.source import resolve_source
-from tunesmith.train.tuned import load_tuned
+from tunesmith.models.load import load_model
+from tunesmith.train.tuned import base_source, load_tuned
 
 MARKER = "export.json"
 PORTABLE_FILES = ("adapter_config.json", "tunesmith.json", "README.md")  # also says which run an existing DIR was exported from
@@ -42,9 +41,6 @@ CHECK_PROMPTS = 8
 # Shards small enough for an upload that resumes per file and for a 32-bit loader; the
 # index file lets a loader read one shard at a time.
 MAX_SHARD = "2GB"
-# Room for an answer a little longer than the longest reference (as eval allows), no more:
-# the check decodes every prompt twice.
-EXTRA_TOKENS = 16
 
 
 @dataclass
@@ -66,7 +62,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, adapter_only: bool =
                on_note: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write DIR (atomically) and return what DIR/export.json says."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
-    cfg = run_config(run_dir)
+    cfg = load_run_config(run_dir)
     check_target(run_dir, out_dir)
     if adapter_only and cfg.method.name == "full":
         raise UsageError(f"--adapter-only: {run_dir} was trained with method full and has no adapter; "
@@ -98,13 +94,6 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, adapter_only: bool =
     return record
 
 
-def run_config(run_dir: Path) -> RunConfig:
-    config_path = run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise UsageError(f"RUN {run_dir} is not a run folder (no config.yaml); train into it first")
-    return load_config(config_path)
-
-
 def check_target(run_dir: Path, out_dir: Path) -> None:
     """DIR must be new, empty, or an earlier export of this same run (which it replaces)."""
     if out_dir.is_dir() and any(out_dir.iterdir()) and exported_from(out_dir) != str(run_dir.resolve()):
@@ -121,15 +110,10 @@ def exported_from(out_dir: Path) -> str | None:
 
 
 def prepare(cfg: RunConfig, run_dir: Path, check: int) -> Loaded:
-    device = pick_device()
-    dtype = pick_dtype(cfg.model.dtype, device)
-    path = resolve_source(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
-    tokenizer = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code)
-    ensure_chat_template(tokenizer)  # as training did: a base model without one was trained on ChatML
+    src = base_source(cfg)
     cases = held_out_cases(run_dir, cfg)[:check] if check else []
-    longest = max((len(tokenizer(c.reference, add_special_tokens=False)["input_ids"]) for c in cases), default=0)
-    max_new = min(cfg.eval.max_new_tokens, longest + EXTRA_TOKENS)
-    return Loaded(cfg, run_dir, path, tokenizer, [c.messages for c in cases], max_new, device, dtype)
+    max_new = answer_budget(src.tokenizer, [c.reference for c in cases], cfg.eval.max_new_tokens)
+    return Loaded(cfg, run_dir, src.path, src.tokenizer, [c.messages for c in cases], max_new, src.device, src.dtype)
 
 
 # ---------------------------------------------------------------- the three kinds of export

@@ -16,7 +16,6 @@ back to the one before.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import random
 import re
@@ -30,7 +29,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunesmith.config import RunConfig, flat_fields
-from tunesmith.io import fsync_dir, fsync_tree, write_dir_atomic, write_json_atomic, write_text_atomic
+from tunesmith.io import file_sha256, fsync_dir, fsync_tree, write_dir_atomic, write_json_atomic, write_text_atomic
 
 FORMAT = 1
 STEP_NAME = re.compile(r"^step-(\d{6,})$")
@@ -48,14 +47,6 @@ class CorruptCheckpoint(Exception):
 
 
 # ---------------------------------------------------------------- fingerprint
-
-def file_sha256(path: str | Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
 
 def config_fingerprint(cfg: RunConfig) -> dict[str, Any]:
     """The resolved config fields that fix the schedule and the weights."""

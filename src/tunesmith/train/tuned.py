@@ -3,6 +3,7 @@ the saved adapter (RUN/adapter, RUN/model for full fine-tuning) or any checkpoin
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -10,9 +11,30 @@ import torch
 
 from tunesmith.config import RunConfig
 from tunesmith.errors import TunesmithError, UsageError
-from tunesmith.models.load import load_model
+from tunesmith.models.encode import ensure_chat_template
+from tunesmith.models.load import load_model, load_tokenizer, pick_device, pick_dtype
+from tunesmith.models.source import resolve_source
 from tunesmith.train.checkpoint import STEP_NAME, Checkpoint, CorruptCheckpoint, checkpoint_dir, list_checkpoints
 from tunesmith.train.checkpoint import load_weights, read_checkpoint
+
+
+@dataclass
+class BaseSource:
+    """Where a run's base model is and how to load it here: the tokenizer training used (with
+    the chat template it trained on), the device and the dtype."""
+
+    path: str
+    tokenizer: Any
+    device: torch.device
+    dtype: torch.dtype
+
+
+def base_source(cfg: RunConfig) -> BaseSource:
+    device = pick_device()
+    path = resolve_source(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code)
+    ensure_chat_template(tokenizer)  # as training did: a base model without one was trained on ChatML
+    return BaseSource(path, tokenizer, device, pick_dtype(cfg.model.dtype, device))
 
 
 def find_checkpoint(run_dir: Path, ref: str) -> Checkpoint:
