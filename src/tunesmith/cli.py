@@ -642,6 +642,43 @@ def print_review_links(links: Any) -> None:
     out.print("Ctrl-C stops the server; votes are saved as they come", highlight=False)
 
 
+@app.command("serve")
+def serve_cmd(
+    runs: list[Path] = typer.Argument(..., help="run folders (or adapter folders copied from one) trained on the "
+                                      "same base; each is served under its folder's name"),
+    port: int = typer.Option(8000, "--port", min=0, max=65535, help="port to serve on (0: any free one)"),
+    host: str = typer.Option("127.0.0.1", "--host", help="address to listen on; anything but 127.0.0.1 or "
+                             "localhost puts the API on the network"),
+    api_key: Optional[str] = typer.Option(None, "--api-key", help="the key every request must send (default: "
+                                          "TUNESMITH_API_KEY, else a new one, printed once); the environment "
+                                          "variable keeps it out of the process list"),
+    max_waiting: int = typer.Option(16, "--max-waiting", min=0, max=10_000, help="requests that may wait behind "
+                                    "the one being answered; beyond that the server answers 429 with Retry-After"),
+) -> None:
+    """An OpenAI-compatible API for the tuned models: /v1/chat/completions and /v1/completions
+    (streamed or not), /v1/models, /health. One base in memory, each run's adapter chosen by the
+    request's `model`, and `base` for the model before tuning. One request is answered at a time;
+    for many users, serve the export with vLLM (`tunesmith deploy`)."""
+    from tunesmith.serve import serve_models
+
+    quiet_transformers()
+    serve_models(runs, host=host, port=port, key=api_key, max_waiting=max_waiting, on_note=print_note,
+                 on_ready=print_serving)
+    out.print("stopped", highlight=False)
+
+
+def print_serving(s: Any) -> None:
+    out.print(f"serving {', '.join(s.models)} ({s.base}; {s.device}) at {s.url}", highlight=False, markup=False)
+    if s.key is not None:
+        out.print(f"API key (shown once; set TUNESMITH_API_KEY to choose your own): {s.key}", highlight=False,
+                  markup=False)
+    if not s.local:
+        out.print("[yellow]warning:[/] the API is open to the network, guarded by the key only (plain HTTP: use a "
+                  "network you trust)", highlight=False)
+    out.print("greedy answers: temperature 0; Ctrl-C stops the server", highlight=False)
+    sys.stdout.flush()
+
+
 @app.command("demo")
 def demo_cmd(
     out_dir: Path = typer.Option(Path("runs/demo"), "--out", help="run folder"),

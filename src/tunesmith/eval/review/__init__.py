@@ -11,21 +11,16 @@ FastAPI and uvicorn.
 
 from __future__ import annotations
 
-import errno
 import socket
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Optional
 
-from tunesmith.errors import TunesmithError, UsageError
 from tunesmith.eval.review.store import Rater, prepare_review, read_items, read_votes, review_dir
+from tunesmith.net import LOCAL_HOSTS, bind, url_host
 
 __all__ = ["ReviewLinks", "read_items", "read_votes", "serve_review", "write_links"]
 
-# Hosts only this machine can reach; any other --host puts the page on a network.
-LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
-# Hosts that mean "every interface": a link needs this machine's name instead.
-ANY_HOST = ("0.0.0.0", "::", "")
 
 
 @dataclass(frozen=True)
@@ -45,7 +40,7 @@ def serve_review(run_dir: Path, raters: Optional[list[str]], host: str = "127.0.
 
     The port is bound before anything is written, so a port in use costs nothing; port 0
     takes a free one (the links say which)."""
-    sock = bind(host, port)
+    sock = bind(host, port, example_port=8700, running="this review")
     try:
         everyone = prepare_review(Path(run_dir), raters)
         links = write_links(Path(run_dir), everyone, host, sock.getsockname()[1])
@@ -57,49 +52,17 @@ def serve_review(run_dir: Path, raters: Optional[list[str]], host: str = "127.0.
     return len(read_votes(Path(run_dir)))
 
 
-def bind(host: str, port: int) -> socket.socket:
-    """A socket bound to host:port, or one error naming the flag at fault."""
-    try:
-        family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
-                                                             flags=socket.AI_PASSIVE)[0]
-    except (socket.gaierror, OverflowError) as e:
-        raise UsageError(f"--host {host} --port {port}: cannot listen there ({e}); e.g. --host 127.0.0.1 "
-                         f"(this machine only) --port 8700") from None
-    sock = socket.socket(family, kind, proto)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait out TIME_WAIT
-    try:
-        sock.bind(address)
-    except OSError as e:
-        sock.close()
-        if e.errno == errno.EADDRINUSE:
-            raise TunesmithError(f"--port {port}: already in use on {host} (is this review already running?); "
-                                 f"stop that server or give another --port") from None
-        if e.errno == errno.EADDRNOTAVAIL:
-            raise UsageError(f"--host {host}: not an address of this machine; e.g. 127.0.0.1 (this machine "
-                             f"only) or 0.0.0.0 (every network it is on)") from None
-        if e.errno == errno.EACCES:
-            raise UsageError(f"--port {port}: needs root (ports below 1024); give e.g. --port 8700") from None
-        raise
-    return sock
-
-
 def write_links(run_dir: Path, raters: list[Rater], host: str, port: int) -> ReviewLinks:
     """RUN/review/raters.json: [{"name", "token", "url"}], readable only by its owner, since a
     link is all it takes to vote as that rater."""
     from tunesmith.io import write_json_atomic
 
-    base_url = f"http://{_url_host(host)}:{port}"
+    base_url = f"http://{url_host(host)}:{port}"
     rows = [{"name": r.name, "token": r.token, "url": f"{base_url}/r/{r.token}"} for r in raters]
     path = review_dir(run_dir) / "raters.json"
     write_json_atomic(path, rows, private=True)
     return ReviewLinks(links=[(row["name"], row["url"]) for row in rows], raters_file=path,
                        local=host in LOCAL_HOSTS)
-
-
-def _url_host(host: str) -> str:
-    if host in ANY_HOST:
-        host = socket.gethostname()
-    return f"[{host}]" if ":" in host else host
 
 
 def _serve(run_dir: Path, sock: socket.socket) -> None:
