@@ -576,7 +576,7 @@ def deploy_cmd(
               highlight=False)
     out.print(f"sky serve up {out_path} -n {config['name']} --secret VLLM_API_KEY", highlight=False, soft_wrap=True)
     out.print(f"# then ENDPOINT=$(sky serve status {config['name']} --endpoint) and: "
-              f"{client_example(served, 'http://$ENDPOINT')}", highlight=False, soft_wrap=True)
+              f"{client_example(served, '$ENDPOINT')}", highlight=False, soft_wrap=True)
 
 
 @app.command("review")
