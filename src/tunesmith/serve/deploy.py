@@ -64,7 +64,8 @@ def read_served(run: Path, *, context: int | None = None) -> Served:
 
     run = Path(run)
     if not run.is_dir():
-        raise UsageError(f"RUN {run}: run folder not found; give the folder `tunesmith train --out` wrote")
+        what = "is a file, not a run folder" if run.exists() else "run folder not found"
+        raise UsageError(f"RUN {run}: {what}; give the folder `tunesmith train --out` wrote")
     cfg = load_run_config(run)
     max_model_len = context or cfg.train.max_seq_len
     name = run.resolve().name
@@ -265,7 +266,7 @@ def service_yaml(served: Served, row: dict[str, Any], config: dict[str, Any], ru
         f"# tunesmith deploy {run} --target sky",
         f"# Serves {served.name} with vLLM on 1 x {row['gpu']} ({row['memory_gb']:g} GB{cost}): it needs "
         f"{row['needed_gb']:g} GB and holds {row['max_sequences']:,} sequences of {served.max_model_len:,} tokens.",
-        f"# The API key is a secret given at launch, never written here:",
+        "# The API key is a secret given at launch, never written here:",
         f"#   export {API_KEY_ENV}=...   # any long random string; clients send it as a Bearer token",
         f"#   sky serve up {out} -n {config['name']} --secret {API_KEY_ENV}",
     ]
