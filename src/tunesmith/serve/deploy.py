@@ -206,13 +206,14 @@ def pick_gpu(served: Served, *, gpu: str | None, context: int, concurrency: int)
             raise UsageError(f"--gpu {gpu}: serving needs {row['needed_gb']:g} GB for {concurrency} sequences of "
                              f"{context:,} tokens; {name} gives vLLM {row['usable_gb']:g} GB: lower --concurrency "
                              "or --context, or pick a larger GPU (`tunesmith plan --model BASE --inference`)")
-    else:
-        row = plan["recommendation"]
-        if row is None:
-            raise TunesmithError(f"no single catalog GPU with a price holds {concurrency} sequences of {context:,} "
-                                 "tokens of this model: lower --concurrency or --context, or name one with --gpu")
-    if row["gpu"] not in SKY_ACCELERATORS:
-        raise UsageError(f"--gpu {gpu}: SkyPilot has no single accelerator name for {row['gpu']}; pick another")
+        if name not in SKY_ACCELERATORS:
+            raise UsageError(f"--gpu {gpu}: SkyPilot has no single accelerator name for {name}; pick another")
+        return row
+    # options come cheapest first among those that fit (plan.serving)
+    row = next((o for o in plan["options"] if o["fits"] and o["usd_per_hour"] and o["gpu"] in SKY_ACCELERATORS), None)
+    if row is None:
+        raise TunesmithError(f"no single catalog GPU with a price holds {concurrency} sequences of {context:,} "
+                             "tokens of this model: lower --concurrency or --context, or name one with --gpu")
     return row
 
 
