@@ -140,7 +140,7 @@ def test_the_service_yaml_runs_vllm_on_the_cheapest_gpu_that_fits_without_the_ke
     assert config["run"] == ("vllm serve /tunesmith/model --enable-lora --lora-modules my-run=/tunesmith/adapter "
                              "--max-lora-rank 8 --max-model-len 128 --host 0.0.0.0 --port 8000 "
                              '--api-key "${VLLM_API_KEY:?set VLLM_API_KEY}"\n')
-    assert "(1 x L4 (24 GB, $0.80/hour on demand)" not in text and "on 1 x L4 (24 GB, $0.80/hour on demand)" in text
+    assert "# Serves my-run with vLLM on 1 x L4 (24 GB, $0.80/hour on demand)" in text
     assert f"sky serve up {path} -n my-run --secret VLLM_API_KEY" in result.stdout
     other = deploy(run, "--target", "sky", "--gpu", "a10g", "--out", run / "a10g.yaml")
     assert yaml.safe_load((run / "a10g.yaml").read_text())["resources"]["accelerators"] == "A10G:1"
