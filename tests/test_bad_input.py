@@ -104,6 +104,12 @@ def reviewed_run(tmp: Path) -> None:
     prepare_review(tmp / "run", ["ann"])
 
 
+def adapter_config(tmp: Path, **changes: object) -> None:
+    """Change fields of the copied run's adapter_config.json (what another trainer might write)."""
+    path = tmp / "run" / "adapter" / "adapter_config.json"
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
 PNG = b"\x89PNG\r\n\x1a\n" + bytes(range(256)) * 4
 UTF16 = '{"instruction": "a", "response": "b"}\n'.encode("utf-16")
 LATIN1_YAML = "train:\n  lr: 1e-4   # caf\xe9\n".encode("latin-1")
@@ -337,6 +343,33 @@ ROWS = [
     Row("export-no-adapter", ["export", "{tmp}/run", "--out", "{tmp}/out"], 1, ["adapter", "not found"],
         lambda tmp: (copy_run(tmp), shutil.rmtree(tmp / "run" / "adapter"))),
     Row("export-check", ["export", "{tmp}/run", "--out", "{tmp}/out", "--check", "-1"], 2, ["--check"], copy_run),
+    # ------------------------------------------------------------ deploy
+    Row("deploy-missing", ["deploy", "{tmp}/nope", "--target", "vllm"], 2, ["RUN", "nope", "run folder not found"]),
+    Row("deploy-file", ["deploy", "{tmp}/good.jsonl", "--target", "vllm"], 2, ["not a run folder"]),
+    Row("deploy-bad-target", ["deploy", "{tmp}/run", "--target", "docker"], 2,
+        ["--target docker: not a target; choose vllm", "or sky"], copy_run),
+    Row("deploy-no-adapter", ["deploy", "{tmp}/run", "--target", "vllm"], 1,
+        ["adapter/adapter_config.json: not found", "train it first"],
+        lambda tmp: (copy_run(tmp), shutil.rmtree(tmp / "run" / "adapter"))),
+    Row("deploy-adapter-json", ["deploy", "{tmp}/run", "--target", "vllm"], 2, ["adapter_config.json:1:2", "not valid JSON"],
+        lambda tmp: (copy_run(tmp), (tmp / "run" / "adapter" / "adapter_config.json").write_text("{oops"))),
+    Row("deploy-rank-beyond-vllm", ["deploy", "{tmp}/run", "--target", "vllm"], 1,
+        ["adapter rank r=1024 is beyond vLLM's largest --max-lora-rank (512)", "tunesmith export"],
+        lambda tmp: (copy_run(tmp), adapter_config(tmp, r=1024))),
+    Row("deploy-dora", ["deploy", "{tmp}/run", "--target", "sky"], 1, ["DoRA", "vLLM does not load DoRA"],
+        lambda tmp: (copy_run(tmp), adapter_config(tmp, use_dora=True))),
+    Row("deploy-out-folder", ["deploy", "{tmp}/run", "--target", "sky", "--out", "{tmp}/adir"], 2,
+        ["--out {tmp}/adir: is a folder", "service.yaml"], lambda tmp: (copy_run(tmp), (tmp / "adir").mkdir())),
+    Row("deploy-out-unwritable", ["deploy", "{tmp}/run", "--target", "sky", "--out", "{tmp}/ro/s.yaml"], 1,
+        ["s.yaml"], lambda tmp: (copy_run(tmp), read_only_folder("ro")(tmp)), no_override=True),
+    Row("deploy-gpu-unknown", ["deploy", "{tmp}/run", "--target", "sky", "--gpu", "B300"], 2,
+        ["'B300': unknown GPU; the catalog has"], copy_run),
+    Row("deploy-gpu-with-vllm", ["deploy", "{tmp}/run", "--target", "vllm", "--gpu", "L4"], 2,
+        ["--gpu and --out go with --target sky"], copy_run),
+    Row("deploy-gpu-too-small", ["deploy", "{tmp}/run", "--target", "sky", "--gpu", "L4", "--context", "131072",
+                                 "--concurrency", "100000"], 2, ["--gpu L4: serving needs", "lower --concurrency"],
+        copy_run),
+    Row("deploy-context", ["deploy", "{tmp}/run", "--target", "vllm", "--context", "0"], 2, ["--context"], copy_run),
     # ------------------------------------------------------------ the command line itself
     Row("unknown-command", ["trian"], 2, ["No such command 'trian'"]),
     Row("unknown-flag", ["gpus", "--json-out"], 2, ["No such option: --json-out"]),

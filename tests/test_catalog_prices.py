@@ -23,6 +23,7 @@ from tunesmith.cli import app
 from tunesmith.errors import UsageError
 
 GUIDE = "market range (guide)"
+BUILTIN_AWS = "AWS (SkyPilot catalog)"
 
 
 @pytest.fixture(autouse=True)
@@ -43,7 +44,7 @@ def write(path: Path, text: str) -> Path:
 
 
 def test_guide_ranges_ship_with_gpu_names_numbers_and_source():
-    by_gpu = {p.gpu: p for p in builtin_prices()}
+    by_gpu = {p.gpu: p for p in builtin_prices() if p.provider == GUIDE}
     assert set(by_gpu) == {"A100-80GB", "H100-SXM", "L40S"}
     assert (by_gpu["A100-80GB"].on_demand, by_gpu["A100-80GB"].spot) == ((2.5, 3.5), (1.5, 2.5))
     assert (by_gpu["H100-SXM"].on_demand, by_gpu["H100-SXM"].spot) == ((3.0, 4.0), (2.0, 3.0))
@@ -58,6 +59,19 @@ def test_guide_ranges_ship_with_gpu_names_numbers_and_source():
     assert (format_range((2.5, 3.5)), format_range((2.99, 2.99)), format_range(None)) == ("$2.50-3.50", "$2.99", "")
 
 
+def test_inference_gpus_ship_with_aws_prices_read_from_skypilots_catalog():
+    """L4 and A10G, the GPUs the guide names for inference: the smallest AWS instance with one
+    (g6.xlarge, g5.xlarge), its on-demand price in the cheapest US regions, the file and commit read."""
+    aws = {p.gpu: p for p in builtin_prices() if p.provider == BUILTIN_AWS}
+    assert set(aws) == {"L4", "A10G"}
+    assert (aws["L4"].on_demand, aws["A10G"].on_demand) == ((0.8048, 0.8048), (1.006, 1.006))
+    for p, instance in ((aws["L4"], "g6.xlarge (1 x L4"), (aws["A10G"], "g5.xlarge (1 x A10G")):
+        assert p.spot is None and p.as_of == "2026-11-29" and p.region == "us-east-1, us-east-2, us-west-2"
+        assert p.source.startswith("skypilot-org/skypilot-catalog catalogs/v7/aws/vms.csv at commit 001367d2")
+        assert instance in p.source and "CPUs and memory included" in p.note
+    assert {p.gpu for p in builtin_prices()} <= {g.name for g in load_gpus()}
+
+
 # ---------------------------------------------------------------- GPU names
 
 
@@ -65,6 +79,7 @@ def test_guide_ranges_ship_with_gpu_names_numbers_and_source():
     ("H100", "H100-SXM"), ("H100-SXM5", "H100-SXM"), ("h100 sxm5", "H100-SXM"), ("h100_sxm", "H100-SXM"),
     ("H100 PCIe", "H100-PCIe"), ("a100-80gb", "A100-80GB"), ("A100 40GB", "A100-40GB"),
     ("A6000", "RTX-A6000"), ("rtx 4090", "RTX-4090"), ("H200-SXM", "H200"), ("l40s", "L40S"), ("A10", "A10"),
+    ("a10g", "A10G"),  # AWS's part, its own catalog entry: never priced as an A10
 ])
 def test_gpu_aliases(name, expected):
     assert resolve_gpu(name) == expected
@@ -72,7 +87,6 @@ def test_gpu_aliases(name, expected):
 
 @pytest.mark.parametrize("name, message", [
     ("A100", "'A100': ambiguous: write A100-40GB or A100-80GB"),
-    ("A10G", "'A10G': the A10G (AWS g5) is a different part from the A10"),
     ("B300", "'B300': unknown GPU; the catalog has H200, H100-SXM, H100-PCIe"),
 ])
 def test_names_that_are_not_catalog_gpus_are_refused_with_the_reason(name, message):
@@ -116,7 +130,6 @@ GOOD = "my-cloud,H100,3.00,2.00,2026-05-01,quote"
     ("my-cloud,H100,4-3,,2026-05-01,quote", "column on_demand = '4-3': the low end is above the high end"),
     ("my-cloud,,3.00,,2026-05-01,quote", "column gpu is empty"),
     ("my-cloud,B300,3.00,,2026-05-01,quote", "column gpu = 'B300': unknown GPU; the catalog has H200, H100-SXM"),
-    ("my-cloud,A10G,1.00,,2026-05-01,quote", "column gpu = 'A10G': the A10G (AWS g5) is a different part"),
     ("my-cloud,A100,1.00,,2026-05-01,quote", "column gpu = 'A100': ambiguous: write A100-40GB or A100-80GB"),
     ("my-cloud,H100,3.00,,June 2026,quote", "column as_of = 'June 2026' is not a date; expected YYYY-MM-DD or YYYY-MM"),
     ("my-cloud,H100,3.00,,2026-13,quote", "column as_of = '2026-13' is not a date"),
@@ -196,7 +209,7 @@ def test_skypilot_catalog_per_gpu_cheapest_region_and_names(tmp_path):
     catalog = write_catalog(tmp_path)
     found = {(p.provider, p.gpu): p for p in skypilot_prices(catalog)}
     # AWS: instance price / 8 GPUs; on-demand cheapest in us-west-2, spot cheapest in us-east-1
-    # (another zone than the first row); the A10G is not an A10 and the CPU VM has no GPU.
+    # (another zone than the first row); the A10G is its own GPU, not an A10; the CPU VM has no GPU.
     a100 = found[("aws", "A100-80GB")]
     assert (a100.on_demand, a100.spot) == ((4.0, 4.0), (1.5, 1.5))
     assert a100.region == "us-west-2; spot: us-east-1"
@@ -209,7 +222,9 @@ def test_skypilot_catalog_per_gpu_cheapest_region_and_names(tmp_path):
     assert found[("azure", "A10")].on_demand == (3.0, 3.0) and found[("azure", "A10")].spot is None
     assert not {key for key in found if key[0] == "azure" and key[1] != "A10"}
     # GCP prices its GPUs apart from the VM they attach to: such rows would understate the cost.
-    assert set(found) == {("aws", "A100-80GB"), ("lambda", "H100-PCIe"), ("lambda", "H100-SXM"), ("azure", "A10")}
+    assert found[("aws", "A10G")].on_demand == (1.0, 1.0)
+    assert set(found) == {("aws", "A100-80GB"), ("aws", "A10G"), ("lambda", "H100-PCIe"), ("lambda", "H100-SXM"),
+                          ("azure", "A10")}
 
 
 def test_skypilot_default_location_is_the_newest_schema_under_home(tmp_path, monkeypatch):
@@ -217,8 +232,8 @@ def test_skypilot_default_location_is_the_newest_schema_under_home(tmp_path, mon
     write_catalog(home / ".sky" / "catalogs")
     write(home / ".sky" / "catalogs" / "v10" / "lambda" / "vms.csv", LAMBDA)  # newer than v8 (not by string order)
     assert skypilot_catalog_dir() == home / ".sky" / "catalogs" / "v10"
-    assert {p.provider for p in load_prices()} == {GUIDE, "lambda"}
-    assert {p.provider for p in load_prices(skypilot=False)} == {GUIDE}
+    assert {p.provider for p in load_prices()} == {GUIDE, BUILTIN_AWS, "lambda"}
+    assert {p.provider for p in load_prices(skypilot=False)} == {GUIDE, BUILTIN_AWS}
 
 
 def test_no_skypilot_catalog_means_no_skypilot_prices_and_no_error(tmp_path):
@@ -254,7 +269,8 @@ def test_gpus_json_lists_every_gpu_with_its_prices(tmp_path):
     assert gpus["H100-SXM"]["prices"][0] == {
         "provider": GUIDE, "on_demand": [3.0, 4.0], "spot": [2.0, 3.0], "as_of": "2026-06",
         "source": builtin_prices()[1].source, "region": None, "note": None}
-    assert gpus["L4"]["prices"] == [{"provider": "mine", "on_demand": [0.5, 0.5], "spot": None, "as_of": "2026-05-02",
+    assert gpus["L4"]["prices"][0]["provider"] == BUILTIN_AWS
+    assert gpus["L4"]["prices"][1:] == [{"provider": "mine", "on_demand": [0.5, 0.5], "spot": None, "as_of": "2026-05-02",
                                      "source": "q", "region": "eu", "note": None}]
     assert gpus["H200"]["prices"] == []
 

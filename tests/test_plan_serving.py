@@ -66,3 +66,14 @@ def test_nothing_fits_exits_1_and_says_what_to_lower():
     result = run_plan("--model", "llama-3.1-70b", "--inference", "--context", "131072", "--concurrency", "64")
     assert result.returncode == 1
     assert "lower --concurrency or --context" in result.stdout
+
+
+def test_the_inference_gpus_have_prices_and_a_small_model_goes_to_the_l4():
+    """Regression: L4 and A10 showed "no price", so a 0.5B model was sent to an L40S."""
+    small = model_facts("qwen2.5-0.5b")[0]
+    plan = serving_plan(small, load_gpus(), load_prices(skypilot=False), context=2048, concurrency=8,
+                        tokens_per_s=1000)
+    rows = {o["gpu"]: o for o in plan["options"]}
+    assert rows["L4"]["usd_per_hour"] == (0.8048, 0.8048) and rows["A10G"]["usd_per_hour"] == (1.006, 1.006)
+    assert rows["L4"]["usd_per_million_tokens"] == (round(0.8048 / 3600 * 1e6 / 1000, 4),) * 2  # $0.2236
+    assert plan["recommendation"]["gpu"] == "L4"

@@ -531,6 +531,54 @@ def export_cmd(
     out.print(f"exported the {what} ({record['dtype']}) -> {out_dir}", highlight=False)
 
 
+@app.command("deploy")
+def deploy_cmd(
+    run: Path = typer.Argument(..., help="run folder written by `tunesmith train`"),
+    target: str = typer.Option(..., "--target", help="vllm: print the `vllm serve` command; sky: write a SkyPilot "
+                               "service YAML (RUN/deploy/service.yaml) on the inference GPU the planner picks"),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="with sky: serve on this catalog GPU (default: the "
+                                      "cheapest priced one that fits)"),
+    context: Optional[int] = typer.Option(None, "--context", min=16, help="tokens per sequence, prompt + answer "
+                                          "(vLLM's --max-model-len; default: the run's train.max_seq_len)"),
+    concurrency: int = typer.Option(16, "--concurrency", min=1, help="with sky: sequences served at once, for "
+                                    "sizing the GPU"),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="the port vLLM listens on"),
+    out_file: Optional[Path] = typer.Option(None, "--out", help="with sky: the YAML file to write (default: "
+                                            "RUN/deploy/service.yaml)"),
+) -> None:
+    """Serve a finished run with vLLM: the base with the adapter (checked against vLLM's
+    limits) on this machine (--target vllm), or as a SkyPilot service on a cloud GPU
+    (--target sky). The API key comes from VLLM_API_KEY; it is never written to a file."""
+    from tunesmith.io import write_text_atomic
+    from tunesmith.serve.deploy import (client_example, command_line, pick_gpu, read_served, service_config,
+                                        service_yaml, vllm_args)
+
+    if target not in ("vllm", "sky"):
+        raise UsageError(f"--target {target}: not a target; choose vllm (print the command) or sky (write a "
+                         "SkyPilot service YAML)")
+    if target == "vllm" and (gpu is not None or out_file is not None):
+        raise UsageError("--gpu and --out go with --target sky: --target vllm prints a command for this machine")
+    out_path = out_file if out_file is not None else run / "deploy" / "service.yaml"
+    if target == "sky" and out_path.is_dir():
+        raise UsageError(f"--out {out_path}: is a folder; give the YAML file to write, e.g. {out_path / 'service.yaml'}")
+    served = read_served(run, context=context)
+    for note in served.notes:  # on stderr: stdout stays a script (`tunesmith deploy RUN --target vllm > serve.sh`)
+        err.print(f"[yellow]note:[/] {escape(note)}", highlight=False, soft_wrap=True)
+    if target == "vllm":
+        out.print(command_line(vllm_args(served, port=port)), highlight=False, soft_wrap=True)
+        out.print(f"# then, with the same VLLM_API_KEY set: {client_example(served, f'http://127.0.0.1:{port}')}",
+                  highlight=False, soft_wrap=True)
+        return
+    row = pick_gpu(served, gpu=gpu, context=served.max_model_len, concurrency=concurrency)
+    config = service_config(served, row, port=port)
+    write_text_atomic(out_path, service_yaml(served, row, config, run, out_path))
+    out.print(f"wrote {out_path} (1 x {row['gpu']}, vLLM on port {port}); start it with the key in VLLM_API_KEY:",
+              highlight=False)
+    out.print(f"sky serve up {out_path} -n {config['name']} --secret VLLM_API_KEY", highlight=False, soft_wrap=True)
+    out.print(f"# then ENDPOINT=$(sky serve status {config['name']} --endpoint) and: "
+              f"{client_example(served, '$ENDPOINT')}", highlight=False, soft_wrap=True)
+
+
 @app.command("review")
 def review_cmd(
     run: Path = typer.Argument(..., help="run folder with eval/outputs.jsonl (written by `tunesmith eval`)"),

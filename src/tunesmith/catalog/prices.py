@@ -3,7 +3,8 @@
 Prices come from sources registered in `PRICE_SOURCES`; `load_prices` concatenates them:
 
 - ``builtin``: ``prices.json``, shipped with tunesmith. Only prices with a checkable source
-  ship there (today: the guide's mid-2026 market ranges), never prices from memory.
+  ship there (the guide's mid-2026 market ranges; AWS's L4 and A10G instances, the GPUs the
+  guide names for inference, read from SkyPilot's public catalog), never prices from memory.
 - ``csv``: your own file, ``tunesmith gpus --prices FILE.csv`` (format below).
 - ``skypilot``: SkyPilot's offline catalog, read from disk where SkyPilot has written it
   (``~/.sky/catalogs/<version>/<cloud>/vms.csv``); nothing is imported or fetched.
@@ -101,7 +102,6 @@ GPU_ALIASES = {
 # the other would put the wrong speed or memory behind a cost estimate.
 NOT_IN_CATALOG = {
     "a100": "ambiguous: write A100-40GB or A100-80GB",
-    "a10g": "the A10G (AWS g5) is a different part from the A10 and is not in the GPU catalog",
 }
 
 
@@ -256,7 +256,8 @@ SKYPILOT_GPUS = {
     "H200-SXM": "H200",
     "L40S": "L40S",
     "L4": "L4",
-    "A10": "A10",  # A10G (AWS) is another part: not mapped
+    "A10": "A10",
+    "A10G": "A10G",  # AWS's part (g5): not an A10, less tensor compute
     "A6000": "RTX-A6000",
     "RTXA6000": "RTX-A6000",
     "RTX4090": "RTX-4090",

@@ -16,7 +16,7 @@ from tunesmith.plan.memory import GB
 CUDA_NAMES = [
     ("h200", "H200"), ("h100 pcie", "H100-PCIe"), ("h100", "H100-SXM"),
     ("a100-sxm4-40gb", "A100-40GB"), ("a100-pcie-40gb", "A100-40GB"), ("a100", "A100-80GB"),
-    ("l40s", "L40S"), ("a10g", None), ("a10", "A10"), ("l4", "L4"), ("4090", "RTX-4090"), ("a6000", "RTX-A6000"),
+    ("l40s", "L40S"), ("a10g", "A10G"), ("a10", "A10"), ("l4", "L4"), ("4090", "RTX-4090"), ("a6000", "RTX-A6000"),
 ]
 
 
