@@ -104,6 +104,26 @@ def reviewed_run(tmp: Path) -> None:
     prepare_review(tmp / "run", ["ann"])
 
 
+def edit_config(run: Path, **sections: dict) -> None:
+    import yaml
+
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    for name, fields in sections.items():
+        config[name].update(fields)
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+
+
+def run_on_another_base(tmp: Path) -> None:
+    """RUN and RUN2: the same run, but RUN2's config names a copy of the base elsewhere."""
+    import yaml
+
+    copy_run(tmp)
+    shutil.copytree(tmp / "run", tmp / "run2")
+    base = yaml.safe_load((tmp / "run" / "config.yaml").read_text())["model"]["source"]
+    shutil.copytree(base, tmp / "base2")
+    edit_config(tmp / "run2", model={"source": str(tmp / "base2")})
+
+
 def adapter_config(tmp: Path, **changes: object) -> None:
     """Change fields of the copied run's adapter_config.json (what another trainer might write)."""
     path = tmp / "run" / "adapter" / "adapter_config.json"
@@ -370,6 +390,26 @@ ROWS = [
                                  "--concurrency", "100000"], 2, ["--gpu L4: serving needs", "lower --concurrency"],
         copy_run),
     Row("deploy-context", ["deploy", "{tmp}/run", "--target", "vllm", "--context", "0"], 2, ["--context"], copy_run),
+    # ------------------------------------------------------------ serve
+    Row("serve-missing", ["serve", "{tmp}/nope"], 2, ["nope: not found", "give a run folder"]),
+    Row("serve-not-a-run", ["serve", "{tmp}/adir"], 2, ["adir: neither a run folder", "nor an adapter folder"],
+        folder("adir")),
+    Row("serve-no-adapter", ["serve", "{tmp}/run"], 1, ["run/adapter not found", "did training finish"],
+        lambda tmp: (copy_run(tmp), shutil.rmtree(tmp / "run" / "adapter"))),
+    Row("serve-adapter-no-base", ["serve", "{tmp}/a"], 2, ["names the base model", "copy the run's adapter folder whole"],
+        write("a/adapter_config.json", '{"r": 4}')),
+    Row("serve-same-name", ["serve", "{tmp}/run", "{tmp}/run/adapter"], 2, ["both would serve as 'run'", "rename"],
+        copy_run),
+    Row("serve-other-base", ["serve", "{tmp}/run", "{tmp}/run2"], 2,
+        ["run2: was trained on", "one server serves adapters of one base"], run_on_another_base),
+    Row("serve-config", ["serve", "{tmp}/run"], 2, ["config.yaml", "method.name"],
+        lambda tmp: (copy_run(tmp), edit_config(tmp / "run", method={"name": "lorax"}))),
+    Row("serve-short-key", ["serve", "{tmp}/run", "--api-key", "abc"], 2, ["--api-key", "at least 8 characters"],
+        copy_run),
+    Row("serve-env-key", ["serve", "{tmp}/run"], 2, ["TUNESMITH_API_KEY", "at least 8 characters"], copy_run,
+        env={"TUNESMITH_API_KEY": " x "}),
+    Row("serve-port", ["serve", "{tmp}/run", "--port", "70000"], 2, ["--port", "65535"], copy_run),
+    Row("serve-max-waiting", ["serve", "{tmp}/run", "--max-waiting", "-1"], 2, ["--max-waiting"], copy_run),
     # ------------------------------------------------------------ the command line itself
     Row("unknown-command", ["trian"], 2, ["No such command 'trian'"]),
     Row("unknown-flag", ["gpus", "--json-out"], 2, ["No such option: --json-out"]),

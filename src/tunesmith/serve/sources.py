@@ -34,6 +34,7 @@ class Source:
     """One model to serve: an adapter on the shared base, or a whole model of its own."""
 
     name: str  # the `model` a request names: the run folder's name
+    given: Path  # the PATH as given, for messages
     kind: Literal["adapter", "model"]
     folder: Path  # the adapter folder, or the model folder
     base: str  # the base as the user named it when training (alias, hub id, path)
@@ -67,7 +68,7 @@ def plan_serving(paths: list[Path]) -> Plan:
     resolved = {s.name: resolve_source(s.base, trust_remote_code=s.trust_remote_code) for s in sources}
     for s in sources[1:]:
         if resolved[s.name] != resolved[first.name]:
-            raise UsageError(f"{s.folder}: was trained on {s.base}, {first.folder} on {first.base}; one server "
+            raise UsageError(f"{s.given}: was trained on {s.base}, {first.given} on {first.base}; one server "
                              f"serves adapters of one base: start a `tunesmith serve` per base")
     return Plan(first.base, resolved[first.name], first.dtype, any(s.trust_remote_code for s in sources), sources)
 
@@ -91,11 +92,11 @@ def _run_source(run_dir: Path) -> Source:
         folder = run_dir / "model"
         if not (folder / "config.json").is_file():
             raise TunesmithError(f"{folder} not found: the run has no trained model yet (did training finish?)")
-        return Source(name, "model", folder, cfg.model.source, "full", cfg.model.dtype, trust)
+        return Source(name, run_dir, "model", folder, cfg.model.source, "full", cfg.model.dtype, trust)
     folder = run_dir / "adapter"
     if not (folder / "adapter_config.json").is_file():
         raise TunesmithError(f"{folder} not found: the run has no trained adapter yet (did training finish?)")
-    return Source(name, "adapter", folder, cfg.model.source, cfg.method.name, cfg.model.dtype, trust)
+    return Source(name, run_dir, "adapter", folder, cfg.model.source, cfg.method.name, cfg.model.dtype, trust)
 
 
 def _adapter_source(folder: Path, fallback_name: str) -> Source:
@@ -106,15 +107,15 @@ def _adapter_source(folder: Path, fallback_name: str) -> Source:
         raise UsageError(f"{e}; copy the run's adapter folder whole (with {MANIFEST})") from None
     method = (manifest.get("method") or {}).get("name", "lora")
     name = manifest.get("run") or fallback_name
-    return Source(str(name), "adapter", folder, base, method, "auto")
+    return Source(str(name), folder, "adapter", folder, base, method, "auto")
 
 
 def _check_names(sources: list[Source]) -> None:
     seen: dict[str, Path] = {}
     for s in sources:
         if not NAME.fullmatch(s.name) or s.name == BASE_NAME:
-            raise UsageError(f"{s.folder}: serves under the name {s.name!r}, which a request cannot use (letters, "
+            raise UsageError(f"{s.given}: serves under the name {s.name!r}, which a request cannot use (letters, "
                              f"digits, '.', '_' or '-', not {BASE_NAME!r}); rename the run folder")
         if s.name in seen:
-            raise UsageError(f"{s.folder} and {seen[s.name]}: both would serve as {s.name!r}; rename one folder")
-        seen[s.name] = s.folder
+            raise UsageError(f"{s.given} and {seen[s.name]}: both would serve as {s.name!r}; rename one folder")
+        seen[s.name] = s.given
