@@ -92,7 +92,7 @@ class Engine:
         return prompt_ids(self.tokenizer, messages)
 
     def text_prompt(self, text: str) -> list[int]:
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(text)["input_ids"]  # with BOS where the tokenizer adds one, as vLLM does
 
     @contextmanager
     def selected(self, name: str) -> Iterator[Any]:
