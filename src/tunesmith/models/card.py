@@ -102,26 +102,40 @@ def write_model_card(run_dir: Path, review: dict[str, Any] | None = None) -> Pat
     return weights / "README.md"
 
 
+def exported_card(run_dir: Path) -> str:
+    """The card of a folder `tunesmith export` merged (or, for full fine-tuning, re-saved): the
+    run's card, for weights that load with plain transformers."""
+    run_dir = Path(run_dir)
+    config = read_yaml_file(run_dir / "config.yaml") or {}
+    method = (config.get("method") or {}).get("name") or "lora"
+    manifest = read_json_file(run_dir / ("model" if method == "full" else "adapter") / MANIFEST) or {}
+    return render_card(run_dir, config, method, manifest, manifest.get("review"), merged=True)
+
+
 def render_card(run_dir: Path, config: dict[str, Any], method: str, manifest: dict[str, Any],
-                review: dict[str, Any] | None) -> str:
+                review: dict[str, Any] | None, *, merged: bool = False) -> str:
+    """The card of RUN's weights: the adapter as trained, or (`merged`) an exported folder."""
     source = (manifest.get("base") or {}).get("source") or (config.get("model") or {}).get("source") or "unknown"
     report = read_json_file(run_dir / "data" / "report.json")
     record = read_json_file(run_dir / "train.json")
     scores = read_json_file(run_dir / "eval" / "scores.json")
-    front = {"base_model": source, "library_name": "transformers" if method == "full" else "peft",
-             "tags": ["tunesmith", method]}
+    plain = merged or method == "full"
+    front = {"base_model": source, "library_name": "transformers" if plain else "peft",
+             "tags": ["tunesmith", method] + (["merged"] if merged and method != "full" else [])}
+    what = f"A {METHOD_NAMES.get(method, method)} of `{source}`"
+    if merged and method != "full":
+        what += ", merged into the base's weights"
     parts = [
         "---\n" + yaml.safe_dump(front, sort_keys=False, allow_unicode=True) + "---",
         f"# {run_dir.name}",
-        f"A {METHOD_NAMES.get(method, method)} of `{source}`, "
-        f"trained with tunesmith.",
+        f"{what}, trained with tunesmith.",
         section_use(config, report),
         section_data(report),
         section_method(config, method, manifest),
         section_training(record),
         section_eval(scores),
         section_review(review, (run_dir / "review" / "votes.db").is_file()),
-        section_load(source, method),
+        section_load(source, "exported" if merged else method),
         section_limits(source, report, scores),
     ]
     return "\n\n".join(parts) + "\n"
@@ -231,6 +245,14 @@ def section_review(review: dict[str, Any] | None, has_votes: bool) -> str:
 
 
 def section_load(source: str, method: str) -> str:
+    """How to load the weights: `method` is the run's, or "exported" for a folder from `tunesmith export`."""
+    if method == "exported":
+        code = ('from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
+                'model = AutoModelForCausalLM.from_pretrained("THIS_FOLDER")\n'
+                'tokenizer = AutoTokenizer.from_pretrained("THIS_FOLDER")')
+        return (f"## How to load it\n\n```python\n{code}\n```\n\nNo peft and no tunesmith needed: the tokenizer "
+                f"carries the chat template the model was trained with, and generation_config.json stops at the "
+                f"end-of-turn token it learned.")
     if method == "full":
         code = ('from transformers import AutoModelForCausalLM, AutoTokenizer\n\n'
                 'model = AutoModelForCausalLM.from_pretrained("RUN/model")\n'
