@@ -16,6 +16,8 @@ q8_0 round the weights, so an answer may legitimately change where two tokens we
 
 from __future__ import annotations
 
+import contextlib
+import io
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -129,10 +131,11 @@ def write_gguf(folder: Path, path: Path, kind: str, plan: Plan, name: str) -> No
     tensors = list(_named_tensors(folder, plan))
     for gguf_key, _hf_key, shape, _read in tensors:
         qtype = _tensor_type(kind, shape)
-        nbytes = int(np.prod(shape)) * 4 if qtype == gguf.GGMLQuantizationType.F32 else _quant_bytes(shape, qtype)
-        writer.add_tensor_info(gguf_key, _byte_shape(shape, qtype), np.dtype(np.uint8 if qtype ==
-                               gguf.GGMLQuantizationType.Q8_0 else np.float16 if qtype ==
-                               gguf.GGMLQuantizationType.F16 else np.float32), nbytes, raw_dtype=qtype)
+        block, size = gguf.GGML_QUANT_SIZES[qtype]  # (1, 4) for F32, (1, 2) for F16, (32, 34) for Q8_0
+        # The writer takes a quantised tensor's shape in bytes per row, as its data will have it.
+        stored = (gguf.quant_shape_to_byte_shape(shape, qtype), np.uint8) if block > 1 else (shape, np.float32)
+        writer.add_tensor_info(gguf_key, stored[0], np.dtype(stored[1]), int(np.prod(shape)) // block * size,
+                               raw_dtype=qtype)
     writer.write_header_to_file()
     writer.write_kv_data_to_file()
     writer.write_ti_data_to_file()
@@ -254,18 +257,14 @@ def _named_tensors(folder: Path, plan: Plan) -> Iterator[tuple[str, str, tuple[i
     tied = bool(getattr(plan.config, "tie_word_embeddings", False))
     for shard in sorted(folder.glob("*.safetensors")):
         with safe_open(str(shard), framework="pt") as f:
-            keys = list(f.keys())
-        for key in keys:
+            shapes = {key: tuple(f.get_slice(key).get_shape()) for key in f.keys()}
+        for key, shape in shapes.items():
             if tied and key == "lm_head.weight":
                 continue  # llama.cpp reuses token_embd when there is no output.weight
-            if key.endswith("rotary_emb.inv_freq"):
-                continue
             mapped = names.get_name(key, try_suffixes=(".weight", ".bias"))
             if mapped is None:
                 raise TunesmithError(f"--gguf: no llama.cpp name for tensor {key} of {shard.name} (please report "
                                      f"this: it is a bug)")
-            with safe_open(str(shard), framework="pt") as f:
-                shape = tuple(f.get_slice(key).get_shape())
             yield mapped, key, shape, _reader(shard, key)
 
 
@@ -310,19 +309,6 @@ def _tensor_type(kind: str, shape: tuple[int, ...]) -> Any:
     return q.F16  # f16, and rows Q8_0's 32-wide blocks do not divide (llama.cpp does the same)
 
 
-def _quant_bytes(shape: tuple[int, ...], qtype: Any) -> int:
-    import gguf
-
-    block, size = gguf.GGML_QUANT_SIZES[qtype]
-    return int(np.prod(shape)) // block * size
-
-
-def _byte_shape(shape: tuple[int, ...], qtype: Any) -> tuple[int, ...]:
-    import gguf
-
-    return gguf.quant_shape_to_byte_shape(shape, qtype) if qtype == gguf.GGMLQuantizationType.Q8_0 else shape
-
-
 def _encode(array: np.ndarray, qtype: Any) -> np.ndarray:
     import gguf
 
@@ -355,7 +341,10 @@ def load_gguf_model(path: Path, dtype: torch.dtype, device: torch.device) -> Any
     CPU matmul."""
     from transformers import AutoModelForCausalLM
 
-    return AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype).to(device)
+    # The loader draws its own tqdm bar on stderr, outside transformers' progress-bar switch.
+    with contextlib.redirect_stderr(io.StringIO()):
+        model = AutoModelForCausalLM.from_pretrained(str(path.parent), gguf_file=path.name, dtype=dtype)
+    return model.to(device)
 
 
 def check_tokenizer(loaded: Any, trained: Any, prompts: list[list[int]], encoded: list[list[int]], path: Path) -> None:
