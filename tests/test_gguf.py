@@ -158,3 +158,40 @@ def test_a_tokenizer_that_encodes_differently_fails_and_leaves_nothing(run, tmp_
     with pytest.raises(TunesmithError, match="encodes check prompt 1 to other ids"):
         export.export_run(run, tmp_path / "out", gguf_type="q8_0", check=1)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_qwen2_with_biases_and_its_own_output_layer(tmp_path):
+    """No training: a tiny Qwen2 (q/k/v biases, no row permutation, untied lm_head -> output.weight)
+    with Qwen2's pre-tokenizer, written and loaded back bit-equal in f16."""
+    from tokenizers import Regex, pre_tokenizers
+    from transformers import Qwen2Config, Qwen2ForCausalLM
+
+    from tiny import build_tokenizer
+    from tunesmith.serve import gguf
+
+    tokenizer = build_tokenizer()
+    tokenizer.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(gguf.QWEN2_SPLIT), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)])
+    torch.manual_seed(0)
+    model = Qwen2ForCausalLM(Qwen2Config(vocab_size=352, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                                         num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=False,
+                                         max_position_embeddings=256, rope_theta=1e6))
+    model.generation_config.eos_token_id = [tokenizer.eos_token_id]
+    folder = tmp_path / "merged"
+    model.save_pretrained(folder)
+    tokenizer.save_pretrained(folder)
+    path = tmp_path / "q.gguf"
+    plan = gguf.plan_gguf(folder, tokenizer)
+    assert (plan.arch, plan.pre) == ("qwen2", "qwen2")
+    gguf.write_gguf(folder, path, "f16", plan, "q")
+    loaded, loaded_tokenizer = load_alone(path, tmp_path)
+    assert type(loaded).__name__ == "Qwen2ForCausalLM" and not loaded.config.tie_word_embeddings
+    assert loaded.config.rope_parameters["rope_theta"] == 1e6 and loaded.config.max_position_embeddings == 256
+    assert len(loaded_tokenizer) == 352  # 320 tokens, then [PAD320].. up to the embedding's rows
+    text = 'Hi, Maria Lopez from Porto: 1234 {"name": "x"}\n\n  done'
+    assert loaded_tokenizer.encode(text) == tokenizer.encode(text)
+    state = loaded.state_dict()
+    for name, weight in model.state_dict().items():
+        expected = weight.half().float() if weight.dim() == 2 else weight
+        assert torch.equal(state[name], expected), name
