@@ -11,6 +11,8 @@ generation_config.json whose eos_token_id is the end-of-turn token training taug
 DIR/export.json: how many greedy answers of the folder, loaded back the way a user loads it,
 equal those of the run's model on the first held-out prompts. DIR appears whole or not at
 all: a LoRA export whose answers differ is an error and leaves nothing behind.
+--gguf f16|q8_0 adds DIR/<run>-<type>.gguf, written and checked by serve/gguf.py inside the
+same atomic fill, with its own record under "gguf" in export.json.
 """
 
 from __future__ import annotations
@@ -196,7 +198,7 @@ def _export_gguf(loaded: Loaded, folder: Path, kind: str, reference: list[str]) 
     alone = folder / ".gguf-check"
     alone.mkdir()
     path = alone / gguf.gguf_name(loaded.run_dir, kind)
-    gguf.write_gguf(folder, path, kind, gguf.plan_gguf(folder, loaded.tokenizer), loaded.run_dir.name)
+    gguf.write_gguf(folder, path, kind, gguf.plan_gguf(folder, loaded.tokenizer), loaded.run_dir.resolve().name)
     record: dict[str, Any] = {"file": path.name, "type": kind, "bytes": path.stat().st_size, "checked": 0,
                               "identical": 0}
     tokenizer = gguf.load_gguf_tokenizer(path)

@@ -59,7 +59,8 @@ class Plan:
 
 
 def gguf_name(run_dir: Path, kind: str) -> str:
-    return f"{run_dir.name}-{kind}.gguf"
+    """<run folder's name>-<type>.gguf (resolved: `export .` names the folder, not "")."""
+    return f"{run_dir.resolve().name}-{kind}.gguf"
 
 
 def check_type(kind: str | None, *, adapter_only: bool) -> None:
