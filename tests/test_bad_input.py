@@ -363,6 +363,10 @@ ROWS = [
     Row("export-no-adapter", ["export", "{tmp}/run", "--out", "{tmp}/out"], 1, ["adapter", "not found"],
         lambda tmp: (copy_run(tmp), shutil.rmtree(tmp / "run" / "adapter"))),
     Row("export-check", ["export", "{tmp}/run", "--out", "{tmp}/out", "--check", "-1"], 2, ["--check"], copy_run),
+    Row("export-gguf-type", ["export", "{tmp}/run", "--out", "{tmp}/out", "--gguf", "q4_k"], 2,
+        ["--gguf q4_k", "use one of f16, q8_0"], copy_run),
+    Row("export-gguf-adapter-only", ["export", "{tmp}/run", "--out", "{tmp}/out", "--gguf", "f16", "--adapter-only"], 2,
+        ["--gguf with --adapter-only", "drop --adapter-only"], copy_run),
     # ------------------------------------------------------------ deploy
     Row("deploy-missing", ["deploy", "{tmp}/nope", "--target", "vllm"], 2, ["RUN", "nope", "run folder not found"]),
     Row("deploy-file", ["deploy", "{tmp}/good.jsonl", "--target", "vllm"], 2, ["not a run folder"]),

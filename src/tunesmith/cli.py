@@ -513,15 +513,21 @@ def export_cmd(
                                       "of merging it into the base"),
     check: int = typer.Option(8, "--check", min=0, help="held-out prompts whose greedy answers the exported "
                               "folder must reproduce (0: skip the check)"),
+    gguf_type: Optional[str] = typer.Option(None, "--gguf", help="also write DIR/<run>-<type>.gguf for llama.cpp "
+                                            "and Ollama: f16 or q8_0 (8-bit, about half the size)"),
 ) -> None:
     """Write the tuned model as a folder plain transformers loads: LoRA merged into the base
     (safetensors shards), the tokenizer with its chat template, a generation config that stops
-    at the trained end-of-turn token. Checks that the folder answers as the run's model does."""
+    at the trained end-of-turn token. Checks that the folder answers as the run's model does.
+    --gguf also writes one GGUF file and checks it loaded back from the file alone."""
     from tunesmith.serve.export import export_run
+    from tunesmith.serve.gguf import check_type
 
+    check_type(gguf_type, adapter_only=adapter_only)
     quiet_transformers()
     working_in(run, "nothing was written to --out; run the same command again")
-    record = export_run(run, out_dir, adapter_only=adapter_only, check=check, on_note=print_note)
+    record = export_run(run, out_dir, adapter_only=adapter_only, check=check, gguf_type=gguf_type,
+                        on_note=print_note)
     if record["checked"]:
         out.print(f"greedy answers: {record['identical']} of {record['checked']} identical to {record['against']}",
                   highlight=False)
@@ -529,6 +535,13 @@ def export_cmd(
         out.print("greedy check skipped (--check 0)", highlight=False)
     what = "adapter" if adapter_only else "merged model" if record["merged"] else "model"
     out.print(f"exported the {what} ({record['dtype']}) -> {out_dir}", highlight=False)
+    if gguf_type:
+        gguf = record["gguf"]
+        size = f"{gguf['bytes'] / 1e6:.1f} MB" if gguf["bytes"] >= 1e6 else f"{gguf['bytes'] / 1e3:.1f} kB"
+        check_line = (f"greedy answers {gguf['identical']} of {gguf['checked']} identical to {record['against']}"
+                      if gguf["checked"] else "greedy check skipped (--check 0)")
+        out.print(f"gguf ({gguf['type']}, {size}) -> {out_dir / gguf['file']}; loaded back from the file alone: "
+                  f"same chat template and prompt ids, {check_line}", highlight=False)
 
 
 @app.command("deploy")

@@ -11,6 +11,8 @@ generation_config.json whose eos_token_id is the end-of-turn token training taug
 DIR/export.json: how many greedy answers of the folder, loaded back the way a user loads it,
 equal those of the run's model on the first held-out prompts. DIR appears whole or not at
 all: a LoRA export whose answers differ is an error and leaves nothing behind.
+--gguf f16|q8_0 adds DIR/<run>-<type>.gguf, written and checked by serve/gguf.py inside the
+same atomic fill, with its own record under "gguf" in export.json.
 """
 
 from __future__ import annotations
@@ -29,10 +31,11 @@ from tunesmith.config import RunConfig, load_run_config
 from tunesmith.errors import TunesmithError, UsageError
 from tunesmith.eval.cases import held_out_cases
 from tunesmith.eval.generate import answer_budget, generate_greedy
-from tunesmith.io import check_output_dir, write_dir_atomic, write_json_atomic
+from tunesmith.io import check_output_dir, file_sha256, write_dir_atomic, write_json_atomic
 from tunesmith.models.encode import prompt_ids
 from tunesmith.models.generation import stop_ids
 from tunesmith.models.load import load_model
+from tunesmith.serve import gguf
 from tunesmith.train.tuned import base_source, load_tuned
 
 MARKER = "export.json"
@@ -59,15 +62,18 @@ class Loaded:
 
 
 def export_run(run_dir: str | Path, out_dir: str | Path, *, adapter_only: bool = False, check: int = CHECK_PROMPTS,
-               on_note: Callable[[str], None] | None = None) -> dict[str, Any]:
+               gguf_type: str | None = None, on_note: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Write DIR (atomically) and return what DIR/export.json says."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
+    gguf.check_type(gguf_type, adapter_only=adapter_only)
     cfg = load_run_config(run_dir)
     check_target(run_dir, out_dir)
     if adapter_only and cfg.method.name == "full":
         raise UsageError(f"--adapter-only: {run_dir} was trained with method full and has no adapter; "
                          f"export it without --adapter-only")
     loaded = prepare(cfg, run_dir, check)
+    if gguf_type:  # refused before the merge, not after it
+        gguf.check_exportable(_base_config(loaded), loaded.tokenizer)
     note = on_note or (lambda _text: None)
     if cfg.method.name == "qlora" and not adapter_only:
         note("QLoRA: the adapter is merged into the 16-bit base; it was trained against the 4-bit weights, "
@@ -77,17 +83,19 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, adapter_only: bool =
 
     def fill(folder: Path) -> None:
         if adapter_only:
-            result = _export_adapter(loaded, folder)
+            result, reference = _export_adapter(loaded, folder)
         elif cfg.method.name == "full":
-            result = _export_full(loaded, folder)
+            result, reference = _export_full(loaded, folder)
         else:
-            result = _export_merged(loaded, folder, note)
+            result, reference = _export_merged(loaded, folder, note)
         record.update(result)
         record.update({"base": cfg.model.source, "dtype": str(loaded.dtype).removeprefix("torch.")})
         if record["identical"] != record["checked"] and cfg.method.name != "qlora":
             raise TunesmithError(f"export check failed: greedy answers of the exported folder equal those of "
                                  f"{record['against']} on {record['identical']} of {record['checked']} held-out "
                                  f"prompts; nothing was written to {out_dir} (please report this: it is a bug)")
+        if gguf_type:
+            record["gguf"] = _export_gguf(loaded, folder, gguf_type, reference)
         write_json_atomic(folder / MARKER, record)
 
     write_dir_atomic(out_dir, fill)
@@ -119,7 +127,7 @@ def prepare(cfg: RunConfig, run_dir: Path, check: int) -> Loaded:
 # ---------------------------------------------------------------- the three kinds of export
 
 
-def _export_merged(loaded: Loaded, folder: Path, note: Callable[[str], None]) -> dict[str, Any]:
+def _export_merged(loaded: Loaded, folder: Path, note: Callable[[str], None]) -> tuple[dict[str, Any], list[str]]:
     cfg = loaded.cfg
     if cfg.method.name == "qlora" and loaded.device.type == "cuda":
         # The reference is the model as trained: the adapter on the 4-bit base. It is freed
@@ -143,19 +151,19 @@ def _export_merged(loaded: Loaded, folder: Path, note: Callable[[str], None]) ->
     _save_model(loaded, merged, folder)
     del merged
     _free()
-    return {"merged": True, **_check_folder(loaded, folder, reference), "against": against}
+    return {"merged": True, **_check_folder(loaded, folder, reference), "against": against}, reference
 
 
-def _export_full(loaded: Loaded, folder: Path) -> dict[str, Any]:
+def _export_full(loaded: Loaded, folder: Path) -> tuple[dict[str, Any], list[str]]:
     tuned = load_tuned(loaded.cfg, loaded.run_dir, None, loaded.path, dtype=loaded.dtype, device=loaded.device)
     reference = _answers(loaded, tuned)
     _save_model(loaded, tuned, folder)
     del tuned
     _free()
-    return {"merged": False, **_check_folder(loaded, folder, reference), "against": "RUN/model"}
+    return {"merged": False, **_check_folder(loaded, folder, reference), "against": "RUN/model"}, reference
 
 
-def _export_adapter(loaded: Loaded, folder: Path) -> dict[str, Any]:
+def _export_adapter(loaded: Loaded, folder: Path) -> tuple[dict[str, Any], list[str]]:
     from peft import PeftModel
 
     tuned = load_tuned(loaded.cfg, loaded.run_dir, _base(loaded), loaded.path, dtype=loaded.dtype,
@@ -179,7 +187,38 @@ def _export_adapter(loaded: Loaded, folder: Path) -> dict[str, Any]:
     said = _answers(loaded, checked, tokenizer)
     del checked, base
     _free()
-    return {"merged": False, **_count(reference, said), "against": "base + adapter"}
+    return {"merged": False, **_count(reference, said), "against": "base + adapter"}, reference
+
+
+def _export_gguf(loaded: Loaded, folder: Path, kind: str, reference: list[str]) -> dict[str, Any]:
+    """DIR/<run>-<type>.gguf from the merged folder just written, loaded back and checked
+    (see serve/gguf.py for what must hold exactly and what is only counted)."""
+    # Written and checked in a folder of its own: beside the merged folder's config and tokenizer
+    # files, transformers would read those instead of the GGUF's metadata.
+    alone = folder / ".gguf-check"
+    alone.mkdir()
+    path = alone / gguf.gguf_name(loaded.run_dir, kind)
+    gguf.write_gguf(folder, path, kind, gguf.plan_gguf(folder, loaded.tokenizer), loaded.run_dir.resolve().name)
+    record: dict[str, Any] = {"file": path.name, "type": kind, "bytes": path.stat().st_size, "checked": 0,
+                              "identical": 0}
+    tokenizer = gguf.load_gguf_tokenizer(path)
+    gguf.check_tokenizer(tokenizer, loaded.tokenizer, [prompt_ids(loaded.tokenizer, m) for m in loaded.messages],
+                         [prompt_ids(tokenizer, m) for m in loaded.messages], path)
+    if loaded.messages:
+        model = gguf.load_gguf_model(path, loaded.dtype, loaded.device)
+        record.update(_count(reference, _answers(loaded, model, tokenizer)))
+        del model
+        _free()
+    record["sha256"] = file_sha256(path)
+    path.rename(folder / path.name)
+    alone.rmdir()
+    return record
+
+
+def _base_config(loaded: Loaded) -> dict[str, Any]:
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(loaded.path, trust_remote_code=loaded.cfg.model.trust_remote_code).to_dict()
 
 
 # ---------------------------------------------------------------- helpers
