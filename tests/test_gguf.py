@@ -195,28 +195,3 @@ def test_qwen2_with_biases_and_its_own_output_layer(tmp_path):
     for name, weight in model.state_dict().items():
         expected = weight.half().float() if weight.dim() == 2 else weight
         assert torch.equal(state[name], expected), name
-
-
-def test_llama_cpp_reads_the_file_as_transformers_does(exported):
-    """Only where llama-cpp-python is installed (it is no dependency): the consumer the file is
-    for tokenizes the chat prompt to the same ids and computes the same logits (f16 arithmetic)."""
-    llama_cpp = pytest.importorskip("llama_cpp")
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    out, _ = exported
-    tokenizer = AutoTokenizer.from_pretrained(out)
-    model = AutoModelForCausalLM.from_pretrained(out)
-    with torch.no_grad():
-        for weight in model.parameters():
-            if weight.dim() == 2:
-                weight.copy_(weight.half().float())  # what the f16 file holds
-    text = tokenizer.apply_chat_template([{"role": "user", "content": "Hi, Ann here, send 3 mugs."}], tokenize=False,
-                                         add_generation_prompt=True)
-    llm = llama_cpp.Llama(model_path=str(out / "run-f16.gguf"), n_ctx=256, logits_all=True, verbose=False)
-    ids = llm.tokenize(text.encode(), add_bos=False, special=True)
-    assert ids == tokenizer.encode(text)
-    assert llm.token_eos() == tokenizer.eos_token_id
-    llm.eval(ids)
-    with torch.no_grad():
-        expected = model(torch.tensor([ids])).logits[0]
-    assert torch.allclose(torch.tensor(llm.scores[:len(ids)]), expected, atol=2e-3, rtol=0)
