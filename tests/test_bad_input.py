@@ -362,6 +362,8 @@ ROWS = [
         lambda tmp: (copy_run(tmp), write("d/notes.txt", "x")(tmp))),
     Row("export-no-adapter", ["export", "{tmp}/run", "--out", "{tmp}/out"], 1, ["adapter", "not found"],
         lambda tmp: (copy_run(tmp), shutil.rmtree(tmp / "run" / "adapter"))),
+    Row("export-adapter-no-base", ["export", "{tmp}/a", "--out", "{tmp}/out"], 2,
+        ["names the base model", "copy the run's adapter folder whole"], write("a/adapter_config.json", '{"r": 4}')),
     Row("export-check", ["export", "{tmp}/run", "--out", "{tmp}/out", "--check", "-1"], 2, ["--check"], copy_run),
     Row("export-gguf-type", ["export", "{tmp}/run", "--out", "{tmp}/out", "--gguf", "q4_k"], 2,
         ["--gguf q4_k", "use one of f16, q8_0"], copy_run),

@@ -2,6 +2,7 @@
 plain transformers (no peft, no tunesmith) and answers as base + adapter did."""
 
 import json
+import shutil
 
 import pytest
 import torch
@@ -52,6 +53,11 @@ def test_merged_folder_loads_with_plain_transformers(exported, run):
     assert record["checked"] == 4 and record["identical"] == record["checked"]  # 4 held-out rows, all equal
     assert "greedy answers: 4 of 4 identical to base + adapter" in result.stdout
     assert (out / "tunesmith.json").read_bytes() == (run / "adapter" / "tunesmith.json").read_bytes()
+    card = (out / "README.md").read_text()
+    assert "library_name: transformers" in card and "- merged" in card
+    assert "LoRA adapter of `" in card and ", merged into the base's weights, trained with tunesmith." in card
+    assert 'AutoModelForCausalLM.from_pretrained("THIS_FOLDER")' in card and "PeftModel" not in card
+    assert "## Training" in card and f"# {run.name}" in card
 
 
 def test_merged_weights_equal_base_plus_b_times_a(exported, run, tiny_model_dir):
@@ -91,6 +97,27 @@ def test_adapter_only_loads_with_peft(run, tiny_model_dir, tmp_path):
     assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_model_dir)
     assert (out / "README.md").read_text() == (run / "adapter" / "README.md").read_text()
     assert json.loads((out / "tunesmith.json").read_text())["base"]["source"] == str(tiny_model_dir)
+
+
+def test_an_adapter_folder_alone_exports_on_another_machine(run, exported, tmp_path):
+    """Only RUN/adapter was copied: its tunesmith.json names the base; with no held-out rows the
+    check asks the general set's first prompts. The merge is the same as from the run folder."""
+    shipped = tmp_path / "shipped" / "orders-adapter"
+    shutil.copytree(run / "adapter", shipped)
+    out = tmp_path / "merged"
+    result = tunesmith("export", shipped, "--out", out, "--check", "3")
+    assert "greedy answers: 3 of 3 identical to base + adapter" in result.stdout
+    from_run, _ = exported
+    weights = {}
+    for folder in (from_run, out):
+        weights[folder] = {}
+        for shard in folder.glob("*.safetensors"):
+            weights[folder].update(load_file(shard))
+    assert weights[from_run].keys() == weights[out].keys()
+    assert all(torch.equal(weights[from_run][k], weights[out][k]) for k in weights[out])
+    assert (out / "tunesmith.json").read_bytes() == (run / "adapter" / "tunesmith.json").read_bytes()
+    assert not (out / "README.md").exists()  # no run files to build a card from
+    assert json.loads((out / "export.json").read_text())["run"] == str(shipped.resolve())
 
 
 def test_refuses_a_foreign_folder_and_replaces_its_own_export(run, tmp_path):

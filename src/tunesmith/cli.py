@@ -506,7 +506,8 @@ def print_forgetting(general: dict[str, Any]) -> None:
 
 @app.command("export")
 def export_cmd(
-    run: Path = typer.Argument(..., help="run folder written by `tunesmith train`"),
+    run: Path = typer.Argument(..., help="run folder written by `tunesmith train`, or its adapter folder alone "
+                          "(the base is the one its tunesmith.json names)"),
     out_dir: Path = typer.Option(..., "--out", help="folder to write (new, empty, or an earlier export of RUN, "
                                  "which it replaces)"),
     adapter_only: bool = typer.Option(False, "--adapter-only", help="write the LoRA adapter (for peft) instead "

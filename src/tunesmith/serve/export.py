@@ -4,7 +4,12 @@ LoRA: the adapter merged into the base (`merge_and_unload`), saved as sharded sa
 QLoRA: merged into the 16-bit base; the adapter was trained against the 4-bit weights, so
 greedy answers can differ from those of the trained model, and the check counts how many do.
 Full fine-tuning: RUN/model re-saved through transformers. --adapter-only: the adapter
-folder, no merge.
+folder, no merge. Merged and full exports carry the run's model card (README.md) for weights
+that load with plain transformers.
+
+RUN may also be an adapter folder alone (copied from a run, or written by --adapter-only) on
+a machine that never saw the run: its tunesmith.json names the base, and with no held-out rows
+the check asks the first prompts of the general set (eval/general_set.jsonl).
 
 Every export carries the tokenizer with the chat template the model was trained with, a
 generation_config.json whose eos_token_id is the end-of-turn token training taught, and
@@ -27,11 +32,13 @@ from typing import Any, Callable
 
 import torch
 
-from tunesmith.config import RunConfig, load_run_config
+from tunesmith.config import RunConfig, build_config, load_run_config
 from tunesmith.errors import TunesmithError, UsageError
 from tunesmith.eval.cases import held_out_cases
+from tunesmith.eval.general import load_general_set
 from tunesmith.eval.generate import answer_budget, generate_greedy
-from tunesmith.io import check_output_dir, file_sha256, write_dir_atomic, write_json_atomic
+from tunesmith.io import check_output_dir, file_sha256, write_dir_atomic, write_json_atomic, write_text_atomic
+from tunesmith.models.card import MANIFEST, exported_card, find_base, read_json_file
 from tunesmith.models.encode import prompt_ids
 from tunesmith.models.generation import stop_ids
 from tunesmith.models.load import load_model
@@ -52,7 +59,9 @@ class Loaded:
     training used, and the check's prompts."""
 
     cfg: RunConfig
-    run_dir: Path
+    run_dir: Path  # the run folder, or the adapter folder given alone
+    adapter_dir: Path  # RUN/adapter (RUN/model for full fine-tuning), or the adapter folder given
+    from_run: bool  # False: an adapter folder alone, no run files beside it
     path: str
     tokenizer: Any
     messages: list[list[dict[str, str]]]
@@ -66,7 +75,7 @@ def export_run(run_dir: str | Path, out_dir: str | Path, *, adapter_only: bool =
     """Write DIR (atomically) and return what DIR/export.json says."""
     run_dir, out_dir = Path(run_dir), Path(out_dir)
     gguf.check_type(gguf_type, adapter_only=adapter_only)
-    cfg = load_run_config(run_dir)
+    cfg = export_config(run_dir)
     check_target(run_dir, out_dir)
     if adapter_only and cfg.method.name == "full":
         raise UsageError(f"--adapter-only: {run_dir} was trained with method full and has no adapter; "
@@ -117,11 +126,32 @@ def exported_from(out_dir: Path) -> str | None:
         return None
 
 
+def export_config(path: Path) -> RunConfig:
+    """The run's config; for an adapter folder alone, the defaults with the base and the method
+    its tunesmith.json names (PEFT's adapter_config.json holds the rest)."""
+    if (path / "config.yaml").is_file() or not (path / "adapter_config.json").is_file():
+        return load_run_config(path)
+    try:
+        base = find_base(path)
+    except FileNotFoundError as e:
+        raise UsageError(f"{e}; copy the run's adapter folder whole (with {MANIFEST})") from None
+    method = ((read_json_file(path / MANIFEST) or {}).get("method") or {}).get("name", "lora")
+    return build_config({"model": {"source": base}, "method": {"name": method}}, where=str(path / MANIFEST))
+
+
 def prepare(cfg: RunConfig, run_dir: Path, check: int) -> Loaded:
     src = base_source(cfg)
-    cases = held_out_cases(run_dir, cfg)[:check] if check else []
-    max_new = answer_budget(src.tokenizer, [c.reference for c in cases], cfg.eval.max_new_tokens)
-    return Loaded(cfg, run_dir, src.path, src.tokenizer, [c.messages for c in cases], max_new, src.device, src.dtype)
+    from_run = (run_dir / "config.yaml").is_file()
+    if from_run:
+        cases = held_out_cases(run_dir, cfg)[:check] if check else []
+        messages = [c.messages for c in cases]
+        references = [c.reference for c in cases]
+    else:
+        messages = [[{"role": "user", "content": item["prompt"]}] for item in load_general_set()[:check]]
+        references = []
+    max_new = answer_budget(src.tokenizer, references, cfg.eval.max_new_tokens)
+    weights = run_dir if not from_run else run_dir / ("model" if cfg.method.name == "full" else "adapter")
+    return Loaded(cfg, run_dir, weights, from_run, src.path, src.tokenizer, messages, max_new, src.device, src.dtype)
 
 
 # ---------------------------------------------------------------- the three kinds of export
@@ -134,13 +164,15 @@ def _export_merged(loaded: Loaded, folder: Path, note: Callable[[str], None]) ->
         # before the 16-bit base is loaded, so the two never share the GPU.
         base4 = _base(loaded, quantize_4bit=True)
         reference = _answers(loaded, load_tuned(cfg, loaded.run_dir, base4, loaded.path, dtype=loaded.dtype,
-                                                device=loaded.device))
+                                                device=loaded.device, adapter_dir=loaded.adapter_dir))
         against = "the 4-bit base + adapter"
         del base4
         _free()
-        tuned = load_tuned(cfg, loaded.run_dir, _base(loaded), loaded.path, dtype=loaded.dtype, device=loaded.device)
+        tuned = load_tuned(cfg, loaded.run_dir, _base(loaded), loaded.path, dtype=loaded.dtype, device=loaded.device,
+                           adapter_dir=loaded.adapter_dir)
     else:
-        tuned = load_tuned(cfg, loaded.run_dir, _base(loaded), loaded.path, dtype=loaded.dtype, device=loaded.device)
+        tuned = load_tuned(cfg, loaded.run_dir, _base(loaded), loaded.path, dtype=loaded.dtype, device=loaded.device,
+                           adapter_dir=loaded.adapter_dir)
         reference = _answers(loaded, tuned)
         against = "base + adapter"
         if cfg.method.name == "qlora":
@@ -167,14 +199,14 @@ def _export_adapter(loaded: Loaded, folder: Path) -> tuple[dict[str, Any], list[
     from peft import PeftModel
 
     tuned = load_tuned(loaded.cfg, loaded.run_dir, _base(loaded), loaded.path, dtype=loaded.dtype,
-                       device=loaded.device)
+                       device=loaded.device, adapter_dir=loaded.adapter_dir)
     reference = _answers(loaded, tuned)
     tuned.save_pretrained(folder, safe_serialization=True)
     # peft writes the base's local cache path and an empty card: the run's adapter folder has the
     # portable config (the base as the user named it), its record and the model card.
     for name in PORTABLE_FILES:
-        if (loaded.run_dir / "adapter" / name).is_file():
-            shutil.copy2(loaded.run_dir / "adapter" / name, folder / name)
+        if (loaded.adapter_dir / name).is_file():
+            shutil.copy2(loaded.adapter_dir / name, folder / name)
     generation = copy.deepcopy(tuned.base_model.model.generation_config)
     generation.eos_token_id = stop_ids(tuned, loaded.tokenizer)
     generation.pad_token_id = loaded.tokenizer.pad_token_id
@@ -236,11 +268,13 @@ def _save_model(loaded: Loaded, model: Any, folder: Path) -> None:
     model.generation_config.pad_token_id = loaded.tokenizer.pad_token_id
     model.save_pretrained(folder, max_shard_size=MAX_SHARD)
     loaded.tokenizer.save_pretrained(folder)
-    # Where the weights came from (the base as named, its file hashes, the review): the card's
-    # loading snippet is for the adapter, so only the record travels with merged weights.
-    trained = loaded.run_dir / ("model" if loaded.cfg.method.name == "full" else "adapter") / "tunesmith.json"
-    if trained.is_file():
-        shutil.copy2(trained, folder / "tunesmith.json")
+    # Where the weights came from (the base as named, its file hashes, the review), and the run's
+    # card rewritten for weights that load without peft. An adapter folder alone has no run files
+    # to build a card from: only its record travels.
+    if (loaded.adapter_dir / MANIFEST).is_file():
+        shutil.copy2(loaded.adapter_dir / MANIFEST, folder / MANIFEST)
+    if loaded.from_run:
+        write_text_atomic(folder / "README.md", exported_card(loaded.run_dir))
 
 
 def _check_folder(loaded: Loaded, folder: Path, reference: list[str]) -> dict[str, Any]:

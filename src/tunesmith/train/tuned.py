@@ -65,10 +65,11 @@ def lora_config(cfg: RunConfig) -> Any:
 
 
 def load_tuned(cfg: RunConfig, run_dir: Path, base: Any, path: str, *, dtype: torch.dtype, device: torch.device,
-               checkpoint: Checkpoint | None = None) -> Any:
+               checkpoint: Checkpoint | None = None, adapter_dir: Path | None = None) -> Any:
     """The tuned model. LoRA/QLoRA: `base` wrapped with the adapter (the base answers come from
-    the same object with the adapter switched off, so one copy of the weights is in memory).
-    Full fine-tuning: a second model; `base` is left as it is."""
+    the same object with the adapter switched off, so one copy of the weights is in memory),
+    RUN/adapter unless `adapter_dir` names another copy. Full fine-tuning: a second model;
+    `base` is left as it is."""
     if cfg.method.name == "full":
         if checkpoint is None:
             return _saved_full_model(run_dir, dtype, device)
@@ -78,7 +79,7 @@ def load_tuned(cfg: RunConfig, run_dir: Path, base: Any, path: str, *, dtype: to
     from peft import PeftModel, get_peft_model
 
     if checkpoint is None:
-        adapter = run_dir / "adapter"
+        adapter = adapter_dir or run_dir / "adapter"
         if not (adapter / "adapter_config.json").is_file():
             raise TunesmithError(f"{adapter} not found: the run has no trained adapter yet")
         return PeftModel.from_pretrained(base, str(adapter))
