@@ -116,10 +116,13 @@ def test_the_base_vllm_loads(tmp_path):
     assert vllm_base("meta-llama/Llama-3.1-8B", tmp_path) == ("meta-llama/Llama-3.1-8B", "", False)
     hub, note, local = vllm_base("qwen2.5-0.5b", tmp_path)  # a catalog alias: its hub id
     assert (hub, local) == ("Qwen/Qwen2.5-0.5B", False) and "tunesmith alias of Qwen/Qwen2.5-0.5B" in note
-    for gguf in ("smollm2-135m-instruct", str(tmp_path / "model.Q4_K_M.gguf")):
-        with pytest.raises(TunesmithError, match="a GGUF file tunesmith converts on this machine; vLLM needs "
-                                                 "the base's hub id or a model folder: `tunesmith export"):
-            vllm_base(gguf, tmp_path)
+    from tunesmith.models.source import resolve_source
+
+    folder, note, local = vllm_base("smollm2-135m-instruct", tmp_path)  # a GGUF: the folder it was converted to
+    assert (folder, local) == (str(Path(resolve_source("smollm2-135m-instruct")).resolve()), True)
+    assert (Path(folder) / "config.json").is_file() and "the weights the adapter was trained on" in note
+    with pytest.raises(UsageError, match="model.Q4_K_M.gguf"):
+        vllm_base(str(tmp_path / "model.Q4_K_M.gguf"), tmp_path)
     with pytest.raises(TunesmithError, match="neither a hub id nor a model folder here"):
         vllm_base(str(tmp_path / "gone"), tmp_path)
 

@@ -137,17 +137,19 @@ def max_lora_rank(r: int) -> int:
 
 def vllm_base(base: str, run: Path) -> tuple[str, str, bool]:
     """(what vLLM loads, a note, whether it is a local folder) for the base as the user named it:
-    a hub id as it is, a catalog alias as its hub id, a model folder as its absolute path.
-    A GGUF file (or a built-in alias, which is one) is refused: vLLM needs the hub id or a folder."""
+    a hub id as it is, a catalog alias as its hub id, a model folder as its absolute path, and a
+    GGUF file (or a built-in alias, which is one) as the folder tunesmith converted it to: the
+    weights the adapter was trained on, which the hub's copy need not be."""
     from tunesmith.models.aliases import ALIASES, find_alias
-    from tunesmith.models.source import is_hub_id
+    from tunesmith.models.source import is_hub_id, resolve_source
 
     export = (f"`tunesmith export {run} --out FOLDER` writes the merged model as a folder vLLM serves "
               "(`vllm serve FOLDER`)")
     alias = find_alias(base)
     if base in ALIASES or base.lower().endswith(".gguf"):
-        raise TunesmithError(f"base {base}: a GGUF file tunesmith converts on this machine; vLLM needs the base's "
-                             f"hub id or a model folder: {export}")
+        folder = Path(resolve_source(base)).resolve()
+        return str(folder), (f"base {base}: a GGUF file, served from the folder tunesmith converted it to "
+                             f"({folder}: the weights the adapter was trained on)"), True
     if alias is not None and alias.hub_id:
         return alias.hub_id, f"base {base}: the tunesmith alias of {alias.hub_id}, which vLLM loads", False
     folder = Path(base).expanduser()
