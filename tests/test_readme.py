@@ -91,7 +91,7 @@ def test_the_readme_commands_run_as_written(tmp_path):
         if "--calibrate" in argv:
             assert "no token count" not in result.stdout
             assert "calibrated from runs/mine" in " ".join(result.stdout.split())
-    assert {"data", "plan", "gpus", "train", "eval", "export", "config", "demo"} <= set(ran)
+    assert {"data", "plan", "gpus", "train", "eval", "export", "deploy", "config", "demo"} <= set(ran)
     assert (checkout / "exported" / "mine" / "model.safetensors").is_file()
     assert (checkout / "runs" / "mine" / "eval" / "scores.json").is_file()
     assert (checkout / "runs" / "smollm2-lora-cpu" / "adapter").is_dir()
