@@ -14,7 +14,7 @@ flushing; the caller gets (returncode, stdout, stderr) decoded as subprocess's t
 
 What a child cannot take from its command is what the libraries read from the environment while
 the server imported them: a command whose environment differs from the server's in more than
-TUNESMITH_HOME and COLUMNS runs as a plain subprocess (see `run`).
+PER_COMMAND_ENV runs as a plain subprocess (see `run`).
 
 Run as a script it is the server; imported, `run` is the client.
 """
@@ -30,8 +30,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-# Set for the server's own imports; each command sets its own values again.
-PER_COMMAND_ENV = ("TUNESMITH_HOME", "COLUMNS")
+# What may differ between the server's environment and a command's: each child sets them again,
+# and no library reads them while being imported (pytest sets PYTEST_CURRENT_TEST in each test).
+PER_COMMAND_ENV = ("TUNESMITH_HOME", "COLUMNS", "PYTEST_CURRENT_TEST")
 WARM_MODULES = """
 import torch, transformers, peft, accelerate, safetensors.torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, get_scheduler
@@ -173,6 +174,8 @@ def run(args: list[str], cwd: Path | str | None = None, env: dict[str, str] | No
     server = shared_server() if os.environ.get("TUNESMITH_TEST_FORKSERVER", "1") != "0" else None
     if server is not None and server.can_run(env):
         return server.run(args, cwd, env, no_override, timeout)
+    global plain_runs
+    plain_runs += 1
     return subprocess.run([sys.executable, "-m", "tunesmith.cli", *args], cwd=cwd, env=env, capture_output=True,
                           text=True, timeout=timeout, preexec_fn=drop_root_override if no_override else None)
 
@@ -188,6 +191,7 @@ def drop_root_override() -> None:
 
 
 _server: ForkServer | None = None
+plain_runs = 0  # commands that could not go through the server (to see that few do)
 
 
 def shared_server() -> ForkServer:
