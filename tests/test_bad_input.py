@@ -12,7 +12,6 @@ A command added later joins the net by adding rows.
 
 from __future__ import annotations
 
-import ctypes
 import json
 import os
 import re
@@ -25,6 +24,7 @@ from typing import Callable
 
 import pytest
 
+import cli_forkserver
 from tiny import order_rows, write_rows
 
 GOOD = "good.jsonl"
@@ -452,15 +452,6 @@ def snapshot(folder: Path) -> dict[str, bytes | str]:
     return found
 
 
-def drop_root_override() -> None:
-    """Run like a normal user: without CAP_DAC_OVERRIDE and CAP_DAC_READ_SEARCH, root is held
-    to file modes too (CI runs the tests as root)."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    for capability in (1, 2):
-        if libc.prctl(24, capability, 0, 0, 0) != 0:  # PR_CAPBSET_DROP
-            raise OSError(ctypes.get_errno(), "prctl(PR_CAPBSET_DROP)")
-
-
 def message(stderr: str) -> str:
     """The error as one line: typer draws usage errors in a box; collapse it."""
     return " ".join(re.sub(r"[╭╮╰╯│─]", " ", stderr).split())
@@ -477,9 +468,8 @@ def test_bad_input_gets_one_clear_line_and_changes_nothing(row, tmp_path, tiny_m
     args = [a.replace("{tmp}", str(work)).replace("{tiny}", str(tiny_model_dir)) for a in row.args]
     before = snapshot(work)
     env = {**os.environ, "TUNESMITH_HOME": str(home), "COLUMNS": "200", **row.env}
-    drop = drop_root_override if row.no_override and os.geteuid() == 0 else None
-    result = subprocess.run([sys.executable, "-m", "tunesmith.cli", *args], cwd=work, capture_output=True, text=True,
-                            env=env, preexec_fn=drop, timeout=300)
+    # `python -m tunesmith.cli ARGS` in the folder, without paying for Python's and torch's imports each time.
+    result = cli_forkserver.run(args, cwd=work, env=env, no_override=row.no_override and os.geteuid() == 0, timeout=300)
     said = message(result.stderr)
     if "error:" not in said and result.stdout.strip():  # a report command: its verdict ends its report
         said = message(" ".join(result.stdout.strip().splitlines()[-3:]))

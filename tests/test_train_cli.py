@@ -1,13 +1,12 @@
 """End to end through the real CLI on the tiny model: train, metrics, adapter, eval."""
 
 import json
-import subprocess
-import sys
 
 import pytest
 import torch
 from safetensors.torch import load_file
 
+import cli_forkserver
 from tiny import order_rows, write_rows
 
 FAST = ["--set", "train.max_seq_len=128", "--set", "train.micro_batch=2", "--set", "train.eval_every=2",
@@ -15,7 +14,8 @@ FAST = ["--set", "train.max_seq_len=128", "--set", "train.micro_batch=2", "--set
 
 
 def tunesmith(*args, check=True):
-    result = subprocess.run([sys.executable, "-m", "tunesmith.cli", *map(str, args)], capture_output=True, text=True)
+    """`python -m tunesmith.cli ARGS`, without paying for Python's and torch's imports each time."""
+    result = cli_forkserver.run([*map(str, args)])
     if check and result.returncode != 0:
         raise AssertionError(f"exit {result.returncode}\nstdout:\n{result.stdout}\nstderr:\n{result.stderr}")
     return result
