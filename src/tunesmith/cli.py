@@ -720,7 +720,7 @@ def serve_cmd(
     """An OpenAI-compatible API for the tuned models: /v1/chat/completions and /v1/completions
     (streamed or not), /v1/models, /health. One base in memory, each run's adapter chosen by the
     request's `model`, and `base` for the model before tuning. One request is answered at a time;
-    for many users, serve the export with vLLM (`tunesmith deploy`)."""
+    for many users, serve with vLLM (`tunesmith deploy`)."""
     from tunesmith.serve import serve_models
 
     quiet_transformers()
