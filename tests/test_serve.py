@@ -255,3 +255,24 @@ def test_a_copied_adapter_folder_serves_without_its_run_folder(runs, tmp_path):
     for row in held_out(runs[0]):
         result = engine.generate("orders", engine.chat_prompt(row["prompt"]), Sampling(max_tokens=10, temperature=0))
         assert result.text.strip() == row["tuned"]
+
+
+def test_streamed_text_never_sends_part_of_a_stop_string(tiny_tokenizer):
+    """A stop string split over several tokens: what was sent before the cut is exactly the
+    answer without it, and no piece of the stop string ever left."""
+    from tunesmith.serve.engine import StopText
+
+    text = 'Hi, Maria Lopez from Porto. {"name": "Maria Lopez"}'
+    tokens = tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
+    for stop in ("Porto", ". {", '"}', "zzz"):
+        stream = StopText(tiny_tokenizer, [stop, "never"])
+        sent = []
+        for token in tokens:
+            delta, stopped = stream.add(token)
+            sent.append(delta)
+            if stopped:
+                break
+        sent.append(stream.flush())
+        expected = text[: text.index(stop)] if stop in text else text
+        assert "".join(sent) == stream.final() == expected, stop
+    assert len(tokens) > 10  # several tokens, so a stop string spans more than one
