@@ -145,3 +145,11 @@ def test_malformed_model_through_the_cli_is_exit_2_without_a_traceback(tmp_path)
     result = tunesmith("plan", "--model", tmp_path, "--tokens", "1M", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "this is a bug" not in result.stderr
     assert f"{tmp_path / 'config.json'}:1: not UTF-8 text" in " ".join(result.stderr.split())
+
+
+def test_qwen3_0_6b_counts_what_its_publishers_state_to_the_parameter():
+    """KerasHub's qwen3_0.6b_en preset states 596,049,920 parameters: an independent check of
+    the q/k norms and the tied head."""
+    facts, _ = model_facts("qwen3-0.6b")
+    assert (facts.head_dim, facts.heads * facts.head_dim, facts.qk_norm, facts.tied_embeddings) == (128, 2048, True, True)
+    assert count_params(facts)["total"] == 596_049_920

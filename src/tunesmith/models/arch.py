@@ -16,10 +16,13 @@ from tunesmith.errors import UsageError
 
 # Which projections carry a bias, per family, where the config does not say.
 QKV_BIAS_FAMILIES = {"qwen2"}
-SUPPORTED = ("llama", "mistral", "qwen2", "mixtral", "gemma2")
+# Families that RMS-normalise each query and key head (a weight of head_dim each) before RoPE.
+QK_NORM_FAMILIES = {"qwen3", "qwen3_moe"}
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral", "gemma2")
 # Sizes every supported family's config.json has, and those some have (else derived).
 REQUIRED = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
-OPTIONAL = ("num_key_value_heads", "head_dim", "num_local_experts", "num_experts_per_tok")
+OPTIONAL = ("num_key_value_heads", "head_dim", "num_local_experts", "num_experts", "num_experts_per_tok",
+            "moe_intermediate_size", "decoder_sparse_step")
 
 
 class UnsupportedModel(UsageError):
@@ -46,6 +49,7 @@ class ModelFacts:
     o_bias: bool = False
     mlp_bias: bool = False
     norms_per_layer: int = 2
+    qk_norm: bool = False  # Qwen3: an RMSNorm over each query and key head
     attention_softcap: float | None = None  # Gemma 2: tanh-capped scores need eager attention
     logit_softcap: float | None = None  # Gemma 2: tanh-capped final logits
 
@@ -68,7 +72,13 @@ class ModelFacts:
                              "is the file complete? copy the model's original config.json")
         size = {name: _count(config, name, where) for name in REQUIRED + OPTIONAL if config.get(name) is not None}
         heads, hidden = size["num_attention_heads"], size["hidden_size"]
-        experts = size.get("num_local_experts", 1)
+        # Mixtral names its experts num_local_experts, Qwen3-MoE num_experts (and gives them
+        # their own width, moe_intermediate_size).
+        experts = size.get("num_local_experts", size.get("num_experts", 1))
+        intermediate = size["intermediate_size"]
+        if model_type == "qwen3_moe" and experts > 1:
+            _every_layer_sparse(config, size, where)
+            intermediate = size.get("moe_intermediate_size", intermediate)
         active = size.get("num_experts_per_tok", 1)
         if experts > 1 and active > experts:
             raise UsageError(f"{where}: num_experts_per_tok = {active} is above num_local_experts = {experts}")
@@ -77,7 +87,7 @@ class ModelFacts:
             model_type=model_type,
             layers=size["num_hidden_layers"],
             hidden=hidden,
-            intermediate=size["intermediate_size"],
+            intermediate=intermediate,
             heads=heads,
             kv_heads=size.get("num_key_value_heads", heads),
             head_dim=size.get("head_dim", hidden // heads),
@@ -89,6 +99,7 @@ class ModelFacts:
             o_bias=attention_bias,
             mlp_bias=bool(config.get("mlp_bias", False)),
             norms_per_layer=4 if model_type == "gemma2" else 2,
+            qk_norm=model_type in QK_NORM_FAMILIES,
             # transformers' Gemma 2 defaults when the config leaves them out
             attention_softcap=_softcap(config, "attn_logit_softcapping", 50.0 if model_type == "gemma2" else None, where),
             logit_softcap=_softcap(config, "final_logit_softcapping", 30.0 if model_type == "gemma2" else None, where),
@@ -107,6 +118,17 @@ def _count(config: dict[str, Any], name: str, where: str) -> int:
         raise UsageError(f"{where}: {name} = {json.dumps(value)} is not a positive whole number; "
                          "copy the model's original config.json")
     return value
+
+
+def _every_layer_sparse(config: dict[str, Any], size: dict[str, int], where: str) -> None:
+    """Qwen3-MoE can keep some layers dense (mlp_only_layers, decoder_sparse_step > 1); the
+    published models do not, and ModelFacts has one MLP shape for every layer."""
+    dense = config.get("mlp_only_layers") or []
+    step = size.get("decoder_sparse_step", 1)
+    if dense or step != 1:
+        raise UnsupportedModel(f"{where}: a qwen3_moe config with dense layers (mlp_only_layers = "
+                               f"{json.dumps(dense)}, decoder_sparse_step = {step}) is not supported by the "
+                               "planner; it counts models whose every layer is a mixture of experts")
 
 
 def _softcap(config: dict[str, Any], name: str, default: float | None, where: str) -> float | None:
@@ -139,7 +161,8 @@ def expert_params(f: ModelFacts) -> int:
 def count_params(f: ModelFacts) -> dict[str, int]:
     """Exact parameter counts: total, and active per token (differs for MoE)."""
     router = f.hidden * f.experts if f.experts > 1 else 0
-    layer_fixed = attention_params(f) + router + f.norms_per_layer * f.hidden
+    qk_norms = 2 * f.head_dim if f.qk_norm else 0
+    layer_fixed = attention_params(f) + router + f.norms_per_layer * f.hidden + qk_norms
     embedding = f.vocab * f.hidden
     lm_head = 0 if f.tied_embeddings else f.vocab * f.hidden
     outside = embedding + lm_head + f.hidden  # + the final norm
