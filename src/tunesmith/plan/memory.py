@@ -241,6 +241,9 @@ def layer_activation_bytes(f: ModelFacts, s: Setup, first: bool = False) -> dict
     # normalised value when its weight trains.
     norm_one = 4 * f.hidden + 4 + (4 * f.hidden if p.norm_trainable else 0)
     norms = f.norms_per_layer * norm_one - (0 if input_grad else 4 * f.hidden + 4)
+    if f.qk_norm:
+        # Qwen3's q/k norms: the same per query and key head, over head_dim.
+        norms += (f.heads + f.kv_heads) * (4 * f.head_dim + 4 + (4 * f.head_dim if p.norm_trainable else 0))
     attention_in = _input_group(f.hidden, ["q_proj", "k_proj", "v_proj"], adapted, p, 4 if p.autocast else p.residual,
                                 input_grad)
     e_sdpa = 2 if p.autocast else e
