@@ -153,3 +153,18 @@ def test_qwen3_0_6b_counts_what_its_publishers_state_to_the_parameter():
     facts, _ = model_facts("qwen3-0.6b")
     assert (facts.head_dim, facts.heads * facts.head_dim, facts.qk_norm, facts.tied_embeddings) == (128, 2048, True, True)
     assert count_params(facts)["total"] == 596_049_920
+
+
+@pytest.mark.parametrize("alias", [a for a in catalog_aliases() if "published_active_params_b" in catalog_entry(a)])
+def test_catalog_moe_active_params_match_the_published_figure(alias):
+    """Model cards round the active count to two figures (Qwen3-30B-A3B: 3.35B is stated as
+    "3.3B activated"), hence 2%."""
+    entry = catalog_entry(alias)
+    active = count_params(ModelFacts.from_config(entry["config"]))["active"]
+    assert abs(active / 1e9 - entry["published_active_params_b"]) / entry["published_active_params_b"] < 0.02
+
+
+def test_qwen3_30b_a3b_counts_128_experts_of_width_768_eight_per_token():
+    facts, _ = model_facts("qwen3-30b-a3b")
+    assert (facts.experts, facts.active_experts, facts.intermediate, facts.qk_norm) == (128, 8, 768, True)
+    assert count_params(facts)["total"] == 30_532_122_624 and count_params(facts)["active"] == 3_353_032_704
