@@ -168,3 +168,15 @@ def test_qwen3_30b_a3b_counts_128_experts_of_width_768_eight_per_token():
     facts, _ = model_facts("qwen3-30b-a3b")
     assert (facts.experts, facts.active_experts, facts.intermediate, facts.qk_norm) == (128, 8, 768, True)
     assert count_params(facts)["total"] == 30_532_122_624 and count_params(facts)["active"] == 3_353_032_704
+
+
+def test_mistral_small_3_head_dim_is_explicit_and_its_count_matches_an_independent_one():
+    """Mistral Small 3's q is 32 x 128 = 4096 wide on a 5120 hidden size: a head_dim derived
+    from hidden / heads (160) would overcount. 23,572,403,200 is a published meta-device count."""
+    facts, _ = model_facts("mistral-small-3-24b")
+    assert (facts.head_dim, facts.heads * facts.head_dim, facts.hidden) == (128, 4096, 5120)
+    assert count_params(facts)["total"] == 23_572_403_200
+
+
+def test_llama_3_3_70b_has_llama_3_1_70b_shape():
+    assert model_facts("llama-3.3-70b")[0] == model_facts("llama-3.1-70b")[0]
