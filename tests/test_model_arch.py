@@ -21,6 +21,7 @@ FAMILIES = {
                       moe_intermediate_size=48, decoder_sparse_step=1, mlp_only_layers=[]),
     "mixtral": dict(SMALL, model_type="mixtral", num_local_experts=4, num_experts_per_tok=2),
     "gemma2": dict(SMALL, model_type="gemma2", head_dim=16, num_attention_heads=4),
+    "gemma3_text": dict(SMALL, model_type="gemma3_text", head_dim=16, num_attention_heads=4, sliding_window=8),
 }
 
 

@@ -180,3 +180,12 @@ def test_mistral_small_3_head_dim_is_explicit_and_its_count_matches_an_independe
 
 def test_llama_3_3_70b_has_llama_3_1_70b_shape():
     assert model_facts("llama-3.3-70b")[0] == model_facts("llama-3.1-70b")[0]
+
+
+def test_gemma_3_1b_counts_what_its_publishers_state_to_the_parameter():
+    """KerasHub's gemma3_1b preset states 999,885,952 parameters: four norms and the q/k
+    norms per layer, a tied head, no soft-capping."""
+    facts, _ = model_facts("gemma-3-1b")
+    assert (facts.norms_per_layer, facts.qk_norm, facts.tied_embeddings) == (4, True, True)
+    assert (facts.attention_softcap, facts.logit_softcap) == (None, None)
+    assert count_params(facts)["total"] == 999_885_952

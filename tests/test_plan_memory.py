@@ -29,6 +29,7 @@ FAMILIES = {
     "gemma2": dict(TOY, model_type="gemma2", head_dim=32, tie_word_embeddings=True),  # eager, soft-capped
     "mixtral": dict(TOY, model_type="mixtral", num_local_experts=4, num_experts_per_tok=2),
     "qwen3": dict(TOY, model_type="qwen3", head_dim=64),  # q/k norms; q wider than hidden
+    "gemma3_text": dict(TOY, model_type="gemma3_text", head_dim=32, tie_word_embeddings=True, sliding_window=16),
 }
 # LoRA on Qwen3-MoE is left out: peft maps gate/up/down_proj onto its fused expert weights
 # (which the planner does not count as adapted), and refuses dropout there.

@@ -17,8 +17,10 @@ from tunesmith.errors import UsageError
 # Which projections carry a bias, per family, where the config does not say.
 QKV_BIAS_FAMILIES = {"qwen2"}
 # Families that RMS-normalise each query and key head (a weight of head_dim each) before RoPE.
-QK_NORM_FAMILIES = {"qwen3", "qwen3_moe"}
-SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral", "gemma2")
+QK_NORM_FAMILIES = {"qwen3", "qwen3_moe", "gemma3_text"}
+# Gemma's layers norm before and after both attention and the MLP, and tie the head by default.
+GEMMA_FAMILIES = {"gemma2", "gemma3_text"}
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral", "gemma2", "gemma3_text")
 # Sizes every supported family's config.json has, and those some have (else derived).
 REQUIRED = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
 OPTIONAL = ("num_key_value_heads", "head_dim", "num_local_experts", "num_experts", "num_experts_per_tok",
@@ -49,7 +51,7 @@ class ModelFacts:
     o_bias: bool = False
     mlp_bias: bool = False
     norms_per_layer: int = 2
-    qk_norm: bool = False  # Qwen3: an RMSNorm over each query and key head
+    qk_norm: bool = False  # Qwen3, Gemma 3: an RMSNorm over each query and key head
     attention_softcap: float | None = None  # Gemma 2: tanh-capped scores need eager attention
     logit_softcap: float | None = None  # Gemma 2: tanh-capped final logits
 
@@ -92,13 +94,13 @@ class ModelFacts:
             kv_heads=size.get("num_key_value_heads", heads),
             head_dim=size.get("head_dim", hidden // heads),
             vocab=size["vocab_size"],
-            tied_embeddings=bool(config.get("tie_word_embeddings", model_type == "gemma2")),
+            tied_embeddings=bool(config.get("tie_word_embeddings", model_type in GEMMA_FAMILIES)),
             experts=experts,
             active_experts=min(active, experts),
             qkv_bias=attention_bias or model_type in QKV_BIAS_FAMILIES,
             o_bias=attention_bias,
             mlp_bias=bool(config.get("mlp_bias", False)),
-            norms_per_layer=4 if model_type == "gemma2" else 2,
+            norms_per_layer=4 if model_type in GEMMA_FAMILIES else 2,
             qk_norm=model_type in QK_NORM_FAMILIES,
             # transformers' Gemma 2 defaults when the config leaves them out
             attention_softcap=_softcap(config, "attn_logit_softcapping", 50.0 if model_type == "gemma2" else None, where),
