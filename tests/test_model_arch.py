@@ -19,6 +19,7 @@ FAMILIES = {
     "qwen3_tied": dict(SMALL, model_type="qwen3", head_dim=16, tie_word_embeddings=True),
     "qwen3_moe": dict(SMALL, model_type="qwen3_moe", head_dim=16, num_experts=4, num_experts_per_tok=2,
                       moe_intermediate_size=48, decoder_sparse_step=1, mlp_only_layers=[]),
+    "phi3": dict(SMALL, model_type="phi3", tie_word_embeddings=False, pad_token_id=0),  # fused qkv/gate_up
     "mixtral": dict(SMALL, model_type="mixtral", num_local_experts=4, num_experts_per_tok=2),
     "gemma2": dict(SMALL, model_type="gemma2", head_dim=16, num_attention_heads=4),
     "gemma3_text": dict(SMALL, model_type="gemma3_text", head_dim=16, num_attention_heads=4, sliding_window=8),

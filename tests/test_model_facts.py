@@ -189,3 +189,11 @@ def test_gemma_3_1b_counts_what_its_publishers_state_to_the_parameter():
     assert (facts.norms_per_layer, facts.qk_norm, facts.tied_embeddings) == (4, True, True)
     assert (facts.attention_softcap, facts.logit_softcap) == (None, None)
     assert count_params(facts)["total"] == 999_885_952
+
+
+def test_phi_4_fused_layers_count_as_separate_projections():
+    """Phi-4 (phi3) fuses q/k/v and gate/up into one linear layer each: the parameters are
+    those of the separate layers (transformers' own build agrees, in the catalog test)."""
+    facts, _ = model_facts("phi-4")
+    assert facts.fused_projections and (facts.heads, facts.kv_heads, facts.head_dim) == (40, 10, 128)
+    assert count_params(facts)["total"] == 14_659_507_200

@@ -20,7 +20,10 @@ QKV_BIAS_FAMILIES = {"qwen2"}
 QK_NORM_FAMILIES = {"qwen3", "qwen3_moe", "gemma3_text"}
 # Gemma's layers norm before and after both attention and the MLP, and tie the head by default.
 GEMMA_FAMILIES = {"gemma2", "gemma3_text"}
-SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral", "gemma2", "gemma3_text")
+# Families whose q/k/v (qkv_proj) and gate/up (gate_up_proj) are one linear layer each: the
+# same parameters, but LoRA targets those names.
+FUSED_FAMILIES = {"phi3"}
+SUPPORTED = ("llama", "mistral", "qwen2", "qwen3", "qwen3_moe", "mixtral", "gemma2", "gemma3_text", "phi3")
 # Sizes every supported family's config.json has, and those some have (else derived).
 REQUIRED = ("num_hidden_layers", "hidden_size", "intermediate_size", "num_attention_heads", "vocab_size")
 OPTIONAL = ("num_key_value_heads", "head_dim", "num_local_experts", "num_experts", "num_experts_per_tok",
@@ -52,6 +55,7 @@ class ModelFacts:
     mlp_bias: bool = False
     norms_per_layer: int = 2
     qk_norm: bool = False  # Qwen3, Gemma 3: an RMSNorm over each query and key head
+    fused_projections: bool = False  # Phi-3/Phi-4: qkv_proj and gate_up_proj
     attention_softcap: float | None = None  # Gemma 2: tanh-capped scores need eager attention
     logit_softcap: float | None = None  # Gemma 2: tanh-capped final logits
 
@@ -102,6 +106,7 @@ class ModelFacts:
             mlp_bias=bool(config.get("mlp_bias", False)),
             norms_per_layer=4 if model_type in GEMMA_FAMILIES else 2,
             qk_norm=model_type in QK_NORM_FAMILIES,
+            fused_projections=model_type in FUSED_FAMILIES,
             # transformers' Gemma 2 defaults when the config leaves them out
             attention_softcap=_softcap(config, "attn_logit_softcapping", 50.0 if model_type == "gemma2" else None, where),
             logit_softcap=_softcap(config, "final_logit_softcapping", 30.0 if model_type == "gemma2" else None, where),
