@@ -56,6 +56,8 @@ class ModelFacts:
     norms_per_layer: int = 2
     qk_norm: bool = False  # Qwen3, Gemma 3: an RMSNorm over each query and key head
     fused_projections: bool = False  # Phi-3/Phi-4: qkv_proj and gate_up_proj
+    sliding_window: int | None = None  # Gemma 2/3: the span of their local-attention layers
+    sliding_layers: int = 0  # how many layers attend within sliding_window; the rest are global
     attention_softcap: float | None = None  # Gemma 2: tanh-capped scores need eager attention
     logit_softcap: float | None = None  # Gemma 2: tanh-capped final logits
 
@@ -89,6 +91,7 @@ class ModelFacts:
         if experts > 1 and active > experts:
             raise UsageError(f"{where}: num_experts_per_tok = {active} is above num_local_experts = {experts}")
         attention_bias = bool(config.get("attention_bias", False))
+        window, sliding = _sliding_layers(config, model_type, size["num_hidden_layers"], where)
         return cls(
             model_type=model_type,
             layers=size["num_hidden_layers"],
@@ -107,6 +110,8 @@ class ModelFacts:
             norms_per_layer=4 if model_type in GEMMA_FAMILIES else 2,
             qk_norm=model_type in QK_NORM_FAMILIES,
             fused_projections=model_type in FUSED_FAMILIES,
+            sliding_window=window,
+            sliding_layers=sliding,
             # transformers' Gemma 2 defaults when the config leaves them out
             attention_softcap=_softcap(config, "attn_logit_softcapping", 50.0 if model_type == "gemma2" else None, where),
             logit_softcap=_softcap(config, "final_logit_softcapping", 30.0 if model_type == "gemma2" else None, where),
@@ -136,6 +141,22 @@ def _every_layer_sparse(config: dict[str, Any], size: dict[str, int], where: str
         raise UnsupportedModel(f"{where}: a qwen3_moe config with dense layers (mlp_only_layers = "
                                f"{json.dumps(dense)}, decoder_sparse_step = {step}) is not supported by the "
                                "planner; it counts models whose every layer is a mixture of experts")
+
+
+def _sliding_layers(config: dict[str, Any], model_type: str, layers: int, where: str) -> tuple[int | None, int]:
+    """Gemma's window and how many layers use it: layer_types when the config lists them, else
+    transformers' pattern (Gemma 2: every other layer; Gemma 3: all but every
+    sliding_window_pattern-th). Other families: none (their configs' sliding_window is unused
+    or covers every layer, which the planner does not model)."""
+    if model_type not in GEMMA_FAMILIES or config.get("sliding_window") is None:
+        return None, 0
+    window = _count(config, "sliding_window", where)
+    types = config.get("layer_types")
+    if isinstance(types, list):
+        return window, sum(t == "sliding_attention" for t in types)
+    pattern = 2 if model_type == "gemma2" else (
+        _count(config, "sliding_window_pattern", where) if config.get("sliding_window_pattern") is not None else 6)
+    return window, sum(1 for i in range(layers) if (i + 1) % pattern)
 
 
 def _softcap(config: dict[str, Any], name: str, default: float | None, where: str) -> float | None:
