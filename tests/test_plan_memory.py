@@ -229,7 +229,7 @@ def test_on_cuda_the_allocated_peak_is_within_ten_percent(gc):
     assert memory.allocated == pytest.approx(measured["resident"] + measured["step_peak"], rel=0.10)
 
 
-@pytest.mark.parametrize("family", ["llama", "qwen2"])
+@pytest.mark.parametrize("family", ["llama", "qwen2", "qwen3", "gemma3_text"])
 def test_full_fine_tuning_under_bf16_autocast_saves_what_the_gpu_path_predicts(family):
     """The GPU path of full fine-tuning (fp32 master weights, bf16 autocast) measured with
     CPU autocast: every linear keeps a bf16 copy of its input and of its weight."""

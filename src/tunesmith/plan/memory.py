@@ -41,7 +41,7 @@ from importlib import resources
 from typing import Literal
 
 from tunesmith.errors import UsageError
-from tunesmith.models.arch import ModelFacts, count_params
+from tunesmith.models.arch import GEMMA_FAMILIES, ModelFacts, count_params
 
 GB = 1e9
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -245,8 +245,11 @@ def layer_activation_bytes(f: ModelFacts, s: Setup, first: bool = False) -> dict
     norm_one = 4 * f.hidden + 4 + (4 * f.hidden if p.norm_trainable else 0)
     norms = f.norms_per_layer * norm_one - (0 if input_grad else 4 * f.hidden + 4)
     if f.qk_norm:
-        # Qwen3's and Gemma 3's q/k norms: the same per query and key head, over head_dim.
-        norms += (f.heads + f.kv_heads) * (4 * f.head_dim + 4 + (4 * f.head_dim if p.norm_trainable else 0))
+        # Qwen3's and Gemma 3's q/k norms: the same per query and key head, over head_dim,
+        # except the normalised value kept for the weight: Gemma 3 multiplies in fp32, Qwen3
+        # casts back to q's dtype first (bf16 under autocast).
+        kept = 4 if f.model_type in GEMMA_FAMILIES or not p.autocast else 2
+        norms += (f.heads + f.kv_heads) * (4 * f.head_dim + 4 + (kept * f.head_dim if p.norm_trainable else 0))
     # The layers that read the normed input: q/k/v (or Phi's fused qkv_proj), gate/up.
     present = module_shapes(f)
     qkv = [m for m in ("q_proj", "k_proj", "v_proj", "qkv_proj") if m in present]
