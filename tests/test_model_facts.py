@@ -147,12 +147,17 @@ def test_malformed_model_through_the_cli_is_exit_2_without_a_traceback(tmp_path)
     assert f"{tmp_path / 'config.json'}:1: not UTF-8 text" in " ".join(result.stderr.split())
 
 
-def test_qwen3_0_6b_counts_what_its_publishers_state_to_the_parameter():
-    """KerasHub's qwen3_0.6b_en preset states 596,049,920 parameters: an independent check of
-    the q/k norms and the tied head."""
-    facts, _ = model_facts("qwen3-0.6b")
-    assert (facts.head_dim, facts.heads * facts.head_dim, facts.qk_norm, facts.tied_embeddings) == (128, 2048, True, True)
-    assert count_params(facts)["total"] == 596_049_920
+# KerasHub's Qwen3 presets state these counts: an independent check of the q/k norms, head_dim
+# and the tied heads of the small ones.
+KERAS_QWEN3 = {"qwen3-0.6b": 596_049_920, "qwen3-1.7b": 1_720_574_976, "qwen3-4b": 4_022_468_096,
+               "qwen3-8b": 8_190_735_360, "qwen3-14b": 14_768_307_200, "qwen3-32b": 32_762_123_264}
+
+
+@pytest.mark.parametrize("alias", sorted(KERAS_QWEN3))
+def test_qwen3_counts_what_its_publishers_state_to_the_parameter(alias):
+    facts, _ = model_facts(alias)
+    assert (facts.head_dim, facts.qk_norm) == (128, True)
+    assert count_params(facts)["total"] == KERAS_QWEN3[alias]
 
 
 @pytest.mark.parametrize("alias", [a for a in catalog_aliases() if "published_active_params_b" in catalog_entry(a)])
