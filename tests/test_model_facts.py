@@ -145,3 +145,60 @@ def test_malformed_model_through_the_cli_is_exit_2_without_a_traceback(tmp_path)
     result = tunesmith("plan", "--model", tmp_path, "--tokens", "1M", check=False)
     assert result.returncode == 2 and "Traceback" not in result.stderr and "this is a bug" not in result.stderr
     assert f"{tmp_path / 'config.json'}:1: not UTF-8 text" in " ".join(result.stderr.split())
+
+
+# KerasHub's Qwen3 presets state these counts: an independent check of the q/k norms, head_dim
+# and the tied heads of the small ones.
+KERAS_QWEN3 = {"qwen3-0.6b": 596_049_920, "qwen3-1.7b": 1_720_574_976, "qwen3-4b": 4_022_468_096,
+               "qwen3-8b": 8_190_735_360, "qwen3-14b": 14_768_307_200, "qwen3-32b": 32_762_123_264}
+
+
+@pytest.mark.parametrize("alias", sorted(KERAS_QWEN3))
+def test_qwen3_counts_what_its_publishers_state_to_the_parameter(alias):
+    facts, _ = model_facts(alias)
+    assert (facts.head_dim, facts.qk_norm) == (128, True)
+    assert count_params(facts)["total"] == KERAS_QWEN3[alias]
+
+
+@pytest.mark.parametrize("alias", [a for a in catalog_aliases() if "published_active_params_b" in catalog_entry(a)])
+def test_catalog_moe_active_params_match_the_published_figure(alias):
+    """Model cards round the active count to two figures (Qwen3-30B-A3B: 3.35B is stated as
+    "3.3B activated"), hence 2%."""
+    entry = catalog_entry(alias)
+    active = count_params(ModelFacts.from_config(entry["config"]))["active"]
+    assert abs(active / 1e9 - entry["published_active_params_b"]) / entry["published_active_params_b"] < 0.02
+
+
+def test_qwen3_30b_a3b_counts_128_experts_of_width_768_eight_per_token():
+    facts, _ = model_facts("qwen3-30b-a3b")
+    assert (facts.experts, facts.active_experts, facts.intermediate, facts.qk_norm) == (128, 8, 768, True)
+    assert count_params(facts)["total"] == 30_532_122_624 and count_params(facts)["active"] == 3_353_032_704
+
+
+def test_mistral_small_3_head_dim_is_explicit_and_its_count_matches_an_independent_one():
+    """Mistral Small 3's q is 32 x 128 = 4096 wide on a 5120 hidden size: a head_dim derived
+    from hidden / heads (160) would overcount. 23,572,403,200 is a published meta-device count."""
+    facts, _ = model_facts("mistral-small-3-24b")
+    assert (facts.head_dim, facts.heads * facts.head_dim, facts.hidden) == (128, 4096, 5120)
+    assert count_params(facts)["total"] == 23_572_403_200
+
+
+def test_llama_3_3_70b_has_llama_3_1_70b_shape():
+    assert model_facts("llama-3.3-70b")[0] == model_facts("llama-3.1-70b")[0]
+
+
+def test_gemma_3_1b_counts_what_its_publishers_state_to_the_parameter():
+    """KerasHub's gemma3_1b preset states 999,885,952 parameters: four norms and the q/k
+    norms per layer, a tied head, no soft-capping."""
+    facts, _ = model_facts("gemma-3-1b")
+    assert (facts.norms_per_layer, facts.qk_norm, facts.tied_embeddings) == (4, True, True)
+    assert (facts.attention_softcap, facts.logit_softcap) == (None, None)
+    assert count_params(facts)["total"] == 999_885_952
+
+
+def test_phi_4_fused_layers_count_as_separate_projections():
+    """Phi-4 (phi3) fuses q/k/v and gate/up into one linear layer each: the parameters are
+    those of the separate layers (transformers' own build agrees, in the catalog test)."""
+    facts, _ = model_facts("phi-4")
+    assert facts.fused_projections and (facts.heads, facts.kv_heads, facts.head_dim) == (40, 10, 128)
+    assert count_params(facts)["total"] == 14_659_507_200

@@ -10,7 +10,9 @@ import pytest
 from tunesmith.catalog.gpu import load_gpus
 from tunesmith.catalog.prices import load_prices
 from tunesmith.models.facts import model_facts
-from tunesmith.plan.serving import RUNTIME_RESERVE_GB, kv_bytes_per_token, serving_plan
+from tunesmith.catalog.model_configs import catalog_entry
+from tunesmith.models.arch import ModelFacts
+from tunesmith.plan.serving import RUNTIME_RESERVE_GB, kv_bytes_per_sequence, kv_bytes_per_token, serving_plan
 
 
 def llama_8b():
@@ -77,3 +79,22 @@ def test_the_inference_gpus_have_prices_and_a_small_model_goes_to_the_l4():
     assert rows["L4"]["usd_per_hour"] == (0.8048, 0.8048) and rows["A10G"]["usd_per_hour"] == (1.006, 1.006)
     assert rows["L4"]["usd_per_million_tokens"] == (round(0.8048 / 3600 * 1e6 / 1000, 4),) * 2  # $0.2236
     assert plan["recommendation"]["gpu"] == "L4"
+
+
+def test_gemma_3_local_layers_hold_only_their_window_of_the_kv_cache():
+    """Gemma 3 1B: 22 of 26 layers attend to the last 512 tokens only, and vLLM keeps no more
+    for them; the 4 global layers keep the whole context."""
+    facts = model_facts("gemma-3-1b")[0]
+    assert (facts.sliding_window, facts.sliding_layers) == (512, 22)
+    per_layer_token = 2 * 1 * 256 * 2
+    assert kv_bytes_per_sequence(facts, 4096) == per_layer_token * (4 * 4096 + 22 * 512)
+    assert kv_bytes_per_sequence(facts, 256) == kv_bytes_per_token(facts) * 256  # inside the window
+    assert kv_bytes_per_sequence(llama_8b(), 4096) == kv_bytes_per_token(llama_8b()) * 4096
+    gemma2 = model_facts("gemma-2-2b")[0]
+    assert (gemma2.sliding_window, gemma2.sliding_layers) == (4096, 13)
+
+
+def test_layer_types_when_listed_decide_which_layers_are_local():
+    config = dict(catalog_entry("gemma-3-1b")["config"], num_hidden_layers=4,
+                  layer_types=["sliding_attention", "full_attention", "full_attention", "sliding_attention"])
+    assert ModelFacts.from_config(config).sliding_layers == 2

@@ -41,7 +41,7 @@ from importlib import resources
 from typing import Literal
 
 from tunesmith.errors import UsageError
-from tunesmith.models.arch import ModelFacts, count_params
+from tunesmith.models.arch import GEMMA_FAMILIES, ModelFacts, count_params
 
 GB = 1e9
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -141,8 +141,11 @@ def precision(s: Setup) -> Precision:
 # ---------------------------------------------------------------- parameters
 
 def module_shapes(f: ModelFacts) -> dict[str, tuple[int, int]]:
-    """(in, out) features of each linear layer in a decoder layer."""
+    """(in, out) features of each linear layer in a decoder layer, by the name LoRA targets."""
     q, kv = f.heads * f.head_dim, f.kv_heads * f.head_dim
+    if f.fused_projections:
+        return {"qkv_proj": (f.hidden, q + 2 * kv), "o_proj": (q, f.hidden),
+                "gate_up_proj": (f.hidden, 2 * f.intermediate), "down_proj": (f.intermediate, f.hidden)}
     return {
         "q_proj": (f.hidden, q), "k_proj": (f.hidden, kv), "v_proj": (f.hidden, kv), "o_proj": (q, f.hidden),
         "gate_proj": (f.hidden, f.intermediate), "up_proj": (f.hidden, f.intermediate),
@@ -150,7 +153,7 @@ def module_shapes(f: ModelFacts) -> dict[str, tuple[int, int]]:
     }
 
 
-MLP_MODULES = ("gate_proj", "up_proj", "down_proj")
+MLP_MODULES = ("gate_proj", "up_proj", "gate_up_proj", "down_proj")
 
 
 def adapted_modules(f: ModelFacts, s: Setup) -> list[str]:
@@ -241,8 +244,17 @@ def layer_activation_bytes(f: ModelFacts, s: Setup, first: bool = False) -> dict
     # normalised value when its weight trains.
     norm_one = 4 * f.hidden + 4 + (4 * f.hidden if p.norm_trainable else 0)
     norms = f.norms_per_layer * norm_one - (0 if input_grad else 4 * f.hidden + 4)
-    attention_in = _input_group(f.hidden, ["q_proj", "k_proj", "v_proj"], adapted, p, 4 if p.autocast else p.residual,
-                                input_grad)
+    if f.qk_norm:
+        # Qwen3's and Gemma 3's q/k norms: the same per query and key head, over head_dim,
+        # except the normalised value kept for the weight: Gemma 3 multiplies in fp32, Qwen3
+        # casts back to q's dtype first (bf16 under autocast).
+        kept = 4 if f.model_type in GEMMA_FAMILIES or not p.autocast else 2
+        norms += (f.heads + f.kv_heads) * (4 * f.head_dim + 4 + (kept * f.head_dim if p.norm_trainable else 0))
+    # The layers that read the normed input: q/k/v (or Phi's fused qkv_proj), gate/up.
+    present = module_shapes(f)
+    qkv = [m for m in ("q_proj", "k_proj", "v_proj", "qkv_proj") if m in present]
+    gate_up = [m for m in ("gate_proj", "up_proj", "gate_up_proj") if m in present]
+    attention_in = _input_group(f.hidden, qkv, adapted, p, 4 if p.autocast else p.residual, input_grad)
     e_sdpa = 2 if p.autocast else e
     if f.attention_softcap:
         # Eager attention (SDPA cannot cap scores): q and the key/value heads repeated for
@@ -256,7 +268,7 @@ def layer_activation_bytes(f: ModelFacts, s: Setup, first: bool = False) -> dict
         kv_kept = q if e_sdpa == 4 and s.device == "cuda" else kv
         sdpa = e_sdpa * (2 * q + 2 * kv_kept) + 4 * f.heads
     out_proj = _input_group(q, ["o_proj"], adapted, p, e_sdpa, True)
-    mlp_in = _input_group(f.hidden, ["gate_proj", "up_proj"], adapted, p, 4 if p.autocast else p.residual, True)
+    mlp_in = _input_group(f.hidden, gate_up, adapted, p, 4 if p.autocast else p.residual, True)
     # SwiGLU: the activation keeps its input (gate), the product keeps both factors.
     mlp_inner = 3 * e * f.intermediate
     mlp_out = _input_group(f.intermediate, ["down_proj"], adapted, p, e, True)

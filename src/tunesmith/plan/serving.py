@@ -38,14 +38,25 @@ class ServingNeed:
 
 
 def kv_bytes_per_token(facts: ModelFacts, kv_bytes: int = 2) -> int:
-    """Keys and values of every layer for one token: 2 x layers x kv_heads x head_dim values."""
+    """Keys and values of every layer for one token: 2 x layers x kv_heads x head_dim values
+    (the cost of a token within every window)."""
     return 2 * facts.layers * facts.kv_heads * facts.head_dim * kv_bytes
+
+
+def kv_bytes_per_sequence(facts: ModelFacts, context: int, kv_bytes: int = 2) -> int:
+    """The KV cache of one sequence of `context` tokens. vLLM's hybrid KV-cache manager keeps
+    only the last `sliding_window` tokens of a local-attention layer (Gemma 2/3), so past the
+    window those layers stop growing: Gemma 3's 5 local layers in 6 hold 512 tokens each."""
+    per_layer_token = 2 * facts.kv_heads * facts.head_dim * kv_bytes
+    full = facts.layers - facts.sliding_layers
+    local = facts.sliding_layers * min(context, facts.sliding_window or context)
+    return per_layer_token * (full * context + local)
 
 
 def serving_need(facts: ModelFacts, *, context: int, concurrency: int, dtype: str = "bfloat16") -> ServingNeed:
     params = count_params(facts)["total"]
     size = BYTES[dtype]
-    return ServingNeed(params * size / GB, kv_bytes_per_token(facts, size) * context / GB, context, concurrency)
+    return ServingNeed(params * size / GB, kv_bytes_per_sequence(facts, context, size) / GB, context, concurrency)
 
 
 def serving_options(need: ServingNeed, gpus: list[Gpu], prices: list[Price],
