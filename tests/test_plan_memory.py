@@ -96,6 +96,27 @@ def test_qwen3_moe_full_fine_tuning_matches_a_real_step():
     _saved_resident_and_step_peak_match(QWEN3_MOE, "full-fp32")
 
 
+def test_qwen3_moe_lora_on_its_experts_is_refused_and_on_attention_counts_what_peft_adds():
+    """peft adapts Qwen3-MoE's fused experts (and then refuses any dropout), which the planner
+    does not count: MLP targets are refused; attention targets plan exactly what peft trains."""
+    import transformers
+    from peft import LoraConfig, get_peft_model
+
+    from tunesmith.plan.memory import lora_params
+
+    facts = ModelFacts.from_config(QWEN3_MOE)
+    base = dict(method="lora", seq_len=64, micro_batch=2, gradient_checkpointing=False, lora_r=8, device="cpu")
+    with pytest.raises(UsageError, match=r"^method.target_modules: LoRA on qwen3_moe's experts \(gate_proj, up_proj, "
+                                         r"down_proj\) is not supported yet"):
+        adapted_modules(facts, Setup(**base))
+    attention = ("q_proj", "k_proj", "v_proj", "o_proj")
+    setup = Setup(**base, target_modules=attention)
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(transformers.AutoConfig.for_model(**QWEN3_MOE))
+    tuned = get_peft_model(model, LoraConfig(r=8, lora_dropout=0.05, target_modules=list(attention)))
+    assert lora_params(facts, setup) == sum(p.numel() for n, p in tuned.named_parameters() if "lora_" in n)
+
+
 @pytest.mark.parametrize("family", ["llama", "gemma2"])
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_step_peak_with_gradient_checkpointing(family, variant):

@@ -156,12 +156,24 @@ def module_shapes(f: ModelFacts) -> dict[str, tuple[int, int]]:
 MLP_MODULES = ("gate_proj", "up_proj", "gate_up_proj", "down_proj")
 
 
+# MoE families whose fused 3-D expert weights peft adapts all the same (through its parameter
+# wrapper, which refuses any lora_dropout): not planned yet, so refused rather than undercounted.
+ADAPTED_EXPERTS = ("qwen3_moe",)
+
+
 def adapted_modules(f: ModelFacts, s: Setup) -> list[str]:
     """The targets LoRA attaches to (none for full fine-tuning). MoE experts are fused 3-D
-    weights in transformers, not linear layers, so MLP targets match nothing there."""
+    weights in transformers, not linear layers, so MLP targets match nothing there (Mixtral);
+    where peft adapts them anyway (Qwen3-MoE), MLP targets are refused."""
     if s.method == "full":
         return []
     names = [m for m in module_shapes(f) if m in s.target_modules]
+    experts_targeted = [m for m in names if m in MLP_MODULES]
+    if f.model_type in ADAPTED_EXPERTS and experts_targeted:
+        raise UsageError(f"method.target_modules: LoRA on {f.model_type}'s experts ({', '.join(experts_targeted)}) "
+                         f"is not supported yet (peft adapts the fused expert weights only with dropout 0, and "
+                         f"tunesmith does not plan those adapters); target the attention layers: --set "
+                         f"method.target_modules=[q_proj,k_proj,v_proj,o_proj], or use method full")
     return [m for m in names if not (f.experts > 1 and m in MLP_MODULES)]
 
 
