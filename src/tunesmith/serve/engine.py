@@ -29,7 +29,7 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from tunesmith.models.encode import ensure_chat_template
+from tunesmith.models.encode import ensure_chat_template, prompt_ids
 from tunesmith.models.generation import stop_ids
 from tunesmith.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunesmith.serve.sources import BASE_NAME, Plan, Source
@@ -87,8 +87,8 @@ class Engine:
                           trust_remote_code=source.trust_remote_code)
 
     def chat_prompt(self, messages: list[dict[str, str]]) -> list[int]:
-        from tunesmith.models.encode import prompt_ids
-
+        """The prompt's tokens as eval builds them: the chat template training used, then the
+        generation prompt."""
         return prompt_ids(self.tokenizer, messages)
 
     def text_prompt(self, text: str) -> list[int]:
