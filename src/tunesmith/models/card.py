@@ -78,6 +78,19 @@ def find_base(adapter_dir: Path) -> str:
     return name
 
 
+def adapter_origin(adapter_dir: Path) -> tuple[str, str, str | None]:
+    """(base, method, run name) of an adapter folder given alone, for export and serve on a
+    machine without its run folder; one UsageError when nothing in it names the base."""
+    from tunesmith.errors import UsageError
+
+    try:
+        base = find_base(adapter_dir)
+    except FileNotFoundError as e:
+        raise UsageError(f"{e}; copy the run's adapter folder whole (with {MANIFEST})") from None
+    manifest = read_json_file(Path(adapter_dir) / MANIFEST) or {}
+    return base, (manifest.get("method") or {}).get("name", "lora"), manifest.get("run")
+
+
 # ---------------------------------------------------------------- the model card
 
 def write_model_card(run_dir: Path, review: dict[str, Any] | None = None) -> Path | None:

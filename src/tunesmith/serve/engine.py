@@ -29,10 +29,11 @@ from typing import Any, Callable, Iterator
 
 import torch
 
-from tunesmith.models.encode import ensure_chat_template, prompt_ids
+from tunesmith.models.encode import prompt_ids
 from tunesmith.models.generation import stop_ids
-from tunesmith.models.load import load_model, load_tokenizer, pick_device, pick_dtype
+from tunesmith.models.load import load_model
 from tunesmith.serve.sources import BASE_NAME, Plan, Source
+from tunesmith.train.tuned import load_base_source
 
 
 @dataclass
@@ -58,10 +59,8 @@ class Engine:
     def __init__(self, plan: Plan, on_note: Callable[[str], None] | None = None) -> None:
         note = on_note or (lambda _text: None)
         self.plan = plan
-        self.device = pick_device()
-        self.dtype = pick_dtype(plan.dtype, self.device)
-        self.tokenizer = load_tokenizer(plan.base_path, trust_remote_code=plan.trust_remote_code)
-        ensure_chat_template(self.tokenizer)  # as training did: a base without one was trained on ChatML
+        src = load_base_source(plan.base_path, plan.dtype, trust_remote_code=plan.trust_remote_code)
+        self.device, self.dtype, self.tokenizer = src.device, src.dtype, src.tokenizer
         base = load_model(plan.base_path, dtype=self.dtype, device=self.device,
                           trust_remote_code=plan.trust_remote_code)
         self.context = int(getattr(base.config, "max_position_embeddings", 0) or 0) or None

@@ -38,7 +38,7 @@ from tunesmith.eval.cases import held_out_cases
 from tunesmith.eval.general import load_general_set
 from tunesmith.eval.generate import answer_budget, generate_greedy
 from tunesmith.io import check_output_dir, file_sha256, write_dir_atomic, write_json_atomic, write_text_atomic
-from tunesmith.models.card import MANIFEST, exported_card, find_base, read_json_file
+from tunesmith.models.card import MANIFEST, adapter_origin, exported_card
 from tunesmith.models.encode import prompt_ids
 from tunesmith.models.generation import stop_ids
 from tunesmith.models.load import load_model
@@ -131,11 +131,7 @@ def export_config(path: Path) -> RunConfig:
     its tunesmith.json names (PEFT's adapter_config.json holds the rest)."""
     if (path / "config.yaml").is_file() or not (path / "adapter_config.json").is_file():
         return load_run_config(path)
-    try:
-        base = find_base(path)
-    except FileNotFoundError as e:
-        raise UsageError(f"{e}; copy the run's adapter folder whole (with {MANIFEST})") from None
-    method = ((read_json_file(path / MANIFEST) or {}).get("method") or {}).get("name", "lora")
+    base, method, _run = adapter_origin(path)
     return build_config({"model": {"source": base}, "method": {"name": method}}, where=str(path / MANIFEST))
 
 

@@ -22,7 +22,7 @@ from typing import Literal
 
 from tunesmith.config import load_run_config
 from tunesmith.errors import TunesmithError, UsageError
-from tunesmith.models.card import MANIFEST, find_base, read_json_file
+from tunesmith.models.card import adapter_origin
 from tunesmith.models.source import resolve_source
 
 BASE_NAME = "base"  # the base model's name in /v1/models
@@ -100,14 +100,8 @@ def _run_source(run_dir: Path) -> Source:
 
 
 def _adapter_source(folder: Path, fallback_name: str) -> Source:
-    manifest = read_json_file(folder / MANIFEST) or {}
-    try:
-        base = find_base(folder)
-    except FileNotFoundError as e:
-        raise UsageError(f"{e}; copy the run's adapter folder whole (with {MANIFEST})") from None
-    method = (manifest.get("method") or {}).get("name", "lora")
-    name = manifest.get("run") or fallback_name
-    return Source(str(name), folder, "adapter", folder, base, method, "auto")
+    base, method, run = adapter_origin(folder)
+    return Source(str(run or fallback_name), folder, "adapter", folder, base, method, "auto")
 
 
 def _check_names(sources: list[Source]) -> None:

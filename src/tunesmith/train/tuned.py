@@ -30,11 +30,17 @@ class BaseSource:
 
 
 def base_source(cfg: RunConfig) -> BaseSource:
+    return load_base_source(resolve_source(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code),
+                            cfg.model.dtype, trust_remote_code=cfg.model.trust_remote_code)
+
+
+def load_base_source(path: str, dtype: str, *, trust_remote_code: bool = False) -> BaseSource:
+    """The base at a resolved `path` with the tokenizer training used and model.dtype `dtype`
+    resolved for this machine's device."""
     device = pick_device()
-    path = resolve_source(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
-    tokenizer = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code)
+    tokenizer = load_tokenizer(path, trust_remote_code=trust_remote_code)
     ensure_chat_template(tokenizer)  # as training did: a base model without one was trained on ChatML
-    return BaseSource(path, tokenizer, device, pick_dtype(cfg.model.dtype, device))
+    return BaseSource(path, tokenizer, device, pick_dtype(dtype, device))
 
 
 def find_checkpoint(run_dir: Path, ref: str) -> Checkpoint:
