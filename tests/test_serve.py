@@ -276,3 +276,16 @@ def test_streamed_text_never_sends_part_of_a_stop_string(tiny_tokenizer):
         expected = text[: text.index(stop)] if stop in text else text
         assert "".join(sent) == stream.final() == expected, stop
     assert len(tokens) > 10  # several tokens, so a stop string spans more than one
+
+
+def test_a_port_in_use_is_one_error_before_anything_loads(runs):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = tunesmith("serve", runs[0], "--port", port, "--api-key", KEY, check=False)
+    assert result.returncode == 1
+    assert f"error: --port {port}: already in use on 127.0.0.1 (is tunesmith serve already running?)" in \
+        " ".join(result.stderr.split())
