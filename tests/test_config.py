@@ -32,7 +32,7 @@ def test_overrides_parse_yaml_scalars_and_numbers():
     "override, expected",
     [
         (["train.bogus=1"], "unknown field 'train.bogus'; allowed in train: lr,"),
-        (["bogus.x=1"], "unknown field 'bogus'; allowed: model, data, clean, method, train, eval, track, output"),
+        (["bogus.x=1"], "unknown field 'bogus'; allowed: model, data, clean, method, train, distributed, eval, track, output"),
         (["method.name=dora"], "--set method.name=dora: not allowed; choose one of 'lora', 'qlora' or 'full'"),
         (["method=dora"], "--set method=dora: method.name: not allowed; choose one of 'lora', 'qlora' or 'full'"),
         (["train.lr=fast"], "--set train.lr=fast: expected a number"),
@@ -155,7 +155,7 @@ def test_a_config_that_is_not_utf8_names_line_and_column(tmp_path):
 def test_a_config_that_is_not_a_mapping(tmp_path, text, found):
     path = tmp_path / "run.yaml"
     path.write_text(text, encoding="utf-8")
-    with pytest.raises(UsageError, match=f"expected a mapping with sections model, data, clean, method, train, eval, "
+    with pytest.raises(UsageError, match=f"expected a mapping with sections model, data, clean, method, train, distributed, eval, "
                                          f"track, output; found {found}"):
         load_config(path)
 

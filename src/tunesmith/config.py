@@ -168,6 +168,15 @@ class TrainConfig(Section):
     )
 
 
+class DistributedConfig(Section):
+    """How several processes (`tunesmith train --nproc N`) share the work; one process ignores it."""
+
+    strategy: Literal["auto", "ddp", "fsdp", "fsdp_offload", "zero2", "zero3"] = Field(
+        "auto", description="ddp: a whole replica per process; fsdp: weights, gradients and optimizer state "
+        "sharded (FSDP2); fsdp_offload: sharded and kept in host memory; zero2/zero3: DeepSpeed (extra "
+        "`deepspeed`, GPU); auto: the planner's pick (DDP when the model fits each device, else FSDP)")
+
+
 class EvalConfig(Section):
     max_new_tokens: int = Field(128, ge=1, description="generation cap (lowered to fit the longest reference)")
     batch_size: int = Field(32, ge=1, description="prompts generated together (decoding is memory-bound: larger is cheaper per prompt)")
@@ -204,6 +213,7 @@ class RunConfig(Section):
     clean: CleanConfig = Field(default_factory=CleanConfig)
     method: MethodConfig = Field(default_factory=MethodConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
     track: TrackConfig = Field(default_factory=TrackConfig)
     output: OutputConfig = Field(default_factory=OutputConfig)

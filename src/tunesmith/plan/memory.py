@@ -46,7 +46,7 @@ from tunesmith.models.arch import GEMMA_FAMILIES, ModelFacts, count_params
 GB = 1e9
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 OPTIMIZERS = ("adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit")
-STRATEGIES = ("ddp", "zero2", "fsdp", "fsdp_offload")
+STRATEGIES = ("ddp", "zero2", "zero3", "fsdp", "fsdp_offload")
 
 # pytorch#107667: ~300 MB with lazy module loading (CUDA >= 11.7); cuBLAS and NCCL handles
 # add more. The GPU bench measures it; this is the default until then.
@@ -430,7 +430,7 @@ def estimate(f: ModelFacts, s: Setup) -> Memory:
             # partitioned with the optimizer state; no autocast copies.
             optimizer += weights / n
             weights, copies = weights / 2, 0.0
-        if s.strategy in ("fsdp", "fsdp_offload"):
+        if s.strategy in ("fsdp", "fsdp_offload", "zero3"):
             # Parameters sharded; each layer is gathered (bf16) for its forward and backward,
             # with the next one prefetched; FSDP casts, so no autocast copies stay alive.
             layer_bf16 = 2.0 * counts["per_layer"]
