@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any, Optional
@@ -392,6 +393,16 @@ def train_cmd(
                                "command continues from the newest complete one"),
     progress: bool = typer.Option(True, help="show a progress bar (without a terminal: one line per logged step)"),
     preflight: bool = typer.Option(True, help="refuse a run the planner predicts will not fit this machine"),
+    nproc: Optional[int] = typer.Option(
+        None, "--nproc", min=1, help="training processes on this machine, one per GPU (default: every visible GPU; "
+                                     "1 on a CPU), started through accelerate's launcher; see distributed.strategy"),
+    nnodes: int = typer.Option(1, "--nnodes", min=1, help="machines in the run; each runs this same command with "
+                                                          "its own --node-rank"),
+    node_rank: int = typer.Option(0, "--node-rank", min=0, help="this machine's number, 0 to --nnodes minus 1"),
+    master_addr: Optional[str] = typer.Option(None, "--master-addr", help="with --nnodes > 1: the address of the "
+                                                                           "machine with --node-rank 0"),
+    master_port: Optional[int] = typer.Option(None, "--master-port", min=1, max=65535,
+                                              help="its port (default: 29500 across machines, a free one on one)"),
 ) -> None:
     """Fine-tune a model: LoRA, QLoRA or full, into a run folder. Run the same command again
     after a kill or a preemption and it continues from the newest checkpoint. Every other
@@ -403,8 +414,11 @@ def train_cmd(
         raise UsageError("give a CONFIG file, or all of --model, --data and --out")
     if restart and resume is not None:
         raise UsageError("--restart deletes the run that --resume would continue: give one of them")
+    if node_rank >= nnodes:
+        raise UsageError(f"--node-rank {node_rank}: give 0 to {nnodes - 1} (--nnodes {nnodes})")
     cfg = resolve_config(config, locals(), TRAIN_FLAGS, set_)
     working_in(Path(cfg.output.dir), "run the same command again to continue from the newest checkpoint")
+    start_workers(cfg, nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port)
     bar = progress and err.is_terminal
     result = train(cfg, progress=bar, preflight=preflight, restart=restart, resume=resume,
                    on_preflight=print_preflight, on_note=print_note,
@@ -414,6 +428,24 @@ def train_cmd(
                        highlight=False))
     if result.status in ("completed", "stopped_early") and result.steps and result.data:
         print_trained(result)
+
+
+def start_workers(cfg: Any, nproc: Optional[int], **machines: Any) -> None:
+    """With more than one process to run, start them through accelerate's launcher (each runs
+    this same command line) and exit with their exit code; inside a worker, or with one
+    process, return and train here."""
+    from tunesmith.train import distributed
+
+    if distributed.launched():
+        distributed.quiet_worker(distributed.world_from_env())
+        return
+    count = nproc if nproc is not None else distributed.default_nproc()
+    if count == 1 and machines["nnodes"] == 1:
+        return
+    world = distributed.World(size=count * machines["nnodes"])
+    strategy = distributed.check_strategy(cfg.distributed.strategy, world)  # refused once, before any worker
+    out.print(f"training with {world.size} processes ({strategy}) through accelerate's launcher", highlight=False)
+    raise typer.Exit(distributed.launch(distributed.launcher_args(count, sys.argv[1:], **machines)))
 
 
 def print_trained(result: Any) -> None:
@@ -1150,9 +1182,13 @@ def run_guarded(args: list[str]) -> int:
 
 def say(error: TunesmithError) -> int:
     """The one line a user sees for an error, and its exit code."""
+    if not str(error):  # a training worker whose main process has said why
+        return error.exit_code
     label = getattr(error, "label", "error")
     colour = "yellow" if label != "error" else "red"
-    err.print(f"[{colour}]{label}:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+    rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+    worker = f"worker {rank}: " if rank != "0" else ""
+    err.print(f"{worker}[{colour}]{label}:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     return error.exit_code
 
 

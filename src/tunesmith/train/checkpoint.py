@@ -3,7 +3,8 @@ needs unpickling to read.
 
     checkpoints/step-NNNNNN/
       weights.safetensors   the trained parameters by name (LoRA adapters, or every weight)
-      state.safetensors     optimizer tensors (`optimizer.<param>.<key>`) and RNG states (`rng.*`)
+      state.safetensors     optimizer tensors (`optimizer.<param>.<key>`) and RNG states (`rng.*`;
+                            with several workers also `rng.rank<N>`, each worker's own)
       state.json            step, tokens, times, the loop's state, the fingerprint, optimizer and
                             scheduler scalars, python/numpy RNG, and each file's size and sha256
     checkpoints/latest      the name of the newest complete checkpoint
@@ -96,7 +97,7 @@ def fingerprint_differences(old: dict[str, Any], new: dict[str, Any]) -> list[st
     if new.get("data") is not None and old.get("data") is not None and new["data"] != old["data"]:
         changed.append("the cleaned data (RUN/data) differs from what the checkpoint trained on")
     if new.get("world_size") != old.get("world_size"):
-        changed.append(f"world size {old.get('world_size')} -> {new.get('world_size')}")
+        changed.append(f"processes (--nproc x --nnodes) {old.get('world_size')} -> {new.get('world_size')}")
     return changed
 
 
@@ -108,13 +109,16 @@ def trained_weights(model: Any) -> dict[str, torch.Tensor]:
 
 
 def save_checkpoint(run_dir: Path, step: int, *, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
-                    state: dict[str, Any], fingerprint: dict[str, Any]) -> Path:
-    """checkpoints/step-NNNNNN, complete or absent; then `latest` names it."""
+                    state: dict[str, Any], fingerprint: dict[str, Any],
+                    rank_rng: list[torch.Tensor] | None = None) -> Path:
+    """checkpoints/step-NNNNNN, complete or absent; then `latest` names it. `rank_rng`: each
+    worker's torch generator state (CPU, then its GPU's), by rank, when several train."""
 
     def fill(folder: Path) -> None:
         save_file(trained_weights(model), str(folder / WEIGHTS))
         optimizer_tensors, optimizer_meta = _split_optimizer(optimizer.state_dict())
         rng_tensors, rng_meta = _capture_rng()
+        rng_tensors.update({f"rng.rank{rank}": state.contiguous() for rank, state in enumerate(rank_rng or [])})
         save_file({**optimizer_tensors, **rng_tensors}, str(folder / TENSORS))
         files = {name: {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
                  for name in (WEIGHTS, TENSORS)}
@@ -235,13 +239,21 @@ def newest_valid(run_dir: Path) -> tuple[Checkpoint | None, list[str]]:
 
 # ---------------------------------------------------------------- restoring
 
-def restore(checkpoint: Checkpoint, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any) -> None:
-    """Put weights, optimizer, scheduler and every RNG back exactly as they were saved."""
+def restore(checkpoint: Checkpoint, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
+            rank: int = 0) -> None:
+    """Put weights, optimizer, scheduler and every RNG back exactly as they were saved (the
+    generators of worker `rank` when several trained)."""
     load_weights(model, checkpoint.weights(), checkpoint.path.name)
     tensors = load_file(str(checkpoint.path / TENSORS))
     optimizer.load_state_dict(_join_optimizer(checkpoint.state["optimizer"], tensors))
     scheduler.load_state_dict(checkpoint.state["scheduler"])
     _restore_rng(checkpoint.state["rng"], tensors)
+    own = tensors.get(f"rng.rank{rank}")
+    if own is not None:
+        cpu_size = torch.get_rng_state().numel()
+        torch.set_rng_state(own[:cpu_size].clone())
+        if own.numel() > cpu_size and torch.cuda.is_available():
+            torch.cuda.set_rng_state(own[cpu_size:].clone(), torch.cuda.current_device())
 
 
 def load_weights(model: Any, weights: dict[str, torch.Tensor], where: str) -> None:

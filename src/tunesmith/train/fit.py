@@ -15,6 +15,7 @@ import json
 import math
 import random
 import time
+import warnings
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
@@ -25,8 +26,11 @@ import torch
 from tunesmith.config import RunConfig
 from tunesmith.errors import TunesmithError, UsageError, memory_kind
 from tunesmith.io import write_text_atomic
-from tunesmith.models.encode import Encoded
+from tunesmith.models.encode import IGNORE, Encoded
 from tunesmith.train.checkpoint import Checkpoint, prune, restore, save_checkpoint
+from tunesmith.train.distributed import (
+    PeerFailed, World, accelerator_kwargs, all_sum, any_rank, barrier, gather_tensors, my_share,
+)
 from tunesmith.train.loss import TokenLoss
 from tunesmith.train.pack import Row, collate, one_per_row, pack
 from tunesmith.train.record import RunRecord
@@ -35,11 +39,12 @@ from tunesmith.train.watchdog import Alarm, Watchdogs
 Step = list[Row]  # the rows of one optimizer step; cut into micro-batches when it runs
 
 
-def plan_steps(examples: list[Encoded], cfg: RunConfig, epochs: float) -> list[Step]:
-    """The whole schedule up front: shuffle per epoch (seeded), pack, group into steps.
-    `epochs`: train.epochs resolved (a number, also when the config says auto)."""
+def plan_steps(examples: list[Encoded], cfg: RunConfig, epochs: float, world_size: int = 1) -> list[Step]:
+    """The whole schedule up front: shuffle per epoch (seeded), pack, group into steps of
+    micro_batch x grad_accum x world_size rows. `epochs`: train.epochs resolved (a number,
+    also when the config says auto)."""
     t = cfg.train
-    per_step = t.micro_batch * t.grad_accum
+    per_step = t.micro_batch * t.grad_accum * world_size
     rows: list[Row] = []
     epoch = 0
     while True:
@@ -115,20 +120,27 @@ class Fit:
     on_first_step: Callable[[], None] | None = None  # after this session's first step
     poll_notes: Callable[[], None] | None = None  # passes on what the watchers have to say
     phase: list[str] = field(default_factory=lambda: ["loading the model"])
+    world: World = field(default_factory=World)
+    strategy: str = "single"  # what the world runs: single, ddp, fsdp, fsdp_offload, zero2, zero3
 
     def run(self, model: Any, state: LoopState, resume: Checkpoint | None) -> LoopState:
         cfg, steps = self.cfg, self.steps
-        accelerator = make_accelerator(cfg, self.device)
+        accelerator = make_accelerator(cfg, self.device, self.strategy)
         optimizer = make_optimizer(cfg, model, self.device)
         scheduler = make_scheduler(cfg, optimizer, len(steps))
         watch = self.watch or Watchdogs(len(steps), {})
         if resume is not None:
-            restore(resume, model, optimizer, scheduler)
+            restore(resume, model, optimizer, scheduler, rank=self.world.rank)
             watch.load_state(resume.state["watchdogs"])
         if state.gradient_checkpointing and not cfg.train.gradient_checkpointing:
             enable_checkpointing(model)  # an earlier out-of-memory error turned it on
-        loss_fn, optimizer = accelerator.prepare(TokenLoss(model), optimizer)
-        parts = Parts(model, loss_fn, optimizer, scheduler, accelerator)
+        raw_loss = TokenLoss(model)
+        with warnings.catch_warnings():
+            # torch 2.13 renamed DDP's broadcast_buffers (forward_sync_buffers); accelerate's
+            # kwargs handler passes the old name only.
+            warnings.filterwarnings("ignore", message=".*broadcast_buffers.*deprecated", category=FutureWarning)
+            loss_fn, optimizer = accelerator.prepare(raw_loss, optimizer)
+        parts = Parts(model, loss_fn, optimizer, scheduler, accelerator, self.world, raw_loss)
         clock = time.perf_counter() - state.elapsed
         for number in range(state.step + 1, len(steps) + 1):
             self.phase[0] = f"training step {number} of {len(steps)}"
@@ -153,9 +165,10 @@ class Fit:
             if self.poll_notes is not None:
                 self.poll_notes()
             if watch.stop:
-                raise self.failed_non_finite(number)
+                raise self.failed_non_finite(number) if self.world.main else PeerFailed("", exit_code=1)
             last = number == len(steps) or state.stopped_early
-            stopping = self.stop is not None and bool(self.stop.requested) and not last
+            # A signal may reach one worker a step before the others: all stop at the same step.
+            stopping = any_rank(self.world, self.stop is not None and bool(self.stop.requested)) and not last
             if improved or stopping or (number % cfg.train.save_every == 0 and not last):
                 self.checkpoint(parts, state, watch)
             self.record.update(steps_done=number, tokens=state.tokens, train_seconds=round(state.train_seconds, 3),
@@ -163,7 +176,7 @@ class Fit:
             if self.bar is not None:
                 self.bar.advance(loss, state.tokens / max(state.train_seconds, 1e-9), state.last_eval)
             if stopping:
-                raise self.stopped(number)
+                raise self.stopped(number) if self.world.main else Stopped("", exit_code=143)
             if improved is not None or alarms or number % cfg.train.save_every == 0:
                 self.record.write()
             else:
@@ -185,7 +198,8 @@ class Fit:
                 return run_step(parts, rows, state.micro_batch, self.pad_id, self.cfg.train.max_grad_norm, self.device,
                                 apply)
             except (MemoryError, RuntimeError) as e:
-                if memory_kind(e) is None:
+                # Several workers would have to agree on the lighter setting mid-step: not retried.
+                if memory_kind(e) is None or self.world.size > 1:
                     raise
                 measured = _measured_peak_gb(self.device)
                 parts.optimizer.zero_grad(set_to_none=True)
@@ -222,7 +236,8 @@ class Fit:
         (and early stopping's count)."""
         if not self.val or not (number % self.cfg.train.eval_every == 0 or number == len(self.steps)):
             return None
-        state.last_eval = evaluate_loss(parts.loss_fn, self.val, self.cfg, state.micro_batch, self.pad_id, self.device)
+        state.last_eval = evaluate_loss(parts.raw_loss, self.val, self.cfg, state.micro_batch, self.pad_id, self.device,
+                                        self.world)
         t = self.cfg.train
         if state.best_eval_loss is None or state.best_eval_loss - state.last_eval > t.early_stopping_min_delta:
             state.best_eval_loss, state.best_step, state.evals_since_best = state.last_eval, number, 0
@@ -270,13 +285,17 @@ class Fit:
     def watch_limit(self) -> int:
         return self.watch.nonfinite.max_in_a_row if self.watch else 3
 
-    def checkpoint(self, parts: "Parts", state: LoopState, watch: Watchdogs) -> Path:
+    def checkpoint(self, parts: "Parts", state: LoopState, watch: Watchdogs) -> None:
+        """The main process writes the checkpoint (with every worker's RNG state: each draws
+        its own dropout masks); the others wait until it is complete."""
         self.phase[0] = f"saving the checkpoint of step {state.step}"
-        folder = save_checkpoint(self.run_dir, state.step, model=parts.model, optimizer=parts.optimizer,
-                                 scheduler=parts.scheduler, state={"loop": asdict(state), "watchdogs": watch.state()},
-                                 fingerprint=self.fingerprint)
-        prune(self.run_dir, self.cfg.train.keep_checkpoints, state.best_step)
-        return folder
+        rank_rng = rank_rng_states(self.world, self.device)
+        if self.world.main:
+            save_checkpoint(self.run_dir, state.step, model=parts.model, optimizer=parts.optimizer,
+                            scheduler=parts.scheduler, state={"loop": asdict(state), "watchdogs": watch.state()},
+                            fingerprint=self.fingerprint, rank_rng=rank_rng)
+            prune(self.run_dir, self.cfg.train.keep_checkpoints, state.best_step)
+        barrier(self.world)
 
     def stopped(self, number: int) -> Stopped:
         why = self.stop.requested
@@ -291,10 +310,12 @@ class Fit:
 @dataclass
 class Parts:
     model: Any
-    loss_fn: Any
+    loss_fn: Any  # the loss module as accelerate prepared it (DDP-wrapped with several workers)
     optimizer: Any
     scheduler: Any
     accelerator: Any
+    world: World = field(default_factory=World)
+    raw_loss: Any = None  # the same loss module unwrapped: evaluation needs no gradient sync
 
 
 # ---------------------------------------------------------------- building blocks
@@ -309,12 +330,12 @@ def enable_checkpointing(model: Any) -> None:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
 
 
-def make_accelerator(cfg: RunConfig, device: torch.device) -> Any:
+def make_accelerator(cfg: RunConfig, device: torch.device, strategy: str = "single") -> Any:
     from accelerate import Accelerator
 
     # Full fine-tuning keeps fp32 master weights and runs matmuls in bf16 on a GPU.
     mixed = "bf16" if device.type == "cuda" and cfg.method.name == "full" else "no"
-    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed)
+    return Accelerator(cpu=device.type == "cpu", mixed_precision=mixed, **accelerator_kwargs(strategy))
 
 
 def make_optimizer(cfg: RunConfig, model: Any, device: torch.device) -> torch.optim.Optimizer:
@@ -345,21 +366,25 @@ def make_scheduler(cfg: RunConfig, optimizer: torch.optim.Optimizer, total: int)
 def run_step(parts: Parts, rows: Step, micro_batch: int, pad_id: int, max_norm: float, device: torch.device,
              apply: Callable[[float, float], bool] | None = None) -> tuple[float, int, float]:
     """Forward and backward over the step's micro-batches, clip, update: (loss, tokens, grad
-    norm). `apply(loss, grad_norm)` may veto the update (a NaN step): gradients are dropped."""
+    norm). `apply(loss, grad_norm)` may veto the update (a NaN step): gradients are dropped.
+    With several workers each runs its share of the micro-batches (`my_share`); the gradient
+    sync averages over workers, so each scales its loss by the world size."""
     batches = [collate(rows[i : i + micro_batch], pad_id) for i in range(0, len(rows), micro_batch)]
     n_trained = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
-    loss_fn, optimizer, accelerator = parts.loss_fn, parts.optimizer, parts.accelerator
+    loss_fn, optimizer, accelerator, world = parts.loss_fn, parts.optimizer, parts.accelerator, parts.world
+    mine = my_share(batches, world) or [without_targets(batches[0])]  # every worker syncs once a step
     loss_fn.train()
     total_loss = 0.0
-    for i, batch in enumerate(batches):
-        sync = accelerator.no_sync(loss_fn) if i < len(batches) - 1 else nullcontext()
+    for i, batch in enumerate(mine):
+        sync = accelerator.no_sync(loss_fn) if i < len(mine) - 1 else nullcontext()
         with sync:
             loss_sum, _ = loss_fn(
                 batch["input_ids"].to(device), batch["position_ids"].to(device), batch["labels"].to(device)
             )
             # Divide by the step's trained tokens, not the micro-batch's: same update as one big batch.
-            accelerator.backward(loss_sum / max(n_trained, 1))
+            accelerator.backward(loss_sum * world.size / max(n_trained, 1))
         total_loss += loss_sum.item()
+    total_loss = all_sum(world, [total_loss])[0]
     params = [p for group in optimizer.param_groups for p in group["params"]]
     grad_norm = float(accelerator.clip_grad_norm_(params, max_norm))
     loss = total_loss / max(n_trained, 1)
@@ -370,6 +395,22 @@ def run_step(parts: Parts, rows: Step, micro_batch: int, pad_id: int, max_norm: 
     return loss, n_real, grad_norm
 
 
+def without_targets(batch: dict[str, Any]) -> dict[str, Any]:
+    """A micro-batch that trains nothing (every label ignored): for a worker left without rows
+    in a step's last, short share, so that it still joins the gradient sync with zeros."""
+    return {**batch, "labels": torch.full_like(batch["labels"], IGNORE)}
+
+
+def rank_rng_states(world: World, device: torch.device) -> list[torch.Tensor] | None:
+    """Every worker's torch generator states (CPU, and its GPU's), gathered on all; None alone."""
+    if world.size == 1:
+        return None
+    state = torch.get_rng_state()
+    if device.type == "cuda":
+        state = torch.cat([state, torch.cuda.get_rng_state(device)])
+    return gather_tensors(world, state)
+
+
 def _number(x: float | None) -> float | None:
     """A metric as JSON can hold it: rounded, and null for NaN or inf (the alarm says which)."""
     return round(x, 6) if x is not None and math.isfinite(x) else None
@@ -377,18 +418,22 @@ def _number(x: float | None) -> float | None:
 
 @torch.no_grad()
 def evaluate_loss(loss_fn: Any, examples: list[Encoded], cfg: RunConfig, micro_batch: int, pad_id: int,
-                  device: torch.device) -> float | None:
+                  device: torch.device, world: World | None = None) -> float | None:
+    """Mean loss per trained token over the validation rows; with several workers each runs
+    its share of the micro-batches and the sums are added up."""
     if not examples:
         return None
+    world = world or World()
     loss_fn.eval()
     rows = pack(examples, cfg.train.max_seq_len) if cfg.train.packing else one_per_row(examples)
     total, count = 0.0, 0
-    for i in range(0, len(rows), micro_batch):
-        batch = collate(rows[i : i + micro_batch], pad_id)
+    for start in my_share(range(0, len(rows), micro_batch), world):
+        batch = collate(rows[start : start + micro_batch], pad_id)
         loss_sum, n = loss_fn(batch["input_ids"].to(device), batch["position_ids"].to(device), batch["labels"].to(device))
         total += loss_sum.item()
         count += int(n)
     loss_fn.train()
+    total, count = all_sum(world, [total, count])
     return total / max(count, 1)
 
 
@@ -417,13 +462,14 @@ def _measured_peak_gb(device: torch.device) -> float | None:
 class MetricsLog:
     """Appends one JSON object per logged step; flushed each line so a crash keeps the curve."""
 
-    def __init__(self, path: Path, on_log: Callable[[dict], None] | None) -> None:
-        self.path = path
+    def __init__(self, path: Path | None, on_log: Callable[[dict], None] | None) -> None:
+        self.path = path  # None: a worker of a multi-process run, which writes nothing
         self.sinks: list[Callable[[dict], None]] = [on_log] if on_log else []  # the printer, the trackers
 
     def write(self, record: dict) -> None:
-        with self.path.open("a", encoding="utf-8") as f:
-            f.write(json.dumps(record) + "\n")
+        if self.path is not None:
+            with self.path.open("a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
         for sink in self.sinks:
             sink(record)
 

@@ -40,15 +40,16 @@ def read_record(run_dir: Path) -> dict[str, Any] | None:
 
 
 class RunRecord:
-    """train.json in memory; `write()` puts it on disk whole."""
+    """train.json in memory; `write()` puts it on disk whole (a worker of a multi-process run
+    keeps one that is never written: `run_dir` None)."""
 
-    def __init__(self, run_dir: Path, fields: dict[str, Any]) -> None:
-        self.path = run_dir / "train.json"
+    def __init__(self, run_dir: Path | None, fields: dict[str, Any]) -> None:
+        self.path = run_dir / "train.json" if run_dir is not None else None
         self.fields = fields
         self._written = 0.0
 
     @classmethod
-    def start(cls, run_dir: Path, *, steps_planned: int, previous: dict[str, Any] | None,
+    def start(cls, run_dir: Path | None, *, steps_planned: int, previous: dict[str, Any] | None,
               resumed_from: int | None) -> "RunRecord":
         """A new record, or the previous one carried on (its resumes, alarms and changes)."""
         keep = previous if resumed_from is not None and previous else {}
@@ -66,6 +67,8 @@ class RunRecord:
         self.fields.update(fields)
 
     def write(self) -> None:
+        if self.path is None:
+            return
         self.fields["heartbeat"] = now_iso()
         write_json_atomic(self.path, self.fields)
         self._written = time.monotonic()

@@ -22,7 +22,7 @@ from tunesmith.data.prepare import Prepared, prepare_run_data
 from tunesmith.errors import OutOfMemory, TunesmithError, UsageError, memory_kind
 from tunesmith.io import write_dir_atomic, write_json_atomic, write_text_atomic
 from tunesmith.models.card import base_record, make_portable, write_model_card
-from tunesmith.models.encode import ensure_chat_template
+from tunesmith.models.encode import Encoded, ensure_chat_template
 from tunesmith.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunesmith.models.source import resolve_source
 from tunesmith.train.attention import use_packed_attention
@@ -31,6 +31,7 @@ from tunesmith.train.checkpoint import (
     fingerprint_differences, load_weights, newest_valid, read_checkpoint,
 )
 from tunesmith.train.checks import RunFolder, check_run_inputs, inspect_run_dir
+from tunesmith.train.distributed import PeerFailed, World, check_strategy, join, share, world_from_env
 from tunesmith.train.dropout import use_bit_dropout
 from tunesmith.train.fit import Fit, LoopState, MetricsLog, enable_checkpointing, plan_steps
 from tunesmith.train.preempt import PreemptionWatcher, StopRequest
@@ -78,9 +79,10 @@ def train(
     planner predicts the run does not fit. `restart` replaces a run already in the folder
     (`same_run_restarts`: only when it is this same run, as the demo does); `resume` names the
     checkpoint to continue from (default: the newest complete one). `stop.requested`, when
-    set, stops after the current step with a checkpoint."""
-    from accelerate.utils import set_seed
+    set, stops after the current step with a checkpoint.
 
+    Under a launcher (`--nproc N`) every worker calls this; the main one decides and tells the
+    others (`distributed.py`), which then only train."""
     notes: list[str] = []
 
     def note(text: str) -> None:
@@ -88,13 +90,51 @@ def train(
         if on_note:
             on_note(text)
 
-    # Everything that can refuse the run does so before anything is written or loaded.
-    device = pick_device()
+    world = world_from_env()
+    device = join(world, pick_device().type)
+    strategy = check_strategy(cfg.distributed.strategy, world)
+    if not world.main:
+        return follow(cfg, world, device, strategy, stop)
+    herald = Herald(world)
+    try:
+        return lead(cfg, world, device, strategy, herald, note, notes, progress=progress, on_log=on_log,
+                    on_data=on_data, preflight=preflight, on_preflight=on_preflight, restart=restart, resume=resume,
+                    same_run_restarts=same_run_restarts, stop=stop)
+    finally:
+        herald.stop_workers()  # when the main process stopped before they could start
+
+
+class Herald:
+    """The main process's one message to the workers: go (with the data and the checkpoint),
+    or stop (the run was refused, or is already finished)."""
+
+    def __init__(self, world: World) -> None:
+        self.world = world
+        self.sent = world.size == 1
+
+    def go(self, message: dict[str, Any]) -> None:
+        share(self.world, message)
+        self.sent = True
+
+    def stop_workers(self) -> None:
+        if not self.sent:
+            self.go({"stop": True})
+
+
+def lead(cfg: RunConfig, world: World, device: torch.device, strategy: str, herald: Herald,
+         note: Callable[[str], None], notes: list[str], *, progress: bool, on_log: Callable[[dict], None] | None,
+         on_data: Callable[[dict], None] | None, preflight: bool, on_preflight: Callable[[dict], None] | None,
+         restart: bool, resume: Path | None, same_run_restarts: bool, stop: Any) -> TrainResult:
+    """The main process's part (the only one in a one-process run): everything that can
+    refuse the run does so before anything is written or loaded."""
+    from accelerate.utils import set_seed
+
     check_run_inputs(cfg)
     require_trackers(cfg)
     folder = inspect_run_dir(cfg, restart=restart, same_run_restarts=same_run_restarts,
                              resuming=resume is not None)
     if folder.finished:
+        herald.go({"stop": "finished"})
         return finished_result(folder.path, note)
     if resume is not None and not folder.resume:
         raise UsageError(f"--resume {resume}: {folder.path} holds no run to continue")
@@ -103,7 +143,7 @@ def train(
     if on_preflight:
         on_preflight(check)
     with RunLock(folder.path):
-        prints = fingerprint(cfg)  # the data files are hashed once
+        prints = fingerprint(cfg, world.size)  # the data files are hashed once
         start = pick_start(folder, resume, prints, check, note)
         run_dir = start.folder.take()
         path = resolve_source(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
@@ -118,10 +158,62 @@ def train(
         epochs, why = resolve_epochs(cfg.train.epochs, sum(len(e.input_ids) for e in data.train))
         if cfg.train.epochs == "auto" and cfg.train.max_steps is None:
             note(f"{why}; early stopping ends it when eval loss stops improving" if data.val else why)
-        steps = plan_steps(data.train, cfg, epochs)
+        steps = plan_steps(data.train, cfg, epochs, world.size)
         prints = {**prints, "data": cleaned}
+        herald.go({"run_dir": str(run_dir), "path": path, "epochs": epochs,
+                   "checkpoint": str(start.checkpoint.path) if start.checkpoint else None,
+                   "train": encoded_rows(data.train), "val": encoded_rows(data.val)})
         return run_fit(cfg, run_dir, path, tokenizer, data, steps, start, device, check, prints,
-                       progress=progress, on_log=on_log, note=note, notes=notes, stop=stop)
+                       progress=progress, on_log=on_log, note=note, notes=notes, stop=stop, world=world,
+                       strategy=strategy)
+
+
+def follow(cfg: RunConfig, world: World, device: torch.device, strategy: str, stop: Any) -> TrainResult:
+    """A worker's part: wait for the main process's go, build the same model, train its share
+    of each step; it writes nothing."""
+    message = share(world, None)
+    if message.get("stop") == "finished":
+        return TrainResult(run_dir=Path(cfg.output.dir), steps=0, tokens=0, train_seconds=0.0, tokens_per_s=0.0,
+                           final_loss=None, final_eval_loss=None, data={}, status="completed")
+    if message.get("stop"):
+        raise PeerFailed("", exit_code=1)
+    run_dir, path = Path(message["run_dir"]), message["path"]
+    train_rows, val_rows = examples_from(message["train"]), examples_from(message["val"])
+    steps = plan_steps(train_rows, cfg, message["epochs"], world.size)
+    checkpoint = read_checkpoint(Path(message["checkpoint"])) if message["checkpoint"] else None
+    tokenizer = load_tokenizer(path, trust_remote_code=cfg.model.trust_remote_code)
+    state = LoopState.from_checkpoint(checkpoint.state) if checkpoint else LoopState.fresh(cfg)
+    record = RunRecord.start(None, steps_planned=len(steps), previous=None, resumed_from=None)
+    fit = Fit(cfg, steps, val_rows, tokenizer.pad_token_id, device, run_dir, {}, MetricsLog(None, None), record,
+              on_note=lambda text: None, world=world, strategy=strategy)
+    model = seeded_model(cfg, path, device, world)
+    with guards(cfg, device, len(steps), stop, lambda text: None, watch_cloud=False) as (fit.stop, fit.watch,
+                                                                                          fit.poll_notes):
+        state = fit.run(model, state, checkpoint)
+    return TrainResult(run_dir=run_dir, steps=state.step, tokens=state.tokens, train_seconds=state.train_seconds,
+                       tokens_per_s=0.0, final_loss=state.last_loss, final_eval_loss=state.last_eval, data={},
+                       status="stopped_early" if state.stopped_early else "completed", steps_planned=len(steps))
+
+
+def encoded_rows(examples: list[Encoded]) -> list[list[Any]]:
+    """Encoded examples as JSON for the workers: ids, trained positions as 0/1, origin."""
+    return [[e.input_ids, [int(t) for t in e.trained], e.origin] for e in examples]
+
+
+def examples_from(rows: list[list[Any]]) -> list[Encoded]:
+    return [Encoded(ids, [bool(t) for t in trained], origin) for ids, trained, origin in rows]
+
+
+def seeded_model(cfg: RunConfig, path: str, device: torch.device, world: World) -> Any:
+    """The model built from the run's seed (LoRA's initial weights must not depend on how much
+    data work came first, nor on the worker); then each worker draws its own dropout masks."""
+    from accelerate.utils import set_seed
+
+    set_seed(cfg.train.seed)
+    model = build_model(cfg, path, device)
+    if world.size > 1:
+        set_seed(cfg.train.seed + world.rank)
+    return model
 
 
 # ---------------------------------------------------------------- new run or continue
@@ -225,9 +317,9 @@ def finished_result(run_dir: Path, note: Callable[[str], None]) -> TrainResult:
 
 def run_fit(cfg: RunConfig, run_dir: Path, path: str, tokenizer: Any, data: Prepared, steps: list, start: Start,
             device: torch.device, check: dict[str, Any], prints: dict[str, Any], *, progress: bool, on_log: Callable[[dict], None] | None,
-            note: Callable[[str], None], notes: list[str], stop: Any) -> TrainResult:
-    from accelerate.utils import set_seed
-
+            note: Callable[[str], None], notes: list[str], stop: Any, world: World | None = None,
+            strategy: str = "single") -> TrainResult:
+    world = world or World()
     resumed_from = start.checkpoint.step if start.checkpoint else None
     log = MetricsLog(run_dir / "metrics.jsonl", on_log)
     if resumed_from is not None:
@@ -249,11 +341,11 @@ def run_fit(cfg: RunConfig, run_dir: Path, path: str, tokenizer: Any, data: Prep
     log.sinks.append(trackers.log)
     fit = Fit(cfg, steps, data.val, tokenizer.pad_token_id, device, run_dir, prints, log, record,
               predicted_peak_gb=check.get("peak_gb"), on_note=note,
-              on_first_step=restart_timer(record) if resumed_from is not None else None)
+              on_first_step=restart_timer(record) if resumed_from is not None else None, world=world,
+              strategy=strategy)
     try:
         with out_of_memory_says_where(fit.phase, check):
-            set_seed(cfg.train.seed)  # LoRA init must not depend on how much data work came first
-            model = build_model(cfg, path, device)
+            model = seeded_model(cfg, path, device, world)
             with guards(cfg, device, len(steps), stop, note) as (fit.stop, fit.watch, fit.poll_notes), \
                     progress_bar(progress, len(steps), state.step) as bar:
                 fit.bar = bar
@@ -282,15 +374,17 @@ def run_fit(cfg: RunConfig, run_dir: Path, path: str, tokenizer: Any, data: Prep
 
 @contextmanager
 def guards(cfg: RunConfig, device: torch.device, total_steps: int, stop: StopRequest | None,
-           note: Callable[[str], None]) -> Iterator[tuple[StopRequest, Watchdogs, Callable[[], None]]]:
+           note: Callable[[str], None], *, watch_cloud: bool = True,
+           ) -> Iterator[tuple[StopRequest, Watchdogs, Callable[[], None]]]:
     """What watches a run while it trains: SIGTERM/SIGINT (and, when asked, the cloud's
-    preemption notices) become a clean stop; the watchdogs, with GPU utilisation sampled on
-    CUDA. Yields the stop request, the watchdogs and a function that passes on their notes."""
+    preemption notices: on the main process only) become a clean stop; the watchdogs, with GPU
+    utilisation sampled on CUDA. Yields the stop request, the watchdogs and a function that
+    passes on their notes."""
     settings = {"train.lr": cfg.train.lr, **({"method.r": cfg.method.r} if cfg.method.name != "full" else {})}
     with ExitStack() as stack:
         stop = stop if stop is not None else stack.enter_context(StopRequest())
         watcher = None
-        if cfg.train.watch_preemption != "off":
+        if cfg.train.watch_preemption != "off" and watch_cloud:
             watcher = stack.enter_context(PreemptionWatcher(stop, provider=cfg.train.watch_preemption).start())
         sampler = None
         if device.type == "cuda":
