@@ -183,3 +183,14 @@ def test_auto_fit_off_refuses_as_before(tiny_model_dir, tmp_path, free_memory, c
     assert "pre-flight: this run needs ~0.5 GB at its peak" in err and "--no-preflight" in err
     assert "Here, --set train.gradient_checkpointing=true" in err  # today's remedy on this device
     assert not run.exists()
+
+
+def test_a_hand_edited_record_is_one_usage_error_naming_train_json(tmp_path):
+    from tunesmith.errors import UsageError
+    from tunesmith.train.setup import fit_to_device
+
+    cfg = build_config({"model": {"source": "llama-3.1-8b"}, "output": {"dir": str(tmp_path / "run")}})
+    edited = {"changes": {"train.micro_batch": [8, 0]}, "predicted_gb": {"before": 1.0, "after": 0.5}}
+    with pytest.raises(UsageError, match=r"run/train.json: auto_fit.changes does not fit this config \(Input should "
+                                         r"be greater than or equal to 1\): fix it, or add --restart"):
+        fit_to_device(cfg, gpu(80), enforce=True, recorded=edited, tokens_per_epoch=None)

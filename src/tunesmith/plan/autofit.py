@@ -123,18 +123,21 @@ def flags(changes: dict[str, tuple[Any, Any]]) -> str:
                     for key, (_, after) in changes.items())
 
 
-def said(record: dict[str, Any], available_gb: float, *, continued: bool = False) -> str:
-    """The one line `train` prints for an auto-fitted run."""
+def said(record: dict[str, Any], available_gb: float) -> str:
+    """The one line `train` prints for a run auto-fit changed."""
     changes = recorded_changes(record) or {}
     before, after = record["predicted_gb"]["before"], record["predicted_gb"]["after"]
-    if continued:
-        return (f"pre-flight: continuing this run as auto-fit changed it: {flags(changes)} (~{after:.1f} GB "
-                f"predicted of {available_gb:.1f} GB free)")
     line = f"pre-flight: ~{before:.1f} GB predicted of {available_gb:.1f} GB free: training with {flags(changes)} (~{after:.1f} GB)"
     if "train.micro_batch" in changes:
         (m0, m1), (a0, a1) = changes["train.micro_batch"], changes["train.grad_accum"]
         line += f"; {m0}x{a0} -> {m1}x{a1} rows per optimizer step: the same update"
     return line
+
+
+def said_continued(record: dict[str, Any], peak_gb: float | None, available_gb: float) -> str:
+    """The one line `train` prints when it continues a run auto-fit changed earlier."""
+    line = f"pre-flight: continuing this run as auto-fit changed it: {flags(recorded_changes(record) or {})}"
+    return line + (f" (~{peak_gb:.1f} GB predicted of {available_gb:.1f} GB free)" if peak_gb is not None else "")
 
 
 def _field(cfg: Any, key: str) -> Any:

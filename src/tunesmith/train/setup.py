@@ -448,14 +448,20 @@ def check_fit(cfg: RunConfig, *, enforce: bool, tokens_per_epoch: int | None = N
 def fit_to_device(cfg: RunConfig, device: Any, *, enforce: bool, recorded: dict[str, Any] | None,
                   tokens_per_epoch: int | None) -> tuple[RunConfig, dict[str, Any] | None, dict[str, Any]]:
     """(the config to train with, auto-fit's record or None, the pre-flight's verdict for it)."""
-    from tunesmith.plan.autofit import recorded_changes, said, search, with_values
+    from pydantic import ValidationError
+
+    from tunesmith.plan.autofit import recorded_changes, said, said_continued, search, with_values
     from tunesmith.plan.preflight import preflight
 
     changes = recorded_changes(recorded)
     if changes:  # this run's checkpoints were trained with them: a new search could differ
-        cfg = with_values(cfg, {key: after for key, (_, after) in changes.items()})
+        try:
+            cfg = with_values(cfg, {key: after for key, (_, after) in changes.items()})
+        except ValidationError as e:
+            raise UsageError(f"{Path(cfg.output.dir) / 'train.json'}: auto_fit.changes does not fit this config "
+                             f"({e.errors()[0]['msg']}): fix it, or add --restart to start the run over") from None
         check = preflight(cfg, device, tokens_per_epoch=tokens_per_epoch)
-        check["auto_fit_said"] = said(recorded, device.available_gb, continued=True)
+        check["auto_fit_said"] = said_continued(recorded, check["peak_gb"], device.available_gb)
         return cfg, recorded, check
     check = preflight(cfg, device, tokens_per_epoch=tokens_per_epoch)
     if check["fits"] is not False or not enforce or not cfg.train.auto_fit:
