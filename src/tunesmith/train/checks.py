@@ -19,8 +19,8 @@ from tunesmith.config import RunConfig, flat_fields
 from tunesmith.data.prepare import check_data_files
 from tunesmith.errors import UsageError
 from tunesmith.io import check_output_dir
-from tunesmith.plan.autofit import recorded_changes, set_fields
 from tunesmith.models.source import check_model_source
+from tunesmith.plan.autofit import recorded_changes, set_fields
 from tunesmith.train.checkpoint import field_differences, relevant_fields
 from tunesmith.train.record import FINISHED, read_record
 

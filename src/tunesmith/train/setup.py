@@ -412,13 +412,13 @@ def out_of_memory_says_where(phase: list[str], check: dict[str, Any]) -> Iterato
         raise OutOfMemory(kind, phase[0], predicted) from None
 
 
-def check_fit(cfg: RunConfig, *, enforce: bool, tokens_per_epoch: int | None = None, fit: bool = True,
+def check_fit(cfg: RunConfig, *, enforce: bool, tokens_per_epoch: int | None = None, auto_fit: bool = True,
               recorded: dict[str, Any] | None = None) -> dict[str, Any]:
     """The planner's pre-flight for this machine and its checklist (a GPU the config needs,
     torch's CUDA build, bf16, disk for the checkpoints, a network filesystem). Refuses (exit
     1) a run with a failed item, and one predicted not to fit unless `enforce` is off.
     `tokens_per_epoch`: once the data stage counted them, the data the loop keeps in memory
-    is counted too. A run predicted not to fit, with `fit` and train.auto_fit on, trains with
+    is counted too. A run predicted not to fit, with `auto_fit` and train.auto_fit on, trains with
     the cheapest change that fits (plan.autofit) instead of being refused; `recorded`: the
     changes an earlier session of this run made (its train.json's auto_fit), applied as they
     are, since the checkpoints were trained with them. check["config"] is the config to train
@@ -427,7 +427,7 @@ def check_fit(cfg: RunConfig, *, enforce: bool, tokens_per_epoch: int | None = N
     from tunesmith.plan.preflight import checklist, failed, refusal
 
     device = visible_device()
-    cfg, fitted, check = fit_to_device(cfg, device, enforce=enforce and fit, recorded=recorded,
+    cfg, fitted, check = fit_to_device(cfg, device, enforce=enforce and auto_fit, recorded=recorded,
                                        tokens_per_epoch=tokens_per_epoch)
     check["enforced"] = enforce
     check["config"], check["auto_fit"] = cfg, fitted
@@ -447,7 +447,8 @@ def check_fit(cfg: RunConfig, *, enforce: bool, tokens_per_epoch: int | None = N
 
 def fit_to_device(cfg: RunConfig, device: Any, *, enforce: bool, recorded: dict[str, Any] | None,
                   tokens_per_epoch: int | None) -> tuple[RunConfig, dict[str, Any] | None, dict[str, Any]]:
-    """(the config to train with, auto-fit's record or None, the pre-flight's verdict for it)."""
+    """(the config to train with, auto-fit's record or None, the pre-flight's verdict for it).
+    The search sees no data (the first pre-flight runs before the data stage)."""
     from pydantic import ValidationError
 
     from tunesmith.plan.autofit import recorded_changes, said, said_continued, search, with_values
@@ -485,7 +486,7 @@ def check_fit_with_data(cfg: RunConfig, check: dict[str, Any], report: dict[str,
     tokens = report_tokens(report, cfg.data.train).per_epoch
     if check["device"]["type"] != "cpu" or check["run"] is None or not tokens:
         return check
-    again = check_fit(cfg, enforce=check["enforced"], tokens_per_epoch=tokens, fit=False)
+    again = check_fit(cfg, enforce=check["enforced"], tokens_per_epoch=tokens, auto_fit=False)
     again["auto_fit"] = check.get("auto_fit")
     return again
 
