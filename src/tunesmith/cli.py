@@ -392,7 +392,8 @@ def train_cmd(
         None, "--resume", help="continue from this checkpoint (RUN/checkpoints/step-N); by default the same "
                                "command continues from the newest complete one"),
     progress: bool = typer.Option(True, help="show a progress bar (without a terminal: one line per logged step)"),
-    preflight: bool = typer.Option(True, help="refuse a run the planner predicts will not fit this machine"),
+    preflight: bool = typer.Option(True, help="a run the planner predicts will not fit this machine trains with "
+                                   "the cheapest change that fits (train.auto_fit) or is refused; off: train as is"),
     nproc: Optional[int] = typer.Option(
         None, "--nproc", min=1, help="training processes on this machine, one per GPU (default: every visible GPU; "
                                      "1 on a CPU), started through accelerate's launcher; see distributed.strategy"),
@@ -478,6 +479,8 @@ def print_preflight(check: dict[str, Any]) -> None:
     d = check["device"]
     if check["fits"] is None:
         out.print(f"[dim]{check['reason']}[/]", highlight=False)
+    elif check.get("auto_fit_said") and check["fits"]:
+        out.print(check["auto_fit_said"], highlight=False, soft_wrap=True)
     else:
         verdict = "fits" if check["fits"] else "[red]predicted not to fit; training anyway (--no-preflight)[/]"
         out.print(f"pre-flight: peak ~{check['peak_gb']:.1f} GB of {d['available_gb']:.1f} GB free on {d['name']} "

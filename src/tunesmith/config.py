@@ -146,6 +146,9 @@ class TrainConfig(Section):
     max_seq_len: int = Field(512, ge=16, le=1_048_576, description="tokens per packed sequence; longer examples are removed")
     packing: bool = Field(True, description="pack several examples per sequence (no attention between them)")
     gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, ~30% slower")
+    auto_fit: bool = Field(True, description="when the pre-flight predicts the run does not fit this device, "
+                           "train with the cheapest change that fits (gradient checkpointing, then a smaller "
+                           "micro-batch with more accumulation: the same update); false: refuse instead")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of steps spent warming up")
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="lr schedule after warmup")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit"] = Field(

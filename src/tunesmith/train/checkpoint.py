@@ -38,9 +38,10 @@ WEIGHTS, TENSORS, STATE = "weights.safetensors", "state.safetensors", "state.jso
 
 # Config fields that may change between a run and its resumption: they do not touch the
 # weights or the order of the data (where results go, how often to log or save, how the
-# finished model is evaluated, where metrics are mirrored).
+# finished model is evaluated, where metrics are mirrored, whether the pre-flight may change
+# the config: what it changed is in the other fields).
 FREE_TO_CHANGE = ("output.dir", "train.log_every", "train.save_every", "train.keep_checkpoints",
-                  "train.watch_preemption", "eval.", "track.")
+                  "train.watch_preemption", "train.auto_fit", "eval.", "track.")
 
 
 class CorruptCheckpoint(Exception):

@@ -20,6 +20,7 @@ from tunesmith.data.prepare import check_data_files
 from tunesmith.errors import UsageError
 from tunesmith.io import check_output_dir
 from tunesmith.models.source import check_model_source
+from tunesmith.plan.autofit import recorded_changes, set_fields
 from tunesmith.train.checkpoint import field_differences, relevant_fields
 from tunesmith.train.record import FINISHED, read_record
 
@@ -47,12 +48,14 @@ def check_run_inputs(cfg: RunConfig) -> None:
 class RunFolder:
     """A run folder this run may write into; `replace` lists what an earlier run left there
     that must go first (nothing is removed until `take` is called). `resume`: the folder
-    holds this same run, unfinished; `finished`: this same run, done."""
+    holds this same run, unfinished; `finished`: this same run, done. `auto_fit`: the changes
+    the pre-flight's auto-fit made to this same run (its train.json's record), to continue with."""
 
     path: Path
     replace: tuple[Path, ...] = ()
     resume: bool = False
     finished: bool = False
+    auto_fit: dict[str, Any] | None = None
 
     def take(self) -> Path:
         for entry in self.replace:
@@ -86,7 +89,14 @@ def inspect_run_dir(cfg: RunConfig, *, restart: bool = False, same_run_restarts:
     trained = [name for name in TRAINED_ENTRIES if (path / name).exists()]
     if restart or not trained:  # nothing trained yet: an attempt the data stage or a crash stopped
         return RunFolder(path, _ours(path))
-    differences = config_differences(_previous_config(path / "config.yaml"), cfg.to_dict())
+    previous = _previous_config(path / "config.yaml")
+    record = read_record(path) or {}
+    fitted = record.get("auto_fit") if recorded_changes(record.get("auto_fit")) else None
+    differences = config_differences(previous, cfg.to_dict())
+    if differences and fitted and previous is not None:
+        # The folder's config may be this command's config as auto-fit changed it: the same run.
+        asked = set_fields(previous, {key: before for key, (before, _) in recorded_changes(fitted).items()})
+        differences = config_differences(asked, cfg.to_dict())
     if differences:
         raise UsageError(f"{flag} {path} holds another run ({describe_run(path)}) that differs in "
                          f"{'; '.join(differences[:3])}"
@@ -95,8 +105,8 @@ def inspect_run_dir(cfg: RunConfig, *, restart: bool = False, same_run_restarts:
     if same_run_restarts:
         return RunFolder(path, _ours(path))
     if _finished(path) and not resuming:
-        return RunFolder(path, finished=True)
-    return RunFolder(path, resume=True)
+        return RunFolder(path, finished=True, auto_fit=fitted)
+    return RunFolder(path, resume=True, auto_fit=fitted)
 
 
 def _ours(path: Path) -> tuple[Path, ...]:

@@ -139,7 +139,8 @@ def lead(cfg: RunConfig, world: World, device: torch.device, strategy: str, hera
     if resume is not None and not folder.resume:
         raise UsageError(f"--resume {resume}: {folder.path} holds no run to continue")
     set_seed(cfg.train.seed)
-    check = check_fit(cfg, enforce=preflight)  # an OOM costs the most
+    check = check_fit(cfg, enforce=preflight, recorded=folder.auto_fit)  # an OOM costs the most
+    cfg = check["config"]  # auto-fit may have changed it to fit this device
     if on_preflight:
         on_preflight(check)
     with RunLock(folder.path):
@@ -160,7 +161,7 @@ def lead(cfg: RunConfig, world: World, device: torch.device, strategy: str, hera
             note(f"{why}; early stopping ends it when eval loss stops improving" if data.val else why)
         steps = plan_steps(data.train, cfg, epochs, world.size)
         prints = {**prints, "data": cleaned}
-        herald.go({"run_dir": str(run_dir), "path": path, "epochs": epochs,
+        herald.go({"config": cfg.to_dict(), "run_dir": str(run_dir), "path": path, "epochs": epochs,
                    "checkpoint": str(start.checkpoint.path) if start.checkpoint else None,
                    "train": encoded_rows(data.train), "val": encoded_rows(data.val)})
         return run_fit(cfg, run_dir, path, tokenizer, data, steps, start, device, check, prints,
@@ -177,6 +178,7 @@ def follow(cfg: RunConfig, world: World, device: torch.device, strategy: str, st
                            final_loss=None, final_eval_loss=None, data={}, status="completed")
     if message.get("stop"):
         raise PeerFailed("", exit_code=1)
+    cfg = RunConfig.model_validate(message["config"])  # as the main process runs it (auto-fit may change it)
     run_dir, path = Path(message["run_dir"]), message["path"]
     train_rows, val_rows = examples_from(message["train"]), examples_from(message["val"])
     steps = plan_steps(train_rows, cfg, message["epochs"], world.size)
@@ -331,6 +333,7 @@ def run_fit(cfg: RunConfig, run_dir: Path, path: str, tokenizer: Any, data: Prep
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         state = LoopState.fresh(cfg)
     record = RunRecord.start(run_dir, steps_planned=len(steps), previous=start.previous, resumed_from=resumed_from)
+    record.update(auto_fit=check.get("auto_fit"))
     if resumed_from is not None:
         record.fields["resumes"].append({"from_step": resumed_from, "at": now_iso()})
     trackers = open_trackers(cfg, run_dir, resume=record.fields["tracking"], resume_step=resumed_from)
@@ -504,18 +507,25 @@ def out_of_memory_says_where(phase: list[str], check: dict[str, Any]) -> Iterato
         raise OutOfMemory(kind, phase[0], predicted) from None
 
 
-def check_fit(cfg: RunConfig, *, enforce: bool, tokens_per_epoch: int | None = None) -> dict[str, Any]:
+def check_fit(cfg: RunConfig, *, enforce: bool, tokens_per_epoch: int | None = None, auto_fit: bool = True,
+              recorded: dict[str, Any] | None = None) -> dict[str, Any]:
     """The planner's pre-flight for this machine and its checklist (a GPU the config needs,
     torch's CUDA build, bf16, disk for the checkpoints, a network filesystem). Refuses (exit
     1) a run with a failed item, and one predicted not to fit unless `enforce` is off.
     `tokens_per_epoch`: once the data stage counted them, the data the loop keeps in memory
-    is counted too."""
+    is counted too. A run predicted not to fit, with `auto_fit` and train.auto_fit on, trains with
+    the cheapest change that fits (plan.autofit) instead of being refused; `recorded`: the
+    changes an earlier session of this run made (its train.json's auto_fit), applied as they
+    are, since the checkpoints were trained with them. check["config"] is the config to train
+    with, check["auto_fit"] the changes' record (None: none)."""
     from tunesmith.plan.device import machine_facts, visible_device
-    from tunesmith.plan.preflight import checklist, failed, preflight, refusal
+    from tunesmith.plan.preflight import checklist, failed, refusal
 
     device = visible_device()
-    check = preflight(cfg, device, tokens_per_epoch=tokens_per_epoch)
+    cfg, fitted, check = fit_to_device(cfg, device, enforce=enforce and auto_fit, recorded=recorded,
+                                       tokens_per_epoch=tokens_per_epoch)
     check["enforced"] = enforce
+    check["config"], check["auto_fit"] = cfg, fitted
     check["checklist"] = checklist(cfg, device, cfg.output.dir, machine_facts(cfg.output.dir, device.type),
                                    run=check["run"], fit=check, keep_checkpoints=cfg.train.keep_checkpoints)
     blocking = [item for item in failed(check["checklist"]) if item["check"] != "memory"]
@@ -530,15 +540,50 @@ def check_fit(cfg: RunConfig, *, enforce: bool, tokens_per_epoch: int | None = N
     return check
 
 
+def fit_to_device(cfg: RunConfig, device: Any, *, enforce: bool, recorded: dict[str, Any] | None,
+                  tokens_per_epoch: int | None) -> tuple[RunConfig, dict[str, Any] | None, dict[str, Any]]:
+    """(the config to train with, auto-fit's record or None, the pre-flight's verdict for it).
+    The search sees no data (the first pre-flight runs before the data stage)."""
+    from pydantic import ValidationError
+
+    from tunesmith.plan.autofit import recorded_changes, said, said_continued, search, with_values
+    from tunesmith.plan.preflight import preflight
+
+    changes = recorded_changes(recorded)
+    if changes:  # this run's checkpoints were trained with them: a new search could differ
+        try:
+            cfg = with_values(cfg, {key: after for key, (_, after) in changes.items()})
+        except ValidationError as e:
+            raise UsageError(f"{Path(cfg.output.dir) / 'train.json'}: auto_fit.changes does not fit this config "
+                             f"({e.errors()[0]['msg']}): fix it, or add --restart to start the run over") from None
+        check = preflight(cfg, device, tokens_per_epoch=tokens_per_epoch)
+        check["auto_fit_said"] = said_continued(recorded, check["peak_gb"], device.available_gb)
+        return cfg, recorded, check
+    check = preflight(cfg, device, tokens_per_epoch=tokens_per_epoch)
+    if check["fits"] is not False or not enforce or not cfg.train.auto_fit:
+        return cfg, None, check
+    found = search(cfg, device)
+    if not found.fits:
+        return cfg, None, check  # refused with what would fit elsewhere
+    cfg = with_values(cfg, found.values())
+    fitted = found.record()
+    check = preflight(cfg, device, tokens_per_epoch=tokens_per_epoch)
+    check["auto_fit_said"] = said(fitted, device.available_gb)
+    return cfg, fitted, check
+
+
 def check_fit_with_data(cfg: RunConfig, check: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
     """On a CPU the cleaned data lives in the same memory as the model: once it is counted,
-    the pre-flight again with it (a GPU's memory does not hold it)."""
+    the pre-flight again with it (a GPU's memory does not hold it). The config is the one the
+    first pre-flight chose, already fingerprinted: no new auto-fit here."""
     from tunesmith.plan.inputs import report_tokens
 
     tokens = report_tokens(report, cfg.data.train).per_epoch
     if check["device"]["type"] != "cpu" or check["run"] is None or not tokens:
         return check
-    return check_fit(cfg, enforce=check["enforced"], tokens_per_epoch=tokens)
+    again = check_fit(cfg, enforce=check["enforced"], tokens_per_epoch=tokens, auto_fit=False)
+    again["auto_fit"] = check.get("auto_fit")
+    return again
 
 
 def run_plan(cfg: RunConfig, check: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
@@ -547,6 +592,7 @@ def run_plan(cfg: RunConfig, check: dict[str, Any], report: dict[str, Any]) -> d
     data was counted and the device (so `tunesmith plan --calibrate RUN` knows what ran)."""
     preflight = {"peak_gb": check["peak_gb"], "fits": check["fits"], "enforced": check["enforced"],
                  "headroom": check.get("headroom"), "memory_gb": check.get("memory_gb"),
+                 "auto_fit": check.get("auto_fit"),
                  "checklist": check["checklist"], "note": "every position trained: the worst case"}
     if check["run"] is None:
         return {"this_machine": {"device": check["device"], "preflight": {**preflight, "skipped": check["reason"]}}}
