@@ -85,7 +85,8 @@ def planner_peak(cfg: Any, device: Any) -> Callable[[Any], float]:
     facts = model_facts(cfg.model.source)
 
     def peak(candidate: Any) -> float:
-        run = run_from_config(candidate, device=device.type, facts=facts)
+        run = run_from_config(candidate, device=device.type, facts=facts, gpus=device.processes,
+                              strategy="ddp" if device.processes > 1 else None)
         return estimate(run.facts, run.setup).peak
 
     return peak

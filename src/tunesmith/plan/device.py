@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 import re
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 from typing import Any
 
@@ -28,6 +28,7 @@ class Device:
     available_gb: float  # what a new training process can use
     count: int = 1
     catalog_gpu: str | None = None
+    processes: int = 1  # training processes sharing the run (each with its own GPU; a CPU's memory is shared)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -51,6 +52,17 @@ def visible_device() -> Device:
                       count=torch.cuda.device_count(), catalog_gpu=catalog_name(props.name))
     total, available = system_memory()
     return Device(type="cpu", name=cpu_name(), memory_gb=round(total / GB, 2), available_gb=round(available / GB, 2))
+
+
+def share_among(device: Device, processes: int, local: int) -> Device:
+    """The device as each of `processes` training processes (`local` of them on this machine)
+    sees it: a GPU each, or an equal share of this machine's memory."""
+    if processes == 1:
+        return device
+    if device.type == "cpu":
+        return replace(device, available_gb=round(device.available_gb / local, 2), processes=processes,
+                       name=f"{device.name}, 1/{local} of its memory for each of {local} processes")
+    return replace(device, processes=processes)
 
 
 def system_memory() -> tuple[float, float]:

@@ -39,6 +39,7 @@ class World:
     rank: int = 0
     size: int = 1
     local_rank: int = 0
+    local_size: int = 1  # the processes on this machine
 
     @property
     def main(self) -> bool:
@@ -48,7 +49,8 @@ class World:
 def world_from_env() -> World:
     """The world a launcher (accelerate, torchrun) described in the environment."""
     size = _env_int("WORLD_SIZE", 1)
-    return World(rank=_env_int("RANK", 0), size=size, local_rank=_env_int("LOCAL_RANK", 0))
+    return World(rank=_env_int("RANK", 0), size=size, local_rank=_env_int("LOCAL_RANK", 0),
+                 local_size=_env_int("LOCAL_WORLD_SIZE", size))
 
 
 def launched() -> bool:

@@ -139,7 +139,7 @@ def lead(cfg: RunConfig, world: World, device: torch.device, strategy: str, hera
     if resume is not None and not folder.resume:
         raise UsageError(f"--resume {resume}: {folder.path} holds no run to continue")
     set_seed(cfg.train.seed)
-    check = check_fit(cfg, enforce=preflight, recorded=folder.auto_fit)  # an OOM costs the most
+    check = check_fit(cfg, enforce=preflight, recorded=folder.auto_fit, world=world)  # an OOM costs the most
     cfg = check["config"]  # auto-fit may have changed it to fit this device
     if on_preflight:
         on_preflight(check)
@@ -153,7 +153,7 @@ def lead(cfg: RunConfig, world: World, device: torch.device, strategy: str, hera
         data, cleaned = prepare_data(cfg, tokenizer, run_dir, start.checkpoint)
         if on_data:
             on_data(data.report)
-        check = check_fit_with_data(cfg, check, data.report)
+        check = check_fit_with_data(cfg, check, data.report, world)
         write_text_atomic(run_dir / "config.yaml", cfg.to_yaml())
         write_json_atomic(run_dir / "plan.json", run_plan(cfg, check, data.report))
         epochs, why = resolve_epochs(cfg.train.epochs, sum(len(e.input_ids) for e in data.train))
@@ -508,7 +508,7 @@ def out_of_memory_says_where(phase: list[str], check: dict[str, Any]) -> Iterato
 
 
 def check_fit(cfg: RunConfig, *, enforce: bool, tokens_per_epoch: int | None = None, auto_fit: bool = True,
-              recorded: dict[str, Any] | None = None) -> dict[str, Any]:
+              recorded: dict[str, Any] | None = None, world: World | None = None) -> dict[str, Any]:
     """The planner's pre-flight for this machine and its checklist (a GPU the config needs,
     torch's CUDA build, bf16, disk for the checkpoints, a network filesystem). Refuses (exit
     1) a run with a failed item, and one predicted not to fit unless `enforce` is off.
@@ -517,11 +517,13 @@ def check_fit(cfg: RunConfig, *, enforce: bool, tokens_per_epoch: int | None = N
     the cheapest change that fits (plan.autofit) instead of being refused; `recorded`: the
     changes an earlier session of this run made (its train.json's auto_fit), applied as they
     are, since the checkpoints were trained with them. check["config"] is the config to train
-    with, check["auto_fit"] the changes' record (None: none)."""
-    from tunesmith.plan.device import machine_facts, visible_device
+    with, check["auto_fit"] the changes' record (None: none). With several processes (`world`)
+    each is checked: a GPU each, or its share of this machine's memory."""
+    from tunesmith.plan.device import machine_facts, share_among, visible_device
     from tunesmith.plan.preflight import checklist, failed, refusal
 
-    device = visible_device()
+    world = world or World()
+    device = share_among(visible_device(), world.size, world.local_size)
     cfg, fitted, check = fit_to_device(cfg, device, enforce=enforce and auto_fit, recorded=recorded,
                                        tokens_per_epoch=tokens_per_epoch)
     check["enforced"] = enforce
@@ -572,7 +574,8 @@ def fit_to_device(cfg: RunConfig, device: Any, *, enforce: bool, recorded: dict[
     return cfg, fitted, check
 
 
-def check_fit_with_data(cfg: RunConfig, check: dict[str, Any], report: dict[str, Any]) -> dict[str, Any]:
+def check_fit_with_data(cfg: RunConfig, check: dict[str, Any], report: dict[str, Any],
+                        world: World | None = None) -> dict[str, Any]:
     """On a CPU the cleaned data lives in the same memory as the model: once it is counted,
     the pre-flight again with it (a GPU's memory does not hold it). The config is the one the
     first pre-flight chose, already fingerprinted: no new auto-fit here."""
@@ -581,7 +584,7 @@ def check_fit_with_data(cfg: RunConfig, check: dict[str, Any], report: dict[str,
     tokens = report_tokens(report, cfg.data.train).per_epoch
     if check["device"]["type"] != "cpu" or check["run"] is None or not tokens:
         return check
-    again = check_fit(cfg, enforce=check["enforced"], tokens_per_epoch=tokens, auto_fit=False)
+    again = check_fit(cfg, enforce=check["enforced"], tokens_per_epoch=tokens, auto_fit=False, world=world)
     again["auto_fit"] = check.get("auto_fit")
     return again
 
