@@ -1,8 +1,9 @@
 """Where a model's config comes from, for planning: an alias with a catalog entry (see
 `models.aliases`), a local folder with config.json or the config.json itself, a .gguf file
-(its metadata, read without loading weights), or a hub id. A hub id's config.json comes from
-the local HF cache, else (downloads on) from the hub into that cache: that one small file, never
-the weights, so planning a 70B model costs a few kilobytes.
+(its metadata, read without loading weights), or a hub id: its config.json from the local HF
+cache, else from the catalog entry of that hub id, else (downloads on) from the hub
+(HF_ENDPOINT) into the HF cache. Only that small file is fetched, never the weights, so
+planning a 70B model costs a few kilobytes and no GPU.
 """
 
 from __future__ import annotations
@@ -49,6 +50,9 @@ def model_config(source: str) -> tuple[dict[str, Any], str]:
         raise UnsupportedModel(f"{source}: not a catalog alias, a folder with config.json, a config.json, a .gguf "
                                f"file nor a hub id (org/name)" + (f"; did you mean {close[0]}?" if close else "")
                                + f"; {catalog_hint()}")
+    known = catalog_alias_of(source)
+    if known is not None:  # the catalog holds this hub model's config.json: no need to ask the hub
+        return catalog_entry(known)["config"], f"catalog:{known}"
     fetched = fetch_config(source)
     return read_config_json(fetched), str(fetched)
 
@@ -56,6 +60,11 @@ def model_config(source: str) -> tuple[dict[str, Any], str]:
 def model_facts(source: str) -> tuple[ModelFacts, str]:
     config, where = model_config(source)
     return ModelFacts.from_config(config, where), where
+
+
+def catalog_alias_of(repo_id: str) -> str | None:
+    """The catalog alias whose hub id is `repo_id`, if any."""
+    return next((alias for alias in catalog_aliases() if catalog_entry(alias)["hub_id"] == repo_id), None)
 
 
 def catalog_hint() -> str:
