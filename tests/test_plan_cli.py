@@ -584,19 +584,34 @@ def test_the_plan_prints_the_train_command_of_its_recommendation(tmp_path):
 def test_several_gpus_replicate_when_a_replica_fits_and_shard_when_it_does_not():
     """DDP is the default where a whole replica fits each GPU with headroom (no gathers);
     otherwise FSDP. A strategy given (flag or distributed.strategy) is used as given."""
-    plan, _ = plan_json("--model", "qwen2.5-0.5b", "--method", "full", "--tokens", "20M", "--gpus", "2",
-                        "--gpu", "H100-SXM")
-    assert plan["recommendation"]["strategy"] == "ddp" and plan["setup"]["strategy"] == "ddp"
-    assert plan["recommendation"]["train_command"].endswith("--nproc 2 --set distributed.strategy=ddp")
-    plan, _ = plan_json("--model", "llama-3.1-8b", "--method", "full", "--tokens", "20M", "--gpus", "2",
-                        "--gpu", "H200")
-    assert plan["recommendation"]["strategy"] == "fsdp" and plan["setup"]["strategy"] == "fsdp"
+    from tunesmith.config import build_config
+    from tunesmith.plan.build import build_plan
+    from tunesmith.plan.device import Device
+    from tunesmith.plan.inputs import TokenCount
+
+    cpu = Device(type="cpu", name="test CPU", memory_gb=64, available_gb=60)
+
+    def plan(model, gpu, **distributed):
+        cfg = build_config({"model": {"source": model}, "method": {"name": "full"}, "distributed": distributed})
+        return build_plan(cfg, TokenCount(20_000_000), cpu, gpus=load_gpus(), prices=load_prices(), gpu_count=2,
+                          only_gpu=gpu, matmul_flops=lambda: 50e9)
+
+    small, big = plan("qwen2.5-0.5b", "H100-SXM"), plan("llama-3.1-8b", "H200")
+    assert small["recommendation"]["strategy"] == small["setup"]["strategy"] == "ddp"
+    assert small["recommendation"]["train_command"].endswith("--nproc 2 --set distributed.strategy=ddp")
+    assert big["recommendation"]["strategy"] == big["setup"]["strategy"] == "fsdp"
+    chosen = plan("qwen2.5-0.5b", "H100-SXM", strategy="zero2")
+    assert chosen["recommendation"]["train_command"] == "tunesmith train CONFIG.yaml --nproc 2 --set distributed.strategy=zero2"
+    assert any(note.startswith("zero2 trains through DeepSpeed: it needs CUDA GPUs") for note in chosen["notes"])
+    assert not any("DeepSpeed" in note for note in small["notes"])
+
+
+def test_a_strategy_set_on_the_command_line_is_named_once_in_the_train_command():
     plan, _ = plan_json("--model", "qwen2.5-0.5b", "--method", "full", "--tokens", "20M", "--gpus", "2",
                         "--gpu", "H100-SXM", "--set", "distributed.strategy=zero2")
-    r = plan["recommendation"]
-    assert r["strategy"] == "zero2" and r["train_command"].count("distributed.strategy") == 1
-    assert r["train_command"].endswith("--nproc 2 --set distributed.strategy=zero2")
-    assert any("zero2 trains through DeepSpeed" in note for note in plan["notes"])
+    assert plan["recommendation"]["train_command"] == (
+        "tunesmith train CONFIG.yaml --set model.source=qwen2.5-0.5b --set method.name=full "
+        "--nproc 2 --set distributed.strategy=zero2")
 
 
 def test_spot_time_adds_half_a_checkpoint_interval_and_a_measured_resume_per_preemption():
