@@ -176,7 +176,9 @@ def test_bad_inputs_are_one_clear_error():
     result = tunesmith("plan", "--model", "llama-3.1-8b", "--gpu", "TPU-v5", check=False)
     assert result.returncode == 2 and "--gpu TPU-v5: not in the GPU catalog" in result.stderr
     result = tunesmith("plan", "--model", "no-such-model", check=False)
-    assert result.returncode == 2 and "not a catalog alias, folder or .gguf file" in result.stderr
+    assert result.returncode == 2 and "no-such-model: not a catalog alias, a folder with config.json" in result.stderr
+    result = tunesmith("plan", "--model", "llama-3.1-8bb", check=False)  # a bare name is an alias, mistyped
+    assert result.returncode == 2 and "did you mean llama-3.1-8b?" in result.stderr
     assert parse_tokens("1.5B") == 1_500_000_000 and parse_tokens("350k") == 350_000
 
 
@@ -539,6 +541,10 @@ def test_train_writes_the_plan_that_plan_prints_for_the_same_config(cpu_run):
     run, _, _, data = cpu_run
     written = json.loads((run / "plan.json").read_text())
     planned, _ = plan_json(run / "config.yaml", "--dataset", data)
+    # The train command names the config and data plan was given; train's own has a placeholder.
+    assert planned["recommendation"].pop("train_command") == (f"tunesmith train {run / 'config.yaml'} "
+                                                              f"--set data.train={data} --nproc 1")
+    assert written["recommendation"].pop("train_command") == "tunesmith train CONFIG.yaml --nproc 1"
     for key in set(written) | set(planned):
         if key != "this_machine":
             assert written[key] == planned[key], key
@@ -556,17 +562,56 @@ def test_train_writes_the_plan_that_plan_prints_for_the_same_config(cpu_run):
     assert here_w["preflight"]["enforced"] is True and "preflight" not in here_p
 
 
-def test_the_plan_says_training_runs_on_one_gpu_when_it_counts_several():
-    """Promise only what runs: the planner sizes 8-GPU FSDP runs, `tunesmith train` uses one
-    device, and a plan that shows several GPUs says so."""
-    from tunesmith.plan.planner import ONE_DEVICE
+def test_the_plan_prints_the_train_command_of_its_recommendation(tmp_path):
+    """Plan and train agree: the recommendation comes with the command that runs it, one
+    process per GPU, and the strategy only when there are several. Regression: the plan sized
+    8-GPU FSDP runs and said "planning only"; nothing told the user how to start one."""
+    big = tunesmith("plan", "--model", "llama-3.1-8b", "--method", "full", "--tokens", "20M", "--gpu", "A100-40GB")
+    lines = big.stdout.splitlines()
+    assert ("run it: tunesmith train CONFIG.yaml --set model.source=llama-3.1-8b --set method.name=full "
+            "--nproc 8 --set distributed.strategy=fsdp") in lines  # one line, whatever the terminal's width
+    text = " ".join(big.stdout.split())
+    assert "CONFIG.yaml: your run config" in text
+    assert "planning only" not in text and "one GPU today" not in text
+    config = tmp_path / "run.yaml"
+    config.write_text("model:\n  source: llama-3.1-8b\n")
+    small, code = plan_json(config, "--tokens", "20M", "--seq-len", "1024")
+    r = small["recommendation"]
+    assert code == 0 and r["count"] == 1 and r["strategy"] is None
+    assert r["train_command"] == f"tunesmith train {config} --set train.max_seq_len=1024 --nproc 1"
 
-    big, code = plan_json("--model", "llama-3.1-70b", "--method", "full", "--seq-len", "4096", "--batch", "4",
-                          "--tokens", "50M")
-    assert code == 1 and any(a["gpus"] == 8 for a in big["advice"])
-    assert ONE_DEVICE in big["notes"]
-    small, code = plan_json("--model", "smollm2-135m", "--tokens", "1M")
-    assert code == 0 and all(o["count"] == 1 for o in small["options"]) and ONE_DEVICE not in small["notes"]
+
+def test_several_gpus_replicate_when_a_replica_fits_and_shard_when_it_does_not():
+    """DDP is the default where a whole replica fits each GPU with headroom (no gathers);
+    otherwise FSDP. A strategy given (flag or distributed.strategy) is used as given."""
+    from tunesmith.config import build_config
+    from tunesmith.plan.build import build_plan
+    from tunesmith.plan.device import Device
+    from tunesmith.plan.inputs import TokenCount
+
+    cpu = Device(type="cpu", name="test CPU", memory_gb=64, available_gb=60)
+
+    def plan(model, gpu, **distributed):
+        cfg = build_config({"model": {"source": model}, "method": {"name": "full"}, "distributed": distributed})
+        return build_plan(cfg, TokenCount(20_000_000), cpu, gpus=load_gpus(), prices=load_prices(), gpu_count=2,
+                          only_gpu=gpu, matmul_flops=lambda: 50e9)
+
+    small, big = plan("qwen2.5-0.5b", "H100-SXM"), plan("llama-3.1-8b", "H200")
+    assert small["recommendation"]["strategy"] == small["setup"]["strategy"] == "ddp"
+    assert small["recommendation"]["train_command"].endswith("--nproc 2 --set distributed.strategy=ddp")
+    assert big["recommendation"]["strategy"] == big["setup"]["strategy"] == "fsdp"
+    chosen = plan("qwen2.5-0.5b", "H100-SXM", strategy="zero2")
+    assert chosen["recommendation"]["train_command"] == "tunesmith train CONFIG.yaml --nproc 2 --set distributed.strategy=zero2"
+    assert any(note.startswith("zero2 trains through DeepSpeed: it needs CUDA GPUs") for note in chosen["notes"])
+    assert not any("DeepSpeed" in note for note in small["notes"])
+
+
+def test_a_strategy_set_on_the_command_line_is_named_once_in_the_train_command():
+    plan, _ = plan_json("--model", "qwen2.5-0.5b", "--method", "full", "--tokens", "20M", "--gpus", "2",
+                        "--gpu", "H100-SXM", "--set", "distributed.strategy=zero2")
+    assert plan["recommendation"]["train_command"] == (
+        "tunesmith train CONFIG.yaml --set model.source=qwen2.5-0.5b --set method.name=full "
+        "--nproc 2 --set distributed.strategy=zero2")
 
 
 def test_spot_time_adds_half_a_checkpoint_interval_and_a_measured_resume_per_preemption():

@@ -88,11 +88,16 @@ def resolve_config(config: Optional[Path], args: dict[str, Any], fields: dict[st
     from tunesmith.config import build_config, load_config
 
     given = {param: args[param] for param in fields if args.get(param) is not None}
-    overrides = [f"{fields[param]}={_as_yaml(value)}" for param, value in given.items()] + list(set_ or [])
+    overrides = flag_overrides(args, fields) + list(set_ or [])
     flags = {fields[param]: FLAG_NAMES.get(param, "--" + param.replace("_", "-")) for param in given}
     if config is not None:
         return load_config(config, overrides, flags=flags)
     return build_config({}, overrides, where="flags", flags=flags)
+
+
+def flag_overrides(args: dict[str, Any], fields: dict[str, str]) -> list[str]:
+    """The given flags as config overrides: ["train.max_seq_len=2048", ...]."""
+    return [f"{field}={_as_yaml(args[param])}" for param, field in fields.items() if args.get(param) is not None]
 
 
 def _clean_setup(args: dict[str, Any]) -> tuple[Any, Optional[str], int]:
@@ -819,7 +824,8 @@ PLAN_FLAGS = {"model": "model.source", "method": "method.name", "seq_len": "trai
 @app.command("plan")
 def plan_cmd(
     config: Optional[Path] = typer.Argument(None, help="run config (YAML); flags below override it"),
-    model: Optional[str] = typer.Option(None, help="catalog alias, folder with config.json, .gguf, or a cached hub id"),
+    model: Optional[str] = typer.Option(None, help="catalog alias, folder with config.json (or the file), .gguf, or a "
+                                        "hub id (org/name: fetches its config.json alone, never the weights)"),
     method: Optional[str] = typer.Option(None, help="lora | qlora | full"),
     seq_len: Optional[int] = typer.Option(None, "--seq-len", min=16, help="tokens per packed row (train.max_seq_len)"),
     batch: Optional[int] = typer.Option(None, "--batch", min=1, help="rows per micro-batch per GPU"),
@@ -827,10 +833,12 @@ def plan_cmd(
     lora_r: Optional[int] = typer.Option(None, "--lora-r", min=1, help="LoRA rank"),
     gradient_checkpointing: Optional[bool] = typer.Option(None, "--gradient-checkpointing/--no-gradient-checkpointing"),
     optimizer: Optional[str] = typer.Option(None, help="adamw | adamw_8bit | paged_adamw | paged_adamw_8bit"),
-    gpus: Optional[int] = typer.Option(None, "--gpus", min=1, help="GPUs per node (default: the fewest of 1, 2, 4, 8 that fit; "
-                                      "planning only: train uses one GPU today)"),
+    gpus: Optional[int] = typer.Option(None, "--gpus", min=1, help="GPUs per node (default: the fewest of 1, 2, 4, 8 "
+                                      "that fit; train runs them with --nproc N)"),
     gpu: Optional[str] = typer.Option(None, "--gpu", help="plan for this GPU type only (see `tunesmith gpus`)"),
-    strategy: Optional[str] = typer.Option(None, help="with several GPUs: ddp | zero2 | fsdp | fsdp_offload (planning only)"),
+    strategy: Optional[str] = typer.Option(None, help="with several GPUs: ddp | fsdp | fsdp_offload | zero2 | zero3 "
+                                           "(distributed.strategy; default: DDP where a replica fits each GPU, "
+                                           "else FSDP; zero2/zero3 need the deepspeed extra)"),
     tokens: Optional[str] = typer.Option(None, help="training tokens per epoch, e.g. 20M (or use --dataset)"),
     dataset: Optional[Path] = typer.Option(None, help="count tokens per epoch in this file with the model's tokenizer"),
     epochs: Optional[str] = typer.Option(None, help="passes over the data, or auto (the default: 3, 2 or 1 by tokens per epoch)"),
@@ -882,13 +890,38 @@ def plan_cmd(
     else:
         count = TokenCount(None, None, f"data.train {cfg.data.train} not found: not counted" if cfg.data.train else None)
     plan = build_plan(cfg, count, visible_device(), gpus=catalog, prices=prices, gpu_count=gpus, strategy=strategy,
-                      only_gpu=gpu, calibration=calibration)
+                      only_gpu=gpu, calibration=calibration, config_path=str(config) if config else None,
+                      overrides=_train_overrides(locals(), dataset, set_))
     if json_out:
         print(json.dumps(plan, indent=2, ensure_ascii=False))
     else:
         print_plan(plan)
     if plan["recommendation"] is None:
         raise typer.Exit(1)
+
+
+def _train_overrides(args: dict[str, Any], dataset: Optional[Path], set_: Optional[list[str]]) -> list[str]:
+    """What the plan changed in its config, for the train command that runs it: the plan
+    flags, --dataset as data.train, and --set (the strategy comes last, from the plan)."""
+    given = {**{field: args[param] for param, field in PLAN_FLAGS.items() if args.get(param) is not None},
+             **({"data.train": dataset} if dataset else {})}
+    fields = [f"{field}={_plain_yaml(value)}" for field, value in given.items()]
+    return fields + [f for f in set_ or [] if not f.startswith("distributed.strategy=")]
+
+
+def _plain_yaml(value: Any) -> str:
+    """`_as_yaml` without quotes where YAML reads the text back unchanged (llama-3.1-8b, full),
+    so the printed command reads as a person would type it."""
+    import yaml
+
+    text = str(value) if isinstance(value, (str, Path)) else None
+    if text is not None and text.strip() == text:
+        try:
+            if yaml.safe_load(text) == text:
+                return text
+        except yaml.YAMLError:
+            pass
+    return _as_yaml(value)
 
 
 def plan_inference(source: str, catalog: Any, prices: Any, *, context: int, concurrency: int,
@@ -927,6 +960,8 @@ def plan_inference(source: str, catalog: Any, prices: Any, *, context: int, conc
 def print_plan(plan: dict[str, Any]) -> None:
     from rich import box
 
+    from tunesmith.plan.planner import CONFIG_PLACEHOLDER
+
     s, p, t = plan["setup"], plan["params"], plan["tokens"]
     out.print(f"[bold]{escape(plan['model']['config_from'])}[/]: {p['total'] / 1e9:.2f}B parameters, "
               f"{p['trainable']:,} trained ({s['method']}"
@@ -962,6 +997,10 @@ def print_plan(plan: dict[str, Any]) -> None:
         cost = f" for {_money(r['cost'])}" if r["cost"] is not None else ""
         took = f", {_hours(r['hours'])}" if r["hours"] is not None else ""
         out.print(f"[bold green]recommended:[/] {r['count']} x {r['gpu']}{cost}{took} ({r['why']})", highlight=False)
+        out.print(f"run it: {escape(r['train_command'])}", highlight=False, soft_wrap=True)
+        if r["train_command"].split()[2] == CONFIG_PLACEHOLDER:
+            out.print(f"[dim]{CONFIG_PLACEHOLDER}: your run config (model, data, output); `tunesmith config show > "
+                      f"{CONFIG_PLACEHOLDER}` writes one with every default[/]", highlight=False)
     else:
         out.print("[bold red]nothing fits[/] with 10% headroom. What would:", highlight=False)
         for a in plan["advice"]:

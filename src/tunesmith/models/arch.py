@@ -72,6 +72,10 @@ class ModelFacts:
         model_type = config.get("model_type")
         if model_type not in SUPPORTED:
             shown = "missing" if model_type is None else repr(model_type)
+            if "auto_map" in config:  # the architecture lives in the repo's own Python files
+                raise UnsupportedModel(f"{where}: model architecture (model_type) {shown} comes with its own Python "
+                                       "code (auto_map), which tunesmith does not run (trust_remote_code is off) "
+                                       f"and the planner cannot count; supported: {', '.join(SUPPORTED)}")
             raise UnsupportedModel(f"{where}: model architecture (model_type) {shown} is not supported by the "
                                    f"planner; supported: {', '.join(SUPPORTED)}")
         missing = [name for name in REQUIRED if config.get(name) is None]

@@ -9,14 +9,14 @@ its own `setup` (on a CPU: fp32 where the config says auto), memory and time.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from tunesmith.catalog.gpu import Gpu
 from tunesmith.catalog.prices import Price
 from tunesmith.models.arch import ModelFacts
 from tunesmith.plan.device import Device, cpu_matmul_flops
-from tunesmith.plan.inputs import Calibration, Run, TokenCount, on_device, run_from_config
-from tunesmith.plan.planner import local_option, make_plan
+from tunesmith.plan.inputs import Calibration, Run, TokenCount, configured_strategy, on_device, run_from_config
+from tunesmith.plan.planner import local_option, make_plan, train_command
 from tunesmith.plan.throughput import cpu_efficiency, default_mfu
 from tunesmith.config import resolve_epochs
 
@@ -24,15 +24,22 @@ from tunesmith.config import resolve_epochs
 def build_plan(cfg: Any, count: TokenCount, device: Device, *, gpus: list[Gpu], prices: list[Price],
                facts: tuple[ModelFacts, str] | None = None, gpu_count: int | None = None,
                strategy: str | None = None, only_gpu: str | None = None, calibration: Calibration | None = None,
+               config_path: str | None = None, overrides: Sequence[str] = (),
                matmul_flops: Callable[[], float] = cpu_matmul_flops) -> dict[str, Any]:
     """The plan for `cfg` trained on `count` tokens per epoch: every GPU row, and `device`
-    (this machine). `matmul_flops` rates a CPU when no calibration applies to it (injected
-    in tests; measured once per process otherwise)."""
+    (this machine). `strategy`: how several GPUs share the run (default: the config's
+    distributed.strategy; auto: DDP where a replica fits, else FSDP). The recommendation's
+    train_command names `config_path` (else a placeholder) and `overrides`, the config fields
+    the plan's flags changed. `matmul_flops` rates a CPU when no calibration applies to it
+    (injected in tests; measured once per process otherwise)."""
+    strategy = strategy or configured_strategy(cfg)
     run = run_from_config(cfg, count, device="cuda", gpus=gpu_count or 1, strategy=strategy, facts=facts)
     # A GPU run's utilisation stands in for the MFU default on every GPU row, when it trained
     # the same way (LoRA's utilisation says little about full fine-tuning's).
     mfu = calibration.mfu if calibration and calibration.mfu and calibration.method == run.setup.method else None
     plan = make_plan(run, gpus, prices, mfu=mfu, count=gpu_count, strategy=strategy, only_gpu=only_gpu)
+    if plan["recommendation"]:
+        plan["recommendation"]["train_command"] = train_command(plan["recommendation"], config_path, overrides)
     here = on_device(run, cfg, device.type)
     rate, time_from = local_rate(here, device, calibration, matmul_flops)
     plan["this_machine"] = local_option(here, device, flops_per_s=rate, time_from=time_from)

@@ -39,11 +39,19 @@ def setup_from_config(cfg: Any, *, device: str = "cuda", gpus: int = 1, strategy
 
 
 def default_strategy(method: str, gpus: int) -> str:
-    """One GPU: nothing to split. Several: full fine-tuning shards (FSDP), adapters replicate
-    (DDP: a LoRA replica is the frozen base, which each GPU needs whole anyway)."""
+    """The guess before a GPU is chosen. One GPU: nothing to split. Several: full fine-tuning
+    shards (FSDP), adapters replicate (DDP: a LoRA replica is the frozen base, which each GPU
+    needs whole anyway). Per GPU the planner tries DDP first and shards only when a replica
+    does not fit (`planner.option_for`)."""
     if gpus == 1:
         return "ddp"
     return "fsdp" if method == "full" else "ddp"
+
+
+def configured_strategy(cfg: Any) -> str | None:
+    """The config's distributed.strategy, or None for auto (the planner's pick)."""
+    chosen = cfg.distributed.strategy
+    return None if chosen == "auto" else chosen
 
 
 @dataclass(frozen=True)

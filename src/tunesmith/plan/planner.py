@@ -8,8 +8,9 @@ asks it before loading anything (the pre-flight).
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from tunesmith.catalog.gpu import Gpu
 from tunesmith.catalog.gpu import gpu as catalog_gpu
@@ -17,14 +18,15 @@ from tunesmith.catalog.prices import Price, cheapest, mid
 from tunesmith.errors import UsageError
 from tunesmith.models.arch import count_params
 from tunesmith.plan.device import bitsandbytes_installed
-from tunesmith.plan.inputs import Run, default_strategy
+from tunesmith.plan.inputs import Run
 from tunesmith.plan.memory import GB, Memory, Setup, estimate, trainable_params
 from tunesmith.plan.throughput import Mfu, assumptions, default_mfu, flops_per_token, hours
 
 COUNTS = (1, 2, 4, 8)  # GPUs per node the planner tries
-# Promise only what runs: the planner sizes several GPUs, the training loop uses one.
-ONE_DEVICE = ("`tunesmith train` runs on one GPU today: rows and remedies with several GPUs are for planning "
-              "(training on several GPUs is not implemented yet)")
+# What `tunesmith train --nproc N` runs through accelerate alone; the others need DeepSpeed.
+DEEPSPEED = ("zero2", "zero3")
+# The train command's config when plan was given none: the name `tunesmith config show > CONFIG.yaml` writes.
+CONFIG_PLACEHOLDER = "CONFIG.yaml"
 HEADROOM = 0.10  # keep 10% of the GPU free: fragmentation spikes and longer-than-planned rows
 
 
@@ -60,8 +62,17 @@ def fits(memory: Memory, gpu: Gpu, headroom: float = 0.0) -> bool:
 
 
 def option_for(run: Run, gpu: Gpu, count: int, strategy: str | None, prices: list[Price], mfu: Mfu | None) -> Option:
+    """`count` x `gpu` with `strategy`; none given and several GPUs: DDP when a whole replica
+    fits each GPU with headroom (no gathers, the fastest), else FSDP (shards it)."""
+    if strategy is None and count > 1:
+        replicated = _option(run, gpu, count, "ddp", prices, mfu)
+        return replicated if replicated.headroom_ok else _option(run, gpu, count, "fsdp", prices, mfu)
+    return _option(run, gpu, count, strategy or "ddp", prices, mfu)  # one GPU: nothing to share
+
+
+def _option(run: Run, gpu: Gpu, count: int, strategy: str, prices: list[Price], mfu: Mfu | None) -> Option:
     mfu = mfu or default_mfu(run.setup.method, gpu.name)
-    setup = replace(run.setup, gpus=count, strategy=strategy or default_strategy(run.setup.method, count))
+    setup = replace(run.setup, gpus=count, strategy=strategy)
     memory = estimate(run.facts, setup)
     total = run.total_tokens
     train_hours = hours(total, run.facts, setup, gpu, count, mfu) if total else None
@@ -158,14 +169,33 @@ def recommend(ranked: list[Option]) -> dict[str, Any] | None:
         why = f"cheapest GPU that fits with {HEADROOM:.0%} headroom, on {pricing.replace('_', '-')}"
         if pricing == "spot":
             why += ", with checkpoint writes and the expected preemption rework included"
-        return {"gpu": best.gpu, "count": best.count, "pricing": pricing, "cost": best.best_cost,
-                "hours": best.spot_hours if pricing == "spot" else best.hours, "peak_gb": best.peak_gb, "why": why}
+        return {"gpu": best.gpu, "count": best.count, "strategy": _strategy(best), "pricing": pricing,
+                "cost": best.best_cost, "hours": best.spot_hours if pricing == "spot" else best.hours,
+                "peak_gb": best.peak_gb, "why": why}
     best = min(good, key=lambda o: (o.count * o.memory_gb, o.hours or 0.0))
     # No cost to compare: without a token count there is no time, else no GPU that fits is priced.
     why = ("no token count, so no cost to compare (give --tokens or --dataset)" if best.hours is None
            else "no price known for it (add yours with --prices FILE.csv)")
-    return {"gpu": best.gpu, "count": best.count, "pricing": None, "cost": None, "hours": best.hours,
-            "peak_gb": best.peak_gb, "why": f"smallest GPU memory that fits with headroom; {why}"}
+    return {"gpu": best.gpu, "count": best.count, "strategy": _strategy(best), "pricing": None, "cost": None,
+            "hours": best.hours, "peak_gb": best.peak_gb, "why": f"smallest GPU memory that fits with headroom; {why}"}
+
+
+def _strategy(o: Option) -> str | None:
+    """How several GPUs share the run; None for one GPU, which has nothing to share."""
+    return o.strategy if o.count > 1 else None
+
+
+def train_command(recommendation: dict[str, Any], config: str | None = None, overrides: Sequence[str] = ()) -> str:
+    """The command that trains what `recommendation` planned: the config plan read (or a
+    placeholder), the config fields plan's flags changed (as --set), one process per GPU, and
+    the strategy when there are several. Quoted for a POSIX shell."""
+    words = ["tunesmith", "train", config or CONFIG_PLACEHOLDER]
+    for field in overrides:
+        words += ["--set", field]
+    words += ["--nproc", str(recommendation["count"])]
+    if recommendation["count"] > 1:
+        words += ["--set", f"distributed.strategy={recommendation['strategy']}"]
+    return shlex.join(words)
 
 
 Remedy = tuple[str, list[str], Setup]  # (the change in plan flags, the --set fields, the setup after it)
@@ -281,6 +311,9 @@ def make_plan(run: Run, gpus: list[Gpu], prices: list[Price], *, mfu: Mfu | None
     if not chosen:
         raise UsageError(f"--gpu {only_gpu}: not in the GPU catalog; it has {', '.join(g.name for g in gpus)}")
     ranked = options(run, chosen, prices, mfu, count=count, strategy=strategy)
+    if count and count > 1 and strategy is None and ranked:
+        # The figures above the table are for the strategy the best row uses (DDP or FSDP).
+        run = replace(run, setup=replace(run.setup, strategy=ranked[0].strategy))
     shown_mfu = mfu or default_mfu(run.setup.method, "*")
     memory = estimate(run.facts, run.setup)
     counts = count_params(run.facts)
@@ -308,8 +341,9 @@ def make_plan(run: Run, gpus: list[Gpu], prices: list[Price], *, mfu: Mfu | None
             "(packed rows are nearly full; epochs do not count)")
     elif run.total_tokens is None:
         plan["notes"].append("no token count: give --tokens N or --dataset FILE for time and cost")
-    if any(o["count"] > 1 for o in plan["options"]) or any(a["gpus"] > 1 for a in plan["advice"]):
-        plan["notes"].append(ONE_DEVICE)
+    if recommendation and recommendation["strategy"] in DEEPSPEED:
+        plan["notes"].append(f"{recommendation['strategy']} trains through DeepSpeed: it needs CUDA GPUs and the "
+                             "optional deepspeed extra; ddp, fsdp and fsdp_offload need neither")
     return plan
 
 

@@ -12,7 +12,7 @@ from tunesmith.models.arch import UnsupportedModel, count_params
 from tunesmith.plan.device import MachineFacts, existing_parent
 from tunesmith.plan.inputs import Run, on_device, run_from_config
 from tunesmith.plan.memory import GB, cpu_data_bytes, estimate, optimizer_bytes_per_param, trainable_params
-from tunesmith.plan.planner import HEADROOM, ONE_DEVICE, advice, fits_here, local_option, options
+from tunesmith.plan.planner import HEADROOM, advice, fits_here, local_option, options
 
 
 def preflight(cfg: Any, device: Any, tokens_per_epoch: int | None = None) -> dict[str, Any]:
@@ -57,7 +57,8 @@ def refusal(check: dict[str, Any], cfg: Any, gpus: list[Gpu], prices: list[Price
         lines.append("GPUs that would fit: " + "; ".join(
             f"{o.count} x {o.gpu} ({o.peak_gb:.1f} of {o.memory_gb:g} GB"
             + (f", ~${o.best_cost:,.2f}" if o.best_cost is not None else "") + ")" for o in ranked) + "."
-            + (f" ({ONE_DEVICE}.)" if any(o.count > 1 for o in ranked) else ""))
+            + (" (several GPUs: `tunesmith train --nproc N`; `tunesmith plan` prints the whole command.)"
+               if any(o.count > 1 for o in ranked) else ""))
     else:
         fix = _first_fix(advice(run, gpus, prices), lambda step: step["fits"] is not None)
         if fix:
