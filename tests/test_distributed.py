@@ -54,10 +54,18 @@ def runs(tiny_model_dir, tmp_path_factory):
     return tmp, base, one, two
 
 
+def approx_metrics(run):
+    """The curve, gradient norms to 5 digits: FSDP adds the squares of each shard's norm."""
+    return [{**r, "grad_norm": round(r["grad_norm"], 5)} for r in metrics(run)]
+
+
 @pytest.mark.slow
 def test_two_processes_train_what_one_process_with_accumulation_trains(runs):
     tmp, _, one, two = runs
-    assert "training with 2 processes (ddp) through accelerate's launcher" in two.stdout
+    assert "training with 2 processes (distributed.strategy auto) through accelerate's launcher" in two.stdout
+    assert "2 processes, distributed.strategy auto: ddp (a whole replica fits each process's memory)" in \
+        " ".join(two.stdout.split())
+    assert "of its memory for each of 2 processes" in two.stdout  # the pre-flight checked each share
     assert "trained 9 steps, 3,126 tokens" in two.stdout and "trained 9 steps, 3,126 tokens" in one.stdout
     assert metrics(tmp / "two") == metrics(tmp / "one")
     # Two fp32 gradients summed in either order, scaled by 2 then averaged: exactly the same.
@@ -68,9 +76,21 @@ def test_two_processes_train_what_one_process_with_accumulation_trains(runs):
 
 
 @pytest.mark.slow
-def test_a_stopped_two_process_run_continues_to_the_same_adapter_and_refuses_one_process(runs):
+def test_two_fsdp_processes_holding_half_the_weights_each_train_the_same_adapter(runs):
     tmp, base, _, _ = runs
-    run = tmp / "stopped"
+    fsdp = tunesmith(*base, "--out", tmp / "fsdp", "--nproc", "2", "--set", "distributed.strategy=fsdp")
+    assert "trained 9 steps, 3,126 tokens" in fsdp.stdout
+    assert approx_metrics(tmp / "fsdp") == approx_metrics(tmp / "one")
+    assert same_adapter(adapter(tmp / "fsdp"), adapter(tmp / "one"))
+    assert files(tmp / "fsdp") == files(tmp / "one")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_a_stopped_two_process_run_continues_to_the_same_adapter_and_refuses_one_process(runs, strategy):
+    tmp, base, _, _ = runs
+    run = tmp / f"stopped-{strategy}"
+    base = [*base, "--set", f"distributed.strategy={strategy}"]
     command = [sys.executable, "-m", "tunesmith.cli", *map(str, base), "--out", str(run), "--nproc", "2"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     while process.poll() is None and not (run / "metrics.jsonl").is_file():
@@ -89,18 +109,23 @@ def test_a_stopped_two_process_run_continues_to_the_same_adapter_and_refuses_one
 
     again = tunesmith(*base, "--out", run, "--nproc", "2")
     assert f"continuing from checkpoint step-{step:06d}" in " ".join(again.stdout.split())
-    assert metrics(run) == metrics(tmp / "two")
+    assert approx_metrics(run) == approx_metrics(tmp / "two")
     assert same_adapter(adapter(run), adapter(tmp / "two"))
 
 
 @pytest.mark.slow
 def test_a_strategy_train_cannot_run_is_refused_before_any_worker_starts(runs, tiny_model_dir):
     tmp, base, _, _ = runs
-    result = tunesmith(*base, "--out", tmp / "fsdp", "--nproc", "2", "--set", "distributed.strategy=fsdp",
+    result = tunesmith(*base, "--out", tmp / "zero3", "--nproc", "2", "--set", "distributed.strategy=zero3",
                        check=False)
     assert result.returncode == 2
-    assert "distributed.strategy=fsdp: train runs ddp only so far" in " ".join(result.stderr.split())
-    assert "training with" not in result.stdout and not (tmp / "fsdp").exists()
+    assert "distributed.strategy=zero3: train runs ddp, fsdp and fsdp_offload; DeepSpeed ZeRO is not wired in" in \
+        " ".join(result.stderr.split())
+    assert "training with" not in result.stdout and not (tmp / "zero3").exists()
+    offload = tunesmith(*base, "--out", tmp / "offload", "--nproc", "2", "--set", "distributed.strategy=fsdp_offload",
+                        check=False)
+    assert offload.returncode == 2 and "these processes already train on CPU" in " ".join(offload.stderr.split())
+    assert not (tmp / "offload").exists()
 
 
 # ---------------------------------------------------------------- the pure parts

@@ -449,8 +449,10 @@ def start_workers(cfg: Any, nproc: Optional[int], **machines: Any) -> None:
     if count == 1 and machines["nnodes"] == 1:
         return
     world = distributed.World(size=count * machines["nnodes"])
-    strategy = distributed.check_strategy(cfg.distributed.strategy, world)  # refused once, before any worker
-    out.print(f"training with {world.size} processes ({strategy}) through accelerate's launcher", highlight=False)
+    # Refused once, before any worker starts.
+    strategy = distributed.check_strategy(cfg.distributed.strategy, world, distributed.default_device_type())
+    out.print(f"training with {world.size} processes (distributed.strategy {strategy}) through accelerate's launcher",
+              highlight=False)
     raise typer.Exit(distributed.launch(distributed.launcher_args(count, sys.argv[1:], **machines)))
 
 
@@ -1228,10 +1230,14 @@ def say(error: TunesmithError) -> int:
         return error.exit_code
     label = getattr(error, "label", "error")
     colour = "yellow" if label != "error" else "red"
-    rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
-    worker = f"worker {rank}: " if rank != "0" else ""
-    err.print(f"{worker}[{colour}]{label}:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
+    err.print(f"{worker_prefix()}[{colour}]{label}:[/] {escape(str(error))}", highlight=False, soft_wrap=True)
     return error.exit_code
+
+
+def worker_prefix() -> str:
+    """`worker N: ` in a training worker other than the main one (which speaks for the run)."""
+    rank = os.environ.get("RANK", "0") if "WORLD_SIZE" in os.environ else "0"
+    return f"worker {rank}: " if rank != "0" else ""
 
 
 INTERRUPTED = 130
@@ -1264,7 +1270,8 @@ def report_bug(e: BaseException) -> int:
     text = (f"tunesmith {__version__}, {datetime.datetime.now().isoformat(timespec='seconds')}\n"
             f"command: tunesmith {' '.join(sys.argv[1:])}\n\n" + "".join(traceback.format_exception(e)))
     stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
-    places = ([_run_dir / "error.log"] if _run_dir is not None and _run_dir.is_dir() else [])
+    own_folder = _run_dir is not None and _run_dir.is_dir() and not worker_prefix()  # the main process's file
+    places = [_run_dir / "error.log"] if own_folder else []
     places.append(tunesmith_home() / "logs" / f"error-{stamp}.log")
     for place in places:
         try:
@@ -1276,7 +1283,7 @@ def report_bug(e: BaseException) -> int:
         break
     else:
         where = "please report it with this traceback:\n" + text
-    err.print(f"[red]error:[/] {escape(type(e).__name__ + ': ' + str(e).splitlines()[0] if str(e) else type(e).__name__)}"
+    err.print(f"{worker_prefix()}[red]error:[/] {escape(type(e).__name__ + ': ' + str(e).splitlines()[0] if str(e) else type(e).__name__)}"
               f" — this is a bug in tunesmith; {escape(where)}", highlight=False, soft_wrap=True)
     return 1
 

@@ -86,7 +86,7 @@ def planner_peak(cfg: Any, device: Any) -> Callable[[Any], float]:
 
     def peak(candidate: Any) -> float:
         run = run_from_config(candidate, device=device.type, facts=facts, gpus=device.processes,
-                              strategy="ddp" if device.processes > 1 else None)
+                              strategy=device.strategy)
         return estimate(run.facts, run.setup).peak
 
     return peak

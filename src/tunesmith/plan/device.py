@@ -29,6 +29,7 @@ class Device:
     count: int = 1
     catalog_gpu: str | None = None
     processes: int = 1  # training processes sharing the run (each with its own GPU; a CPU's memory is shared)
+    strategy: str | None = None  # how they split the model (ddp, fsdp, ...); None: one process
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -54,15 +55,16 @@ def visible_device() -> Device:
     return Device(type="cpu", name=cpu_name(), memory_gb=round(total / GB, 2), available_gb=round(available / GB, 2))
 
 
-def share_among(device: Device, processes: int, local: int) -> Device:
-    """The device as each of `processes` training processes (`local` of them on this machine)
-    sees it: a GPU each, or an equal share of this machine's memory."""
+def share_among(device: Device, processes: int, local: int, strategy: str) -> Device:
+    """The device as each of `processes` training processes (`local` of them on this machine,
+    splitting the model by `strategy`) sees it: a GPU each, or an equal share of this
+    machine's memory."""
     if processes == 1:
         return device
     if device.type == "cpu":
         return replace(device, available_gb=round(device.available_gb / local, 2), processes=processes,
-                       name=f"{device.name}, 1/{local} of its memory for each of {local} processes")
-    return replace(device, processes=processes)
+                       strategy=strategy, name=f"{device.name}, 1/{local} of its memory for each of {local} processes")
+    return replace(device, processes=processes, strategy=strategy)
 
 
 def system_memory() -> tuple[float, float]:

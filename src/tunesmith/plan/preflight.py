@@ -26,9 +26,8 @@ def preflight(cfg: Any, device: Any, tokens_per_epoch: int | None = None) -> dic
     yet) skips the check with a note; a broken config.json stops here, as it would stop the
     loader."""
     try:
-        # Memory needs no token count; several processes train with DDP (a replica each).
-        run = run_from_config(cfg, device=device.type, gpus=device.processes,
-                              strategy="ddp" if device.processes > 1 else None)
+        # Memory needs no token count; several processes split the model by device.strategy.
+        run = run_from_config(cfg, device=device.type, gpus=device.processes, strategy=device.strategy)
     except UnsupportedModel as e:
         return {"fits": None, "peak_gb": None, "device": device.to_dict(), "run": None,
                 "reason": f"pre-flight skipped: {e}"}

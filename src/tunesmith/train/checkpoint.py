@@ -111,13 +111,17 @@ def trained_weights(model: Any) -> dict[str, torch.Tensor]:
 
 def save_checkpoint(run_dir: Path, step: int, *, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
                     state: dict[str, Any], fingerprint: dict[str, Any],
-                    rank_rng: list[torch.Tensor] | None = None) -> Path:
+                    rank_rng: list[torch.Tensor] | None = None, weights: dict[str, torch.Tensor] | None = None,
+                    optimizer_state: dict[str, Any] | None = None) -> Path:
     """checkpoints/step-NNNNNN, complete or absent; then `latest` names it. `rank_rng`: each
-    worker's torch generator state (CPU, then its GPU's), by rank, when several train."""
+    worker's torch generator state (CPU, then its GPU's), by rank, when several train;
+    `weights` and `optimizer_state`: gathered from shards (FSDP), instead of the model's and
+    the optimizer's own."""
 
     def fill(folder: Path) -> None:
-        save_file(trained_weights(model), str(folder / WEIGHTS))
-        optimizer_tensors, optimizer_meta = _split_optimizer(optimizer.state_dict())
+        save_file(weights if weights is not None else trained_weights(model), str(folder / WEIGHTS))
+        optimizer_tensors, optimizer_meta = _split_optimizer(
+            optimizer_state if optimizer_state is not None else optimizer.state_dict())
         rng_tensors, rng_meta = _capture_rng()
         rng_tensors.update({f"rng.rank{rank}": state.contiguous() for rank, state in enumerate(rank_rng or [])})
         save_file({**optimizer_tensors, **rng_tensors}, str(folder / TENSORS))
@@ -241,12 +245,15 @@ def newest_valid(run_dir: Path) -> tuple[Checkpoint | None, list[str]]:
 # ---------------------------------------------------------------- restoring
 
 def restore(checkpoint: Checkpoint, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
-            rank: int = 0) -> None:
+            rank: int = 0, sharded: bool = False) -> None:
     """Put weights, optimizer, scheduler and every RNG back exactly as they were saved (the
-    generators of worker `rank` when several trained)."""
+    generators of worker `rank` when several trained; cut into shards when `sharded`)."""
+    from tunesmith.train.sharding import sharded_optimizer_state
+
     load_weights(model, checkpoint.weights(), checkpoint.path.name)
     tensors = load_file(str(checkpoint.path / TENSORS))
-    optimizer.load_state_dict(_join_optimizer(checkpoint.state["optimizer"], tensors))
+    optimizer_state = _join_optimizer(checkpoint.state["optimizer"], tensors)
+    optimizer.load_state_dict(sharded_optimizer_state(optimizer, optimizer_state) if sharded else optimizer_state)
     scheduler.load_state_dict(checkpoint.state["scheduler"])
     _restore_rng(checkpoint.state["rng"], tensors)
     own = tensors.get(f"rng.rank{rank}")
@@ -263,9 +270,11 @@ def load_weights(model: Any, weights: dict[str, torch.Tensor], where: str) -> No
         missing, extra = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
         raise CorruptCheckpoint(f"{where}: its weights do not match this model (missing {missing[:3]}, "
                                 f"unexpected {extra[:3]})")
+    from tunesmith.train.sharding import shard_like
+
     with torch.no_grad():
         for name, p in params.items():
-            p.copy_(weights[name])
+            p.copy_(shard_like(weights[name], p))  # the tensor itself, unless p is a shard
 
 
 def _join_optimizer(meta: dict[str, Any], tensors: dict[str, torch.Tensor]) -> dict[str, Any]:

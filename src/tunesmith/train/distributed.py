@@ -29,7 +29,7 @@ from tunesmith.errors import TunesmithError, UsageError
 
 T = TypeVar("T")
 STRATEGIES = ("ddp", "fsdp", "fsdp_offload", "zero2", "zero3")
-SHARDED = ("fsdp", "fsdp_offload", "zero2", "zero3")
+DEEPSPEED = ("zero2", "zero3")
 
 
 @dataclass(frozen=True)
@@ -73,6 +73,10 @@ class PeerFailed(TunesmithError):
 
 # ---------------------------------------------------------------- launching
 
+def default_device_type() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def default_nproc() -> int:
     """Every visible GPU; one process on a CPU (its cores are already shared by the threads)."""
     return torch.cuda.device_count() if torch.cuda.is_available() else 1
@@ -109,7 +113,7 @@ def launch(args: list[str]) -> int:
     from torch.distributed.elastic.multiprocessing.api import SignalException
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    logging.getLogger("torch.distributed.elastic").setLevel(logging.ERROR)
+    logging.getLogger("torch.distributed.elastic").setLevel(logging.CRITICAL)
     logging.getLogger("accelerate").setLevel(logging.ERROR)
     parsed = launch_command_parser().parse_args(args)
     try:
@@ -209,15 +213,19 @@ def my_share(items: Sequence[T], world: World) -> list[T]:
     return list(items[world.rank :: world.size])
 
 
-def check_strategy(strategy: str, world: World) -> str:
-    """The strategy this world runs (auto resolved); refuses what train cannot run yet."""
+def check_strategy(strategy: str, world: World, device_type: str) -> str:
+    """The strategy this world runs (auto: resolved by the main process's pre-flight); refuses
+    what train cannot run."""
     if world.size == 1:
         return "single"
-    chosen = "ddp" if strategy == "auto" else strategy
-    if chosen in SHARDED:
-        raise UsageError(f"distributed.strategy={chosen}: train runs ddp only so far (a whole replica per "
-                         f"process); `tunesmith plan --strategy {chosen}` prices it, training with it is not built "
-                         f"yet: use distributed.strategy=ddp (or auto)")
+    chosen = strategy
+    if chosen in DEEPSPEED:
+        raise UsageError(f"distributed.strategy={chosen}: train runs ddp, fsdp and fsdp_offload; DeepSpeed ZeRO is "
+                         f"not wired in (`tunesmith plan --strategy {chosen}` prices it): use fsdp, which shards like "
+                         f"{'ZeRO-3' if chosen == 'zero3' else 'ZeRO-2 and more'}")
+    if chosen == "fsdp_offload" and device_type != "cuda":
+        raise UsageError("distributed.strategy=fsdp_offload moves GPU memory to the host; these processes already "
+                         "train on CPU: use distributed.strategy=fsdp")
     return chosen
 
 

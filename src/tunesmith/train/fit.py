@@ -33,6 +33,7 @@ from tunesmith.train.distributed import (
 )
 from tunesmith.train.loss import TokenLoss
 from tunesmith.train.pack import Row, collate, one_per_row, pack
+from tunesmith.train.sharding import SHARDED, full_optimizer_state, full_trained_weights, shard_model, whole
 from tunesmith.train.record import RunRecord
 from tunesmith.train.watchdog import Alarm, Watchdogs
 
@@ -125,22 +126,26 @@ class Fit:
 
     def run(self, model: Any, state: LoopState, resume: Checkpoint | None) -> LoopState:
         cfg, steps = self.cfg, self.steps
+        sharded = self.strategy in SHARDED
+        raw_loss = loss_fn = TokenLoss(model)
+        if sharded:  # before the optimizer: its parameters become the shards
+            shard_model(raw_loss, self.strategy, self.device, cfg.method.name == "full")
         accelerator = make_accelerator(cfg, self.device, self.strategy)
         optimizer = make_optimizer(cfg, model, self.device)
         scheduler = make_scheduler(cfg, optimizer, len(steps))
         watch = self.watch or Watchdogs(len(steps), {})
         if resume is not None:
-            restore(resume, model, optimizer, scheduler, rank=self.world.rank)
+            restore(resume, model, optimizer, scheduler, rank=self.world.rank, sharded=sharded)
             watch.load_state(resume.state["watchdogs"])
         if state.gradient_checkpointing and not cfg.train.gradient_checkpointing:
             enable_checkpointing(model)  # an earlier out-of-memory error turned it on
-        raw_loss = TokenLoss(model)
-        with warnings.catch_warnings():
-            # torch 2.13 renamed DDP's broadcast_buffers (forward_sync_buffers); accelerate's
-            # kwargs handler passes the old name only.
-            warnings.filterwarnings("ignore", message=".*broadcast_buffers.*deprecated", category=FutureWarning)
-            loss_fn, optimizer = accelerator.prepare(raw_loss, optimizer)
-        parts = Parts(model, loss_fn, optimizer, scheduler, accelerator, self.world, raw_loss)
+        if not sharded:  # FSDP syncs the gradients itself: nothing for accelerate to wrap
+            with warnings.catch_warnings():
+                # torch 2.13 renamed DDP's broadcast_buffers (forward_sync_buffers); accelerate's
+                # kwargs handler passes the old name only.
+                warnings.filterwarnings("ignore", message=".*broadcast_buffers.*deprecated", category=FutureWarning)
+                loss_fn, optimizer = accelerator.prepare(raw_loss, optimizer)
+        parts = Parts(model, loss_fn, optimizer, scheduler, accelerator, self.world, raw_loss, sharded)
         clock = time.perf_counter() - state.elapsed
         for number in range(state.step + 1, len(steps) + 1):
             self.phase[0] = f"training step {number} of {len(steps)}"
@@ -237,7 +242,7 @@ class Fit:
         if not self.val or not (number % self.cfg.train.eval_every == 0 or number == len(self.steps)):
             return None
         state.last_eval = evaluate_loss(parts.raw_loss, self.val, self.cfg, state.micro_batch, self.pad_id, self.device,
-                                        self.world)
+                                        self.world, parts.sharded)
         t = self.cfg.train
         if state.best_eval_loss is None or state.best_eval_loss - state.last_eval > t.early_stopping_min_delta:
             state.best_eval_loss, state.best_step, state.evals_since_best = state.last_eval, number, 0
@@ -290,10 +295,14 @@ class Fit:
         its own dropout masks); the others wait until it is complete."""
         self.phase[0] = f"saving the checkpoint of step {state.step}"
         rank_rng = rank_rng_states(self.world, self.device)
+        weights = optimizer_state = None
+        if parts.sharded:  # every process sends its shards; the main one writes them whole
+            weights, optimizer_state = full_trained_weights(parts.model), full_optimizer_state(parts.optimizer)
         if self.world.main:
             save_checkpoint(self.run_dir, state.step, model=parts.model, optimizer=parts.optimizer,
                             scheduler=parts.scheduler, state={"loop": asdict(state), "watchdogs": watch.state()},
-                            fingerprint=self.fingerprint, rank_rng=rank_rng)
+                            fingerprint=self.fingerprint, rank_rng=rank_rng, weights=weights,
+                            optimizer_state=optimizer_state)
             prune(self.run_dir, self.cfg.train.keep_checkpoints, state.best_step)
         barrier(self.world)
 
@@ -316,6 +325,7 @@ class Parts:
     accelerator: Any
     world: World = field(default_factory=World)
     raw_loss: Any = None  # the same loss module unwrapped: evaluation needs no gradient sync
+    sharded: bool = False  # FSDP: every forward and backward is a collective
 
 
 # ---------------------------------------------------------------- building blocks
@@ -372,11 +382,15 @@ def run_step(parts: Parts, rows: Step, micro_batch: int, pad_id: int, max_norm: 
     batches = [collate(rows[i : i + micro_batch], pad_id) for i in range(0, len(rows), micro_batch)]
     n_trained = sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches)
     loss_fn, optimizer, accelerator, world = parts.loss_fn, parts.optimizer, parts.accelerator, parts.world
-    mine = my_share(batches, world) or [without_targets(batches[0])]  # every worker syncs once a step
+    mine = my_share(batches, world)
+    # Every worker syncs once a step (DDP); under FSDP every forward and backward gathers, so
+    # every worker runs as many micro-batches as the busiest one.
+    rounds = -(-len(batches) // world.size) if parts.sharded else 1
+    mine += [without_targets(batches[0])] * max(0, rounds - len(mine))
     loss_fn.train()
     total_loss = 0.0
     for i, batch in enumerate(mine):
-        sync = accelerator.no_sync(loss_fn) if i < len(mine) - 1 else nullcontext()
+        sync = accelerator.no_sync(loss_fn) if i < len(mine) - 1 and not parts.sharded else nullcontext()
         with sync:
             loss_sum, _ = loss_fn(
                 batch["input_ids"].to(device), batch["position_ids"].to(device), batch["labels"].to(device)
@@ -386,7 +400,7 @@ def run_step(parts: Parts, rows: Step, micro_batch: int, pad_id: int, max_norm: 
         total_loss += loss_sum.item()
     total_loss = all_sum(world, [total_loss])[0]
     params = [p for group in optimizer.param_groups for p in group["params"]]
-    grad_norm = float(accelerator.clip_grad_norm_(params, max_norm))
+    grad_norm = float(whole(accelerator.clip_grad_norm_(params, max_norm)))
     loss = total_loss / max(n_trained, 1)
     if apply is None or apply(loss, grad_norm):
         optimizer.step()
@@ -418,17 +432,22 @@ def _number(x: float | None) -> float | None:
 
 @torch.no_grad()
 def evaluate_loss(loss_fn: Any, examples: list[Encoded], cfg: RunConfig, micro_batch: int, pad_id: int,
-                  device: torch.device, world: World | None = None) -> float | None:
+                  device: torch.device, world: World | None = None, sharded: bool = False) -> float | None:
     """Mean loss per trained token over the validation rows; with several workers each runs
-    its share of the micro-batches and the sums are added up."""
+    its share of the micro-batches (under FSDP as many as the busiest) and the sums are added up."""
     if not examples:
         return None
     world = world or World()
     loss_fn.eval()
     rows = pack(examples, cfg.train.max_seq_len) if cfg.train.packing else one_per_row(examples)
+    starts = list(range(0, len(rows), micro_batch))
+    mine: list[int | None] = list(my_share(starts, world))
+    if sharded:
+        mine += [None] * (-(-len(starts) // world.size) - len(mine))
     total, count = 0.0, 0
-    for start in my_share(range(0, len(rows), micro_batch), world):
-        batch = collate(rows[start : start + micro_batch], pad_id)
+    for start in mine:
+        batch = collate(rows[start : start + micro_batch], pad_id) if start is not None else \
+            without_targets(collate(rows[:micro_batch], pad_id))
         loss_sum, n = loss_fn(batch["input_ids"].to(device), batch["position_ids"].to(device), batch["labels"].to(device))
         total += loss_sum.item()
         count += int(n)

@@ -32,6 +32,7 @@ from tunesmith.train.checkpoint import (
 )
 from tunesmith.train.checks import RunFolder, check_run_inputs, inspect_run_dir
 from tunesmith.train.distributed import PeerFailed, World, check_strategy, join, share, world_from_env
+from tunesmith.train.sharding import SHARDED, full_trained_weights
 from tunesmith.train.dropout import use_bit_dropout
 from tunesmith.train.fit import Fit, LoopState, MetricsLog, enable_checkpointing, plan_steps
 from tunesmith.train.preempt import PreemptionWatcher, StopRequest
@@ -92,7 +93,7 @@ def train(
 
     world = world_from_env()
     device = join(world, pick_device().type)
-    strategy = check_strategy(cfg.distributed.strategy, world)
+    strategy = check_strategy(cfg.distributed.strategy, world, device.type)
     if not world.main:
         return follow(cfg, world, device, strategy, stop)
     herald = Herald(world)
@@ -139,7 +140,11 @@ def lead(cfg: RunConfig, world: World, device: torch.device, strategy: str, hera
     if resume is not None and not folder.resume:
         raise UsageError(f"--resume {resume}: {folder.path} holds no run to continue")
     set_seed(cfg.train.seed)
-    check = check_fit(cfg, enforce=preflight, recorded=folder.auto_fit, world=world)  # an OOM costs the most
+    if strategy == "auto":
+        strategy = pick_strategy(cfg, world, strategy)
+        note(strategy_note(world, strategy))
+    # An OOM costs the most: refused (or fitted) before anything is loaded.
+    check = check_fit(cfg, enforce=preflight, recorded=folder.auto_fit, world=world, strategy=strategy)
     cfg = check["config"]  # auto-fit may have changed it to fit this device
     if on_preflight:
         on_preflight(check)
@@ -161,12 +166,30 @@ def lead(cfg: RunConfig, world: World, device: torch.device, strategy: str, hera
             note(f"{why}; early stopping ends it when eval loss stops improving" if data.val else why)
         steps = plan_steps(data.train, cfg, epochs, world.size)
         prints = {**prints, "data": cleaned}
-        herald.go({"config": cfg.to_dict(), "run_dir": str(run_dir), "path": path, "epochs": epochs,
+        herald.go({"config": cfg.to_dict(), "strategy": strategy, "run_dir": str(run_dir), "path": path,
+                   "epochs": epochs,
                    "checkpoint": str(start.checkpoint.path) if start.checkpoint else None,
                    "train": encoded_rows(data.train), "val": encoded_rows(data.val)})
         return run_fit(cfg, run_dir, path, tokenizer, data, steps, start, device, check, prints,
                        progress=progress, on_log=on_log, note=note, notes=notes, stop=stop, world=world,
                        strategy=strategy)
+
+
+def pick_strategy(cfg: RunConfig, world: World, strategy: str) -> str:
+    """distributed.strategy auto: DDP when a replica fits each process's device, else FSDP."""
+    if world.size == 1 or cfg.distributed.strategy != "auto":
+        return strategy
+    from tunesmith.plan.device import share_among, visible_device
+    from tunesmith.plan.preflight import preflight
+
+    replica = preflight(cfg, share_among(visible_device(), world.size, world.local_size, "ddp"))
+    return "fsdp" if replica["fits"] is False else "ddp"
+
+
+def strategy_note(world: World, strategy: str) -> str:
+    return (f"{world.size} processes, distributed.strategy auto: "
+            + ("fsdp (a whole replica does not fit each process's memory)" if strategy == "fsdp" else
+               "ddp (a whole replica fits each process's memory)"))
 
 
 def follow(cfg: RunConfig, world: World, device: torch.device, strategy: str, stop: Any) -> TrainResult:
@@ -179,6 +202,7 @@ def follow(cfg: RunConfig, world: World, device: torch.device, strategy: str, st
     if message.get("stop"):
         raise PeerFailed("", exit_code=1)
     cfg = RunConfig.model_validate(message["config"])  # as the main process runs it (auto-fit may change it)
+    strategy = message["strategy"]
     run_dir, path = Path(message["run_dir"]), message["path"]
     train_rows, val_rows = examples_from(message["train"]), examples_from(message["val"])
     steps = plan_steps(train_rows, cfg, message["epochs"], world.size)
@@ -192,6 +216,8 @@ def follow(cfg: RunConfig, world: World, device: torch.device, strategy: str, st
     with guards(cfg, device, len(steps), stop, lambda text: None, watch_cloud=False) as (fit.stop, fit.watch,
                                                                                           fit.poll_notes):
         state = fit.run(model, state, checkpoint)
+    if state.best_step is None:
+        sharded_weights(model, run_dir, state, strategy)  # the main process gathers the last step's shards
     return TrainResult(run_dir=run_dir, steps=state.step, tokens=state.tokens, train_seconds=state.train_seconds,
                        tokens_per_s=0.0, final_loss=state.last_loss, final_eval_loss=state.last_eval, data={},
                        status="stopped_early" if state.stopped_early else "completed", steps_planned=len(steps))
@@ -354,7 +380,8 @@ def run_fit(cfg: RunConfig, run_dir: Path, path: str, tokenizer: Any, data: Prep
                 fit.bar = bar
                 state = fit.run(model, state, start.checkpoint)
             fit.phase[0] = "saving the trained weights"
-            adapter_step = keep_best(model, tokenizer, run_dir, cfg, state)
+            adapter_step = keep_best(model, tokenizer, run_dir, cfg, state, sharded_weights(model, run_dir, state,
+                                                                                             strategy))
     except BaseException as e:  # a kill -9 never gets here: train.json then still says "running"
         if record.fields["status"] == "running":
             record.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
@@ -417,13 +444,15 @@ def restart_timer(record: RunRecord) -> Callable[[], None]:
     return first_step_done
 
 
-def keep_best(model: Any, tokenizer: Any, run_dir: Path, cfg: RunConfig, state: LoopState) -> int:
+def keep_best(model: Any, tokenizer: Any, run_dir: Path, cfg: RunConfig, state: LoopState,
+              weights: dict[str, torch.Tensor] | None = None) -> int:
     """RUN/adapter (RUN/model) holds the checkpoint with the lowest eval loss; without
-    validation data, the last step's weights. Returns the step it holds."""
-    if state.best_step is not None and state.best_step != state.step:
+    validation data, the last step's weights. Returns the step it holds. `weights`: those
+    weights whole, when the model holds only shards of them."""
+    if weights is None and state.best_step is not None and state.best_step != state.step:
         best = read_checkpoint(checkpoint_dir(run_dir, state.best_step))
         load_weights(model, best.weights(), best.path.name)
-    save_trained(model, tokenizer, run_dir, cfg)
+    save_trained(model, tokenizer, run_dir, cfg, weights)
     return state.best_step if state.best_step is not None else state.step
 
 
@@ -472,11 +501,23 @@ def count_params(model: Any) -> dict[str, int]:
     return {"total": total, "trainable": trainable}
 
 
-def save_trained(model: Any, tokenizer: Any, run_dir: Path, cfg: RunConfig) -> Path:
-    """RUN/adapter (PEFT format) for LoRA/QLoRA, RUN/model for full fine-tuning; atomic."""
+def sharded_weights(model: Any, run_dir: Path, state: LoopState, strategy: str) -> dict[str, torch.Tensor] | None:
+    """Under FSDP, the weights RUN/adapter gets, whole: the best checkpoint's, else the last
+    step's gathered from every process (all of them call this). None: the model holds them."""
+    if strategy not in SHARDED:
+        return None
+    if state.best_step is not None:  # a new best eval loss always writes a checkpoint
+        return read_checkpoint(checkpoint_dir(run_dir, state.best_step)).weights()
+    return full_trained_weights(model)
+
+
+def save_trained(model: Any, tokenizer: Any, run_dir: Path, cfg: RunConfig,
+                 weights: dict[str, torch.Tensor] | None = None) -> Path:
+    """RUN/adapter (PEFT format) for LoRA/QLoRA, RUN/model for full fine-tuning; atomic.
+    `weights`: the trained weights whole, when the model holds shards."""
 
     def fill(folder: Path) -> None:
-        model.save_pretrained(folder, safe_serialization=True)
+        model.save_pretrained(folder, safe_serialization=True, **({"state_dict": weights} if weights else {}))
         if cfg.method.name == "full":
             tokenizer.save_pretrained(folder)
         # PEFT names the base by the cache path it was loaded from; name it as the user did.
@@ -508,7 +549,8 @@ def out_of_memory_says_where(phase: list[str], check: dict[str, Any]) -> Iterato
 
 
 def check_fit(cfg: RunConfig, *, enforce: bool, tokens_per_epoch: int | None = None, auto_fit: bool = True,
-              recorded: dict[str, Any] | None = None, world: World | None = None) -> dict[str, Any]:
+              recorded: dict[str, Any] | None = None, world: World | None = None,
+              strategy: str = "single") -> dict[str, Any]:
     """The planner's pre-flight for this machine and its checklist (a GPU the config needs,
     torch's CUDA build, bf16, disk for the checkpoints, a network filesystem). Refuses (exit
     1) a run with a failed item, and one predicted not to fit unless `enforce` is off.
@@ -518,12 +560,13 @@ def check_fit(cfg: RunConfig, *, enforce: bool, tokens_per_epoch: int | None = N
     changes an earlier session of this run made (its train.json's auto_fit), applied as they
     are, since the checkpoints were trained with them. check["config"] is the config to train
     with, check["auto_fit"] the changes' record (None: none). With several processes (`world`)
-    each is checked: a GPU each, or its share of this machine's memory."""
+    each is checked: a GPU each, or its share of this machine's memory, with the model split by
+    `strategy`."""
     from tunesmith.plan.device import machine_facts, share_among, visible_device
     from tunesmith.plan.preflight import checklist, failed, refusal
 
     world = world or World()
-    device = share_among(visible_device(), world.size, world.local_size)
+    device = share_among(visible_device(), world.size, world.local_size, strategy)
     cfg, fitted, check = fit_to_device(cfg, device, enforce=enforce and auto_fit, recorded=recorded,
                                        tokens_per_epoch=tokens_per_epoch)
     check["enforced"] = enforce
@@ -584,7 +627,8 @@ def check_fit_with_data(cfg: RunConfig, check: dict[str, Any], report: dict[str,
     tokens = report_tokens(report, cfg.data.train).per_epoch
     if check["device"]["type"] != "cpu" or check["run"] is None or not tokens:
         return check
-    again = check_fit(cfg, enforce=check["enforced"], tokens_per_epoch=tokens, auto_fit=False, world=world)
+    again = check_fit(cfg, enforce=check["enforced"], tokens_per_epoch=tokens, auto_fit=False, world=world,
+                      strategy=check["device"]["strategy"] or "single")
     again["auto_fit"] = check.get("auto_fit")
     return again
 
