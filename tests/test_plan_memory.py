@@ -141,7 +141,7 @@ def test_gradient_checkpointing_keeps_one_hidden_state_per_layer():
     outside = 4 * facts.hidden + 4 + 2 * facts.head_dim * 2  # final norm, rotary tables
     assert activation_bytes(facts, setup) == 2048 * (32 * 2 * 4096 + outside)
     without = activation_bytes(facts, Setup(seq_len=2048, micro_batch=1, lora_dropout=0.0))
-    assert without > 30 * activation_bytes(facts, setup)
+    assert without > 20 * activation_bytes(facts, setup)
 
 
 # ---------------------------------------------------------------- published figures (ANCHORS.md)

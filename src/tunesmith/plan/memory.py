@@ -104,6 +104,7 @@ class Setup:
     trained_fraction: float = 1.0  # share of positions with a loss; 1.0 plans for the worst case
     gpus: int = 1
     strategy: str = "ddp"
+    offload_activations: bool = False  # checkpointed layer inputs in host memory (needs checkpointing)
 
     @property
     def tokens(self) -> int:
@@ -119,7 +120,7 @@ class Precision:
     norm_trainable: bool
     weights_trainable: bool  # full fine-tuning: every linear keeps its input
     autocast: bool  # fp32 weights, bf16 matmuls: each linear keeps a bf16 copy of its input
-    mask: int  # dropout mask per element: bool on CUDA, fp32 for tunesmith's CPU dropout
+    mask: int  # dropout mask per element: bool on CUDA, the input's dtype for tunesmith's CPU dropout
 
 
 def precision(s: Setup) -> Precision:
@@ -128,13 +129,10 @@ def precision(s: Setup) -> Precision:
         gpu = s.device == "cuda"
         return Precision(residual=4, linear_out=2 if gpu else 4, norm_trainable=True, weights_trainable=True,
                          autocast=gpu, mask=0)
-    mask = 0 if s.lora_dropout == 0 else (1 if s.device == "cuda" else 4)
-    if s.method == "qlora":
-        # prepare_model_for_kbit_training casts embeddings and norms to fp32 and bitsandbytes
-        # returns each 4-bit layer's output in its input's dtype: activations stay fp32.
-        return Precision(residual=4, linear_out=4, norm_trainable=False, weights_trainable=False,
-                         autocast=False, mask=mask)
+    # LoRA and QLoRA alike (train/lean.py): the activations in the base's dtype, the adapters
+    # multiplying in it too; bitsandbytes returns each 4-bit layer's output in its input's dtype.
     e = 4 if s.dtype == "fp32" else 2
+    mask = 0 if s.lora_dropout == 0 else (1 if s.device == "cuda" else e)
     return Precision(residual=e, linear_out=e, norm_trainable=False, weights_trainable=False, autocast=False, mask=mask)
 
 
@@ -196,10 +194,12 @@ def weight_bytes(f: ModelFacts, s: Setup) -> float:
     counts = count_params(f)
     if s.method == "full":
         return 4.0 * counts["total"]
+    e = 4.0 if s.dtype == "fp32" else 2.0
     if s.method == "qlora":
+        # The rest (embeddings, head, norms) stays in the base's dtype (train/lean.py's kbit_casts).
         linear = f.layers * counts["linear_per_layer"]
-        return linear * nf4_bits(s.double_quant) / 8 + 4.0 * (counts["total"] - linear)
-    return (4.0 if s.dtype == "fp32" else 2.0) * counts["total"]
+        return linear * nf4_bits(s.double_quant) / 8 + e * (counts["total"] - linear)
+    return e * counts["total"]
 
 
 def optimizer_bytes_per_param(optimizer: str) -> float:
@@ -224,7 +224,7 @@ def _input_group(width: int, consumers: list[str], adapted: list[str], p: Precis
                  requires_grad: bool) -> float:
     """Bytes per token saved for the input of linear layers that share it (q/k/v read the same
     normed input). A trained weight keeps its input (a bf16 copy per layer under autocast);
-    an adapter keeps an fp32 copy (shared with the input when that is already fp32), or its
+    an adapter multiplies in its input's dtype and keeps the input itself (shared), or its
     dropout's output plus the mask."""
     shared = 0
     saved = 0.0
@@ -236,11 +236,9 @@ def _input_group(width: int, consumers: list[str], adapted: list[str], p: Precis
                 shared = e_in
         if name in adapted:
             if p.mask:
-                saved += 4 * width + (p.mask * width if requires_grad else 0)
-            elif e_in == 4:
-                shared = 4
+                saved += e_in * width + (p.mask * width if requires_grad else 0)
             else:
-                saved += 4 * width
+                shared = e_in
     return saved + shared * width
 
 
@@ -284,7 +282,7 @@ def layer_activation_bytes(f: ModelFacts, s: Setup, first: bool = False) -> dict
     # SwiGLU: the activation keeps its input (gate), the product keeps both factors.
     mlp_inner = 3 * e * f.intermediate
     mlp_out = _input_group(f.intermediate, ["down_proj"], adapted, p, e, True)
-    lora_hidden = 4 * s.lora_r * len(adapted)  # each adapter's A output, kept for B's gradient
+    lora_hidden = e * s.lora_r * len(adapted)  # each adapter's A output, kept for B's gradient
     if f.experts > 1:
         # Each token passes through `active_experts` experts; the router weights multiply
         # each expert's output (kept), and the expert inputs are gathered copies.
@@ -327,20 +325,43 @@ def saved_logits_bytes(f: ModelFacts, s: Setup) -> float:
     return logits_bytes(f, s) * (2 / 4 if f.logit_softcap else 1 / 3)
 
 
+def adapter_copy_bytes(f: ModelFacts, s: Setup) -> float:
+    """The fp32 adapters cast to a bf16 base's dtype, which every adapted layer keeps for its
+    input's gradient (train/lean.py): r x (in + out) per adapter, per decoder layer, whatever
+    the token count; nothing on an fp32 base."""
+    e = precision(s).linear_out
+    return 0.0 if s.method == "full" or e == 4 else e * lora_params(f, s)
+
+
+def checkpointed_input_bytes(f: ModelFacts, s: Setup) -> float:
+    """With gradient checkpointing, what stays of each layer: its input (the residual stream)."""
+    return s.tokens * f.layers * precision(s).residual * f.hidden
+
+
 def activation_bytes(f: ModelFacts, s: Setup) -> float:
-    """Bytes autograd holds at the end of the forward pass for one micro-batch, logits aside.
-    With gradient checkpointing each layer keeps only its input."""
-    outside = outside_activation_bytes(f, s)
+    """Bytes autograd holds on the device at the end of the forward pass for one micro-batch,
+    logits aside. With gradient checkpointing each layer keeps only its input, and with
+    offloading not even that (on a GPU: on a CPU it is host memory already)."""
+    outside = s.tokens * outside_activation_bytes(f, s)
     if s.gradient_checkpointing:
-        return s.tokens * (f.layers * precision(s).residual * f.hidden + outside)
+        return outside + (0.0 if offloads(s) else checkpointed_input_bytes(f, s))
     layer = sum(layer_activation_bytes(f, s).values())
     first = sum(layer_activation_bytes(f, s, first=True).values())
-    return s.tokens * ((f.layers - 1) * layer + first + outside)
+    return s.tokens * ((f.layers - 1) * layer + first) + outside + adapter_copy_bytes(f, s)
+
+
+def offloads(s: Setup) -> bool:
+    """Whether the checkpointed layer inputs leave the device (they cannot leave a CPU)."""
+    return s.gradient_checkpointing and s.offload_activations and s.device == "cuda"
 
 
 def recompute_bytes(f: ModelFacts, s: Setup) -> float:
-    """With gradient checkpointing, one layer's activations rebuilt during its backward."""
-    return s.tokens * sum(layer_activation_bytes(f, s).values()) if s.gradient_checkpointing else 0.0
+    """With gradient checkpointing, one layer's activations rebuilt during its backward (and,
+    when offloaded, its input copied back)."""
+    if not s.gradient_checkpointing:
+        return 0.0
+    back = s.tokens * precision(s).residual * f.hidden if offloads(s) else 0.0
+    return s.tokens * sum(layer_activation_bytes(f, s).values()) + adapter_copy_bytes(f, s) / f.layers + back
 
 
 # ---------------------------------------------------------------- the peak
@@ -349,7 +370,7 @@ def transient_bytes(f: ModelFacts, s: Setup) -> float:
     """Gradients in flight inside one layer's backward: two intermediate-sized tensors beside
     what the layer saved (measured on CPU), in fp32 where an adapter or fp32 weights make them."""
     p = precision(s)
-    g = 4 if ("down_proj" in adapted_modules(f, s) or not p.autocast and p.linear_out == 4) else p.linear_out
+    g = p.linear_out  # the adapters multiply in it too (train/lean.py)
     moe = 0.0
     if f.experts > 1 and p.weights_trainable:
         # Fused expert weights are indexed per expert: each index's backward allocates a
@@ -443,6 +464,16 @@ def estimate(f: ModelFacts, s: Setup) -> Memory:
             grads = 2.0 * counts["per_layer"]  # one layer's gradients in flight to the host
             notes.append("optimizer state, master weights and gradients live in host memory")
     activations = activation_bytes(f, s)
+    offloaded = 0.0
+    if s.offload_activations and s.gradient_checkpointing:
+        if offloads(s):
+            offloaded = checkpointed_input_bytes(f, s)
+            cpu += offloaded
+            notes.append(f"train.offload_activations: each layer's checkpointed input ({offloaded / GB:.2f} GB in "
+                         f"all) waits in pinned host memory for its backward: a copy each way per layer")
+        else:
+            notes.append("train.offload_activations saves nothing on a CPU: the activations already are in host "
+                         "memory")
     logits = logits_bytes(f, s)
     recompute = recompute_bytes(f, s)
     transient = transient_bytes(f, s)
@@ -465,6 +496,7 @@ def estimate(f: ModelFacts, s: Setup) -> Memory:
         "adapters": adapters,
         "optimizer": optimizer,
         "activations": activations,
+        "offloaded_activations": offloaded,  # in host memory, not counted in the peak
         "logits": logits,
         "recompute": recompute,
         "backward_transient": transient,
