@@ -4,22 +4,24 @@ The model follows what the loop really keeps alive, not a rule of thumb:
 
 - **Weights.** LoRA: the base in bf16 on a GPU (the config's dtype on CPU). QLoRA: the
   decoder's linear layers in NF4, 4 bits plus one fp32 absmax per 64 weights (4.5 bits), or
-  4.127 bits with double quantisation (the absmax in 8 bits, QLoRA paper); peft's
-  `prepare_model_for_kbit_training` casts everything else (embeddings, head, norms) to fp32.
+  4.127 bits with double quantisation (the absmax in 8 bits, QLoRA paper); everything else
+  (embeddings, head, norms) stays in the base's dtype (train/lean.py, not peft's fp32 upcast).
   Full: fp32 master weights, with bf16 autocast on a GPU, whose cached bf16 copies of
   the weights live until backward has used them (2 bytes per parameter).
-- **Adapters.** peft keeps LoRA weights in fp32 even on a bf16 base (`autocast_adapter_dtype`),
-  so each adapted layer also keeps an fp32 copy of its input for backward: on a bf16 base
-  that doubles the input's bytes. Measured on CPU, this is the largest LoRA activation term.
+- **Adapters.** peft keeps LoRA weights in fp32 even on a bf16 base (`autocast_adapter_dtype`);
+  tunesmith multiplies them in the base's dtype (train/lean.py), so an adapted layer keeps its
+  input as it is (peft would keep an fp32 copy per adapter) and a bf16 copy of the adapter's
+  weights (r x (in + out), per layer).
 - **Optimizer.** AdamW: m and v in fp32 (8 B/param), plus one parameter-sized temporary in
   `step()` (torch's foreach `_foreach_sqrt`). 8-bit AdamW: 2 B/param plus an fp32 absmax per
   2,048 values; tensors under 4,096 values stay 32-bit (bitsandbytes `min_8bit_size`).
   Paged variants hold the same bytes in managed memory the driver may evict to the host.
 - **Activations.** Per decoder layer, per token, each tensor autograd saves: the fp32 copies
-  RMSNorm makes, the inputs adapted layers keep (one per adapter, in fp32, plus a dropout
-  mask), q/k/v/out and the fp32 logsumexp of SDPA/flash attention (no s x s matrix), the
+  RMSNorm makes, the inputs adapted layers keep (shared; with dropout one per adapter plus
+  its mask), q/k/v/out and the fp32 logsumexp of SDPA/flash attention (no s x s matrix), the
   SwiGLU gate, activation and up projection. With gradient checkpointing only each layer's
-  input stays, plus one layer recomputed during backward.
+  input stays, plus one layer recomputed during backward; `train.offload_activations` moves
+  those inputs to host memory (on a GPU).
 - **Logits.** The loss runs the head only on trained positions and upcasts those to fp32:
   the log-softmax output is saved and its gradient is the same size (8 B x V per position).
 
@@ -368,15 +370,21 @@ def recompute_bytes(f: ModelFacts, s: Setup) -> float:
 
 def transient_bytes(f: ModelFacts, s: Setup) -> float:
     """Gradients in flight inside one layer's backward: two intermediate-sized tensors beside
-    what the layer saved (measured on CPU), in fp32 where an adapter or fp32 weights make them."""
+    what the layer saved (measured on CPU), in the dtype the layers multiply in; for QLoRA also
+    one dequantised weight."""
     p = precision(s)
     g = p.linear_out  # the adapters multiply in it too (train/lean.py)
+    dequant = 0.0
+    if s.method == "qlora":
+        # bitsandbytes dequantises a 4-bit weight to the compute dtype for each matmul, forward
+        # and backward: the layer's largest weight in flight (unmeasured: no GPU here yet).
+        dequant = g * max(i * o for i, o in module_shapes(f).values())
     moe = 0.0
     if f.experts > 1 and p.weights_trainable:
         # Fused expert weights are indexed per expert: each index's backward allocates a
         # zero gradient the size of the whole gate+up tensor before adding it in.
         moe = 4.0 * f.experts * 2 * f.intermediate * f.hidden
-    return 2 * g * f.intermediate * s.tokens + moe
+    return 2 * g * f.intermediate * s.tokens + moe + dequant
 
 
 def step_temp_bytes(f: ModelFacts, s: Setup) -> float:
