@@ -62,9 +62,10 @@ def log(*parts: object) -> None:
 
 # ---------------------------------------------------------------- the grid
 
-def case(model: str, method: str, seq: int, batch: int, gc_on: bool, dtype: str = "bfloat16") -> dict[str, Any]:
+def case(model: str, method: str, seq: int, batch: int, gc_on: bool, dtype: str = "bfloat16",
+         offload: bool = False) -> dict[str, Any]:
     return {"model": model, "method": method, "dtype": "float32" if method == "full" else dtype,
-            "seq_len": seq, "micro_batch": batch, "gradient_checkpointing": gc_on}
+            "seq_len": seq, "micro_batch": batch, "gradient_checkpointing": gc_on, "offload_activations": offload}
 
 
 ALL_SHAPES = [(s, b, g) for s in (512, 2048) for b in (1, 4) for g in (False, True)]
@@ -86,7 +87,9 @@ def cuda_grid(quick: bool) -> list[dict[str, Any]]:
                 ("qwen2.5-7b", "lora", KEY_SHAPES),
                 ("mistral-7b-v0.3", "lora", [(2048, 4, False), (2048, 4, True)]),
                 ("qwen2.5-1.5b", "full", [(2048, 4, False), (2048, 4, True)])]
-    return [case(m, method, *shape) for m, method, shapes in plan for shape in shapes]
+    # The lean path's switch: checkpointed layer inputs in pinned host memory.
+    offloaded = [case("llama-3.1-8b", method, 2048, 4, True, offload=True) for method in ("lora", "qlora")]
+    return [case(m, method, *shape) for m, method, shapes in plan for shape in shapes] + offloaded
 
 
 def cpu_grid(quick: bool) -> list[dict[str, Any]]:
@@ -164,7 +167,8 @@ def run_config(c: dict[str, Any]) -> Any:
         "model": {"dtype": c["dtype"]},
         "method": {"name": c["method"], "dropout": LORA_DROPOUT},
         "train": {"micro_batch": c["micro_batch"], "max_seq_len": c["seq_len"],
-                  "gradient_checkpointing": c["gradient_checkpointing"]},
+                  "gradient_checkpointing": c["gradient_checkpointing"],
+                  "offload_activations": c.get("offload_activations", False)},
     })
 
 
@@ -173,6 +177,7 @@ def predict(c: dict[str, Any], device: str) -> tuple[ModelFacts, Setup, Any]:
     seq = c["seq_len"]
     setup = Setup(method=c["method"], seq_len=seq, micro_batch=c["micro_batch"],
                   gradient_checkpointing=c["gradient_checkpointing"], lora_dropout=LORA_DROPOUT, device=device,
+                  offload_activations=c.get("offload_activations", False),
                   dtype="fp32" if c["dtype"] == "float32" else "bf16",
                   trained_fraction=(seq - 1) / seq)  # every position but each row's last has a target
     return facts, setup, estimate(facts, setup)

@@ -117,6 +117,16 @@ def test_qwen3_moe_lora_on_its_experts_is_refused_and_on_attention_counts_what_p
     assert lora_params(facts, setup) == sum(p.numel() for n, p in tuned.named_parameters() if "lora_" in n)
 
 
+def test_qlora_activations_and_step_peak_are_lora_s_on_a_bf16_base():
+    """QLoRA's preparation (train/lean.py) keeps the bf16 activations, measured on a bf16 model
+    without the 4-bit layers (bitsandbytes needs a GPU; what NF4 adds, the dequantised weight in
+    flight, is the GPU bench's to measure)."""
+    measured, facts, setup, memory = measure_and_predict(FAMILIES["llama"], "qlora", "bfloat16", 0.05, gc=False,
+                                                         batch=2, seq=64)
+    assert activation_bytes(facts, setup) + saved_logits_bytes(facts, setup) == pytest.approx(measured["saved"], rel=0.01)
+    assert memory.allocated - resident(memory) == pytest.approx(measured["step_peak"], rel=0.06)
+
+
 @pytest.mark.parametrize("family", ["llama", "gemma2"])
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
 def test_step_peak_with_gradient_checkpointing(family, variant):
@@ -141,7 +151,7 @@ def test_gradient_checkpointing_keeps_one_hidden_state_per_layer():
     outside = 4 * facts.hidden + 4 + 2 * facts.head_dim * 2  # final norm, rotary tables
     assert activation_bytes(facts, setup) == 2048 * (32 * 2 * 4096 + outside)
     without = activation_bytes(facts, Setup(seq_len=2048, micro_batch=1, lora_dropout=0.0))
-    assert without > 30 * activation_bytes(facts, setup)
+    assert without > 20 * activation_bytes(facts, setup)
 
 
 # ---------------------------------------------------------------- published figures (ANCHORS.md)

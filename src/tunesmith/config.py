@@ -148,7 +148,12 @@ class TrainConfig(Section):
     gradient_checkpointing: bool = Field(False, description="recompute activations: less memory, ~30% slower")
     auto_fit: bool = Field(True, description="when the pre-flight predicts the run does not fit this device, "
                            "train with the cheapest change that fits (gradient checkpointing, then a smaller "
-                           "micro-batch with more accumulation: the same update); false: refuse instead")
+                           "micro-batch with more accumulation: the same update, then on a GPU "
+                           "train.offload_activations); false: refuse instead")
+    offload_activations: bool = Field(
+        False, description="with gradient checkpointing, keep each layer's saved input in host memory until its "
+        "backward (pinned; a copy each way per layer: slower); frees layers x tokens x hidden of GPU memory, "
+        "nothing on a CPU")
     warmup_ratio: float = Field(0.03, ge=0, lt=1, description="share of steps spent warming up")
     scheduler: Literal["cosine", "linear", "constant"] = Field("cosine", description="lr schedule after warmup")
     optimizer: Literal["adamw", "adamw_8bit", "paged_adamw", "paged_adamw_8bit"] = Field(
@@ -169,6 +174,15 @@ class TrainConfig(Section):
     watch_preemption: Literal["off", "auto", "aws", "gcp"] = Field(
         "off", description="poll the cloud's metadata for a spot preemption notice and checkpoint at once"
     )
+
+    @field_validator("offload_activations")
+    @classmethod
+    def _offload_needs_checkpointing(cls, offload: bool, info: Any) -> bool:
+        # gradient_checkpointing is declared first, so it is already validated here
+        if offload and not info.data.get("gradient_checkpointing"):
+            raise ValueError("needs train.gradient_checkpointing: true (it moves the layer inputs that "
+                             "checkpointing keeps); add --set train.gradient_checkpointing=true")
+        return offload
 
 
 class DistributedConfig(Section):

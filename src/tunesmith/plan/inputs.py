@@ -27,6 +27,7 @@ def setup_from_config(cfg: Any, *, device: str = "cuda", gpus: int = 1, strategy
         seq_len=cfg.train.max_seq_len,
         micro_batch=cfg.train.micro_batch,
         gradient_checkpointing=cfg.train.gradient_checkpointing,
+        offload_activations=cfg.train.offload_activations,
         lora_r=cfg.method.r,
         lora_dropout=cfg.method.dropout,
         target_modules=tuple(cfg.method.target_modules),

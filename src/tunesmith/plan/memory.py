@@ -4,22 +4,24 @@ The model follows what the loop really keeps alive, not a rule of thumb:
 
 - **Weights.** LoRA: the base in bf16 on a GPU (the config's dtype on CPU). QLoRA: the
   decoder's linear layers in NF4, 4 bits plus one fp32 absmax per 64 weights (4.5 bits), or
-  4.127 bits with double quantisation (the absmax in 8 bits, QLoRA paper); peft's
-  `prepare_model_for_kbit_training` casts everything else (embeddings, head, norms) to fp32.
+  4.127 bits with double quantisation (the absmax in 8 bits, QLoRA paper); everything else
+  (embeddings, head, norms) stays in the base's dtype (train/lean.py, not peft's fp32 upcast).
   Full: fp32 master weights, with bf16 autocast on a GPU, whose cached bf16 copies of
   the weights live until backward has used them (2 bytes per parameter).
-- **Adapters.** peft keeps LoRA weights in fp32 even on a bf16 base (`autocast_adapter_dtype`),
-  so each adapted layer also keeps an fp32 copy of its input for backward: on a bf16 base
-  that doubles the input's bytes. Measured on CPU, this is the largest LoRA activation term.
+- **Adapters.** peft keeps LoRA weights in fp32 even on a bf16 base (`autocast_adapter_dtype`);
+  tunesmith multiplies them in the base's dtype (train/lean.py), so an adapted layer keeps its
+  input as it is (peft would keep an fp32 copy per adapter) and a bf16 copy of the adapter's
+  weights (r x (in + out), per layer).
 - **Optimizer.** AdamW: m and v in fp32 (8 B/param), plus one parameter-sized temporary in
   `step()` (torch's foreach `_foreach_sqrt`). 8-bit AdamW: 2 B/param plus an fp32 absmax per
   2,048 values; tensors under 4,096 values stay 32-bit (bitsandbytes `min_8bit_size`).
   Paged variants hold the same bytes in managed memory the driver may evict to the host.
 - **Activations.** Per decoder layer, per token, each tensor autograd saves: the fp32 copies
-  RMSNorm makes, the inputs adapted layers keep (one per adapter, in fp32, plus a dropout
-  mask), q/k/v/out and the fp32 logsumexp of SDPA/flash attention (no s x s matrix), the
+  RMSNorm makes, the inputs adapted layers keep (shared; with dropout one per adapter plus
+  its mask), q/k/v/out and the fp32 logsumexp of SDPA/flash attention (no s x s matrix), the
   SwiGLU gate, activation and up projection. With gradient checkpointing only each layer's
-  input stays, plus one layer recomputed during backward.
+  input stays, plus one layer recomputed during backward; `train.offload_activations` moves
+  those inputs to host memory (on a GPU).
 - **Logits.** The loss runs the head only on trained positions and upcasts those to fp32:
   the log-softmax output is saved and its gradient is the same size (8 B x V per position).
 
@@ -104,6 +106,7 @@ class Setup:
     trained_fraction: float = 1.0  # share of positions with a loss; 1.0 plans for the worst case
     gpus: int = 1
     strategy: str = "ddp"
+    offload_activations: bool = False  # checkpointed layer inputs in host memory (needs checkpointing)
 
     @property
     def tokens(self) -> int:
@@ -119,7 +122,7 @@ class Precision:
     norm_trainable: bool
     weights_trainable: bool  # full fine-tuning: every linear keeps its input
     autocast: bool  # fp32 weights, bf16 matmuls: each linear keeps a bf16 copy of its input
-    mask: int  # dropout mask per element: bool on CUDA, fp32 for tunesmith's CPU dropout
+    mask: int  # dropout mask per element: bool on CUDA, the input's dtype for tunesmith's CPU dropout
 
 
 def precision(s: Setup) -> Precision:
@@ -128,13 +131,10 @@ def precision(s: Setup) -> Precision:
         gpu = s.device == "cuda"
         return Precision(residual=4, linear_out=2 if gpu else 4, norm_trainable=True, weights_trainable=True,
                          autocast=gpu, mask=0)
-    mask = 0 if s.lora_dropout == 0 else (1 if s.device == "cuda" else 4)
-    if s.method == "qlora":
-        # prepare_model_for_kbit_training casts embeddings and norms to fp32 and bitsandbytes
-        # returns each 4-bit layer's output in its input's dtype: activations stay fp32.
-        return Precision(residual=4, linear_out=4, norm_trainable=False, weights_trainable=False,
-                         autocast=False, mask=mask)
+    # LoRA and QLoRA alike (train/lean.py): the activations in the base's dtype, the adapters
+    # multiplying in it too; bitsandbytes returns each 4-bit layer's output in its input's dtype.
     e = 4 if s.dtype == "fp32" else 2
+    mask = 0 if s.lora_dropout == 0 else (1 if s.device == "cuda" else e)
     return Precision(residual=e, linear_out=e, norm_trainable=False, weights_trainable=False, autocast=False, mask=mask)
 
 
@@ -196,10 +196,12 @@ def weight_bytes(f: ModelFacts, s: Setup) -> float:
     counts = count_params(f)
     if s.method == "full":
         return 4.0 * counts["total"]
+    e = 4.0 if s.dtype == "fp32" else 2.0
     if s.method == "qlora":
+        # The rest (embeddings, head, norms) stays in the base's dtype (train/lean.py's kbit_casts).
         linear = f.layers * counts["linear_per_layer"]
-        return linear * nf4_bits(s.double_quant) / 8 + 4.0 * (counts["total"] - linear)
-    return (4.0 if s.dtype == "fp32" else 2.0) * counts["total"]
+        return linear * nf4_bits(s.double_quant) / 8 + e * (counts["total"] - linear)
+    return e * counts["total"]
 
 
 def optimizer_bytes_per_param(optimizer: str) -> float:
@@ -224,7 +226,7 @@ def _input_group(width: int, consumers: list[str], adapted: list[str], p: Precis
                  requires_grad: bool) -> float:
     """Bytes per token saved for the input of linear layers that share it (q/k/v read the same
     normed input). A trained weight keeps its input (a bf16 copy per layer under autocast);
-    an adapter keeps an fp32 copy (shared with the input when that is already fp32), or its
+    an adapter multiplies in its input's dtype and keeps the input itself (shared), or its
     dropout's output plus the mask."""
     shared = 0
     saved = 0.0
@@ -236,11 +238,9 @@ def _input_group(width: int, consumers: list[str], adapted: list[str], p: Precis
                 shared = e_in
         if name in adapted:
             if p.mask:
-                saved += 4 * width + (p.mask * width if requires_grad else 0)
-            elif e_in == 4:
-                shared = 4
+                saved += e_in * width + (p.mask * width if requires_grad else 0)
             else:
-                saved += 4 * width
+                shared = e_in
     return saved + shared * width
 
 
@@ -284,7 +284,7 @@ def layer_activation_bytes(f: ModelFacts, s: Setup, first: bool = False) -> dict
     # SwiGLU: the activation keeps its input (gate), the product keeps both factors.
     mlp_inner = 3 * e * f.intermediate
     mlp_out = _input_group(f.intermediate, ["down_proj"], adapted, p, e, True)
-    lora_hidden = 4 * s.lora_r * len(adapted)  # each adapter's A output, kept for B's gradient
+    lora_hidden = e * s.lora_r * len(adapted)  # each adapter's A output, kept for B's gradient
     if f.experts > 1:
         # Each token passes through `active_experts` experts; the router weights multiply
         # each expert's output (kept), and the expert inputs are gathered copies.
@@ -327,35 +327,64 @@ def saved_logits_bytes(f: ModelFacts, s: Setup) -> float:
     return logits_bytes(f, s) * (2 / 4 if f.logit_softcap else 1 / 3)
 
 
+def adapter_copy_bytes(f: ModelFacts, s: Setup) -> float:
+    """The fp32 adapters cast to a bf16 base's dtype, which every adapted layer keeps for its
+    input's gradient (train/lean.py): r x (in + out) per adapter, per decoder layer, whatever
+    the token count; nothing on an fp32 base."""
+    e = precision(s).linear_out
+    return 0.0 if s.method == "full" or e == 4 else e * lora_params(f, s)
+
+
+def checkpointed_input_bytes(f: ModelFacts, s: Setup) -> float:
+    """With gradient checkpointing, what stays of each layer: its input (the residual stream)."""
+    return s.tokens * f.layers * precision(s).residual * f.hidden
+
+
 def activation_bytes(f: ModelFacts, s: Setup) -> float:
-    """Bytes autograd holds at the end of the forward pass for one micro-batch, logits aside.
-    With gradient checkpointing each layer keeps only its input."""
-    outside = outside_activation_bytes(f, s)
+    """Bytes autograd holds on the device at the end of the forward pass for one micro-batch,
+    logits aside. With gradient checkpointing each layer keeps only its input, and with
+    offloading not even that (on a GPU: on a CPU it is host memory already)."""
+    outside = s.tokens * outside_activation_bytes(f, s)
     if s.gradient_checkpointing:
-        return s.tokens * (f.layers * precision(s).residual * f.hidden + outside)
+        return outside + (0.0 if offloads(s) else checkpointed_input_bytes(f, s))
     layer = sum(layer_activation_bytes(f, s).values())
     first = sum(layer_activation_bytes(f, s, first=True).values())
-    return s.tokens * ((f.layers - 1) * layer + first + outside)
+    return s.tokens * ((f.layers - 1) * layer + first) + outside + adapter_copy_bytes(f, s)
+
+
+def offloads(s: Setup) -> bool:
+    """Whether the checkpointed layer inputs leave the device (they cannot leave a CPU)."""
+    return s.gradient_checkpointing and s.offload_activations and s.device == "cuda"
 
 
 def recompute_bytes(f: ModelFacts, s: Setup) -> float:
-    """With gradient checkpointing, one layer's activations rebuilt during its backward."""
-    return s.tokens * sum(layer_activation_bytes(f, s).values()) if s.gradient_checkpointing else 0.0
+    """With gradient checkpointing, one layer's activations rebuilt during its backward (and,
+    when offloaded, its input copied back)."""
+    if not s.gradient_checkpointing:
+        return 0.0
+    back = s.tokens * precision(s).residual * f.hidden if offloads(s) else 0.0
+    return s.tokens * sum(layer_activation_bytes(f, s).values()) + adapter_copy_bytes(f, s) / f.layers + back
 
 
 # ---------------------------------------------------------------- the peak
 
 def transient_bytes(f: ModelFacts, s: Setup) -> float:
     """Gradients in flight inside one layer's backward: two intermediate-sized tensors beside
-    what the layer saved (measured on CPU), in fp32 where an adapter or fp32 weights make them."""
+    what the layer saved (measured on CPU), in the dtype the layers multiply in; for QLoRA also
+    one dequantised weight."""
     p = precision(s)
-    g = 4 if ("down_proj" in adapted_modules(f, s) or not p.autocast and p.linear_out == 4) else p.linear_out
+    g = p.linear_out  # the adapters multiply in it too (train/lean.py)
+    dequant = 0.0
+    if s.method == "qlora":
+        # bitsandbytes dequantises a 4-bit weight to the compute dtype for each matmul, forward
+        # and backward: the layer's largest weight in flight (unmeasured: no GPU here yet).
+        dequant = g * max(i * o for i, o in module_shapes(f).values())
     moe = 0.0
     if f.experts > 1 and p.weights_trainable:
         # Fused expert weights are indexed per expert: each index's backward allocates a
         # zero gradient the size of the whole gate+up tensor before adding it in.
         moe = 4.0 * f.experts * 2 * f.intermediate * f.hidden
-    return 2 * g * f.intermediate * s.tokens + moe
+    return 2 * g * f.intermediate * s.tokens + moe + dequant
 
 
 def step_temp_bytes(f: ModelFacts, s: Setup) -> float:
@@ -443,6 +472,16 @@ def estimate(f: ModelFacts, s: Setup) -> Memory:
             grads = 2.0 * counts["per_layer"]  # one layer's gradients in flight to the host
             notes.append("optimizer state, master weights and gradients live in host memory")
     activations = activation_bytes(f, s)
+    offloaded = 0.0
+    if s.offload_activations and s.gradient_checkpointing:
+        if offloads(s):
+            offloaded = checkpointed_input_bytes(f, s)
+            cpu += offloaded
+            notes.append(f"train.offload_activations: each layer's checkpointed input ({offloaded / GB:.2f} GB in "
+                         f"all) waits in pinned host memory for its backward: a copy each way per layer")
+        else:
+            notes.append("train.offload_activations saves nothing on a CPU: the activations already are in host "
+                         "memory")
     logits = logits_bytes(f, s)
     recompute = recompute_bytes(f, s)
     transient = transient_bytes(f, s)
@@ -465,6 +504,7 @@ def estimate(f: ModelFacts, s: Setup) -> Memory:
         "adapters": adapters,
         "optimizer": optimizer,
         "activations": activations,
+        "offloaded_activations": offloaded,  # in host memory, not counted in the peak
         "logits": logits,
         "recompute": recompute,
         "backward_transient": transient,

@@ -35,6 +35,7 @@ from tunesmith.train.distributed import PeerFailed, World, check_strategy, join,
 from tunesmith.train.sharding import SHARDED, full_trained_weights
 from tunesmith.train.dropout import use_bit_dropout
 from tunesmith.train.fit import Fit, LoopState, MetricsLog, enable_checkpointing, plan_steps
+from tunesmith.train.lean import adapters_in_base_dtype, offload_checkpointed_inputs, prepare_kbit
 from tunesmith.train.preempt import PreemptionWatcher, StopRequest
 from tunesmith.train.record import RunLock, RunRecord, now_iso, process_start_time, read_record
 from tunesmith.train.track import open_trackers, require_trackers
@@ -474,22 +475,26 @@ def build_model(cfg: RunConfig, path: str, device: torch.device) -> Any:
 
 def prepare_model(model: Any, cfg: RunConfig, device: torch.device) -> Any:
     """Make a loaded model trainable the way the config says: packed attention, gradient
-    checkpointing, adapters. The planner's memory tests build models from configs and run
-    them through this too, so what they measure is what training runs."""
+    checkpointing (its layer inputs in host memory when asked), adapters on the lean memory
+    path (train/lean.py). The planner's memory tests build models from configs and run them
+    through this too, so what they measure is what training runs."""
     model.config.use_cache = False
     use_packed_attention(model)  # falls back to the model's own masked attention if refused
     if cfg.train.gradient_checkpointing:
         enable_checkpointing(model)
+        if cfg.train.offload_activations:
+            offload_checkpointed_inputs(model, device)
     if cfg.method.name == "full":
         return model
-    from peft import get_peft_model, prepare_model_for_kbit_training
+    from peft import get_peft_model
 
     if cfg.method.name == "qlora":
-        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=cfg.train.gradient_checkpointing)
+        model = prepare_kbit(model)
     try:
         model = get_peft_model(model, lora_config(cfg))
     except ValueError as e:
         raise TunesmithError(f"method.target_modules: {e}", exit_code=2) from None
+    adapters_in_base_dtype(model)
     if device.type == "cpu":
         use_bit_dropout(model)
     return model
