@@ -252,7 +252,8 @@ def test_train_refuses_a_run_that_cannot_fit_before_loading_anything(tmp_path):
                         check=False)
     assert refused.returncode == 1
     message = " ".join(refused.stderr.split())
-    assert "pre-flight: this run needs ~" in message and "it fits 1 x" in message
+    assert "pre-flight: this run needs ~" in message and "GPUs that would fit: 8 x H200" in message
+    assert "several GPUs: `tunesmith train --nproc N`" in message
     assert "--no-preflight" in message
     assert not (tmp_path / "run").exists()  # stopped before cleaning or loading
 
