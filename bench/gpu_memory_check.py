@@ -13,8 +13,11 @@ where the context is what the process holds outside PyTorch's allocator
 after every case. The summary says what CUDA_CONTEXT_BYTES and ALLOCATOR_OVERHEAD in
 memory.py should be. On CPU (the profiler's allocation events) it compares allocated only.
 
-    python bench/gpu_memory_check.py [--device cuda|cpu] [--quick] [--models ALIAS ...]
+    python bench/gpu_memory_check.py [--device cuda|cpu] [--quick | --tiny] [--models ALIAS ...]
                                      [--time-budget-s S] [--out FILE.json]
+
+--tiny runs two cases on a 2-layer, 64-wide Llama (`tiny-llama`, Llama-3.1-8B's config shrunk)
+in seconds: it checks the harness, not the planner's figures (bench/gpu_check.py --tiny uses it).
 
 The whole result goes to --out (default: $OUT/gpu_memory_check.json when $OUT is set) after
 every case, so a run stopped early still leaves what it measured; the summary goes to
@@ -62,6 +65,22 @@ def log(*parts: object) -> None:
 
 # ---------------------------------------------------------------- the grid
 
+TINY = "tiny-llama"
+
+
+def tiny_llama_config() -> dict[str, Any]:
+    """Llama-3.1-8B's config with 2 layers, width 64 and a 512-token vocabulary: the same
+    architecture (GQA, SwiGLU, llama3 RoPE scaling) at a size a CPU trains in milliseconds."""
+    config = dict(catalog_entry("llama-3.1-8b")["config"])
+    config.update(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, bos_token_id=1, eos_token_id=2)
+    return config
+
+
+def model_config(alias: str) -> dict[str, Any]:
+    return tiny_llama_config() if alias == TINY else catalog_entry(alias)["config"]
+
+
 def case(model: str, method: str, seq: int, batch: int, gc_on: bool, dtype: str = "bfloat16",
          offload: bool = False) -> dict[str, Any]:
     return {"model": model, "method": method, "dtype": "float32" if method == "full" else dtype,
@@ -104,6 +123,10 @@ def cpu_grid(quick: bool) -> list[dict[str, Any]]:
                 case("qwen2.5-0.5b", "lora", 256, 2, True, "float32")]
     return [case(model, m, 256, b, g, d) for model in ("smollm2-135m", "qwen2.5-0.5b")
             for m, d in variants for b in (1, 2) for g in (False, True)]
+
+
+def tiny_grid() -> list[dict[str, Any]]:
+    return [case(TINY, "lora", 128, 2, g, "float32") for g in (False, True)]
 
 
 def restrict(grid: list[dict[str, Any]], models: list[str] | None, device: str) -> list[dict[str, Any]]:
@@ -173,7 +196,7 @@ def run_config(c: dict[str, Any]) -> Any:
 
 
 def predict(c: dict[str, Any], device: str) -> tuple[ModelFacts, Setup, Any]:
-    facts = ModelFacts.from_config(catalog_entry(c["model"])["config"])
+    facts = ModelFacts.from_config(model_config(c["model"]))
     seq = c["seq_len"]
     setup = Setup(method=c["method"], seq_len=seq, micro_batch=c["micro_batch"],
                   gradient_checkpointing=c["gradient_checkpointing"], lora_dropout=LORA_DROPOUT, device=device,
@@ -228,7 +251,7 @@ def run_case(c: dict[str, Any], device: torch.device) -> dict[str, Any]:
         before_prepare = nf4_quantize
     start = time.perf_counter()
     try:
-        measured = measure_training_step(catalog_entry(c["model"])["config"], run_config(c), device,
+        measured = measure_training_step(model_config(c["model"]), run_config(c), device,
                                          before_prepare=before_prepare)
         context = non_torch_bytes() if device.type == "cuda" else None
     except OOM:
@@ -350,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", help="JSON file (default: $OUT/gpu_memory_check.json when $OUT is set)")
     ap.add_argument("--quick", action="store_true", help="a small grid")
+    ap.add_argument("--tiny", action="store_true", help="two cases on a 2-layer Llama: checks the harness in seconds")
     ap.add_argument("--models", nargs="+", metavar="ALIAS", help="catalog aliases to keep (others get LoRA cases)")
     ap.add_argument("--time-budget-s", type=float, default=None,
                     help=f"start no case that would end past this many seconds (default: {DEFAULT_CUDA_BUDGET_S:.0f} "
@@ -369,8 +393,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.empty(1, device=device)
         torch.cuda.synchronize()
         context_at_init = non_torch_bytes()
-    grid = restrict(cuda_grid(args.quick) if device.type == "cuda" else cpu_grid(args.quick), args.models, device.type)
-    result: dict[str, Any] = {"bench": "gpu_memory_check", "quick": args.quick, "environment": environment(device),
+    grid = tiny_grid() if args.tiny else restrict(cuda_grid(args.quick) if device.type == "cuda" else
+                                                  cpu_grid(args.quick), args.models, device.type)
+    result: dict[str, Any] = {"bench": "gpu_memory_check", "quick": args.quick, "tiny": args.tiny,
+                              "environment": environment(device),
                               "context_at_init_bytes": context_at_init, "cases": [], "not_started": []}
 
     def write() -> None:
