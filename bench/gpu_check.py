@@ -1,4 +1,4 @@
-"""One prepared check for a lent GPU: the planner, tunesmith's loop and TRL on the same card.
+"""One prepared check for a GPU machine: the planner, tunesmith's loop and TRL on the same card.
 
     python bench/gpu_check.py [--time-budget-s 480] [--out FILE.json] [--parts PART ...]
     python bench/gpu_check.py --tiny --device cpu        # every part on a 2-layer Llama, ~1 min
@@ -15,8 +15,9 @@ only that part:
                      tokens/s, and tunesmith's LoRA tokens/s over it
   tunesmith_offload  as tunesmith, with train.offload_activations on: what the host copies cost
 
-Time: no part ends after t0 + budget x 0.40, 0.70, 0.90, 1.00 (time one part leaves over goes
-to the next). A part starts no case that would end past its deadline, cuts its timed steps short
+Time: the parts get 40, 30, 20 and 10% of --time-budget-s; each must end once its share and
+those of the parts before it are spent, so time one part leaves over goes to the next (with
+--parts, the shares of the parts named are scaled up to the whole budget). A part starts no case that would end past its deadline, cuts its timed steps short
 when the next would (2 at least), and is killed 15 s past it.
 
 Output: the whole result goes to --out (default: $OUT/gpu_check.json when $OUT is set), rewritten
@@ -46,8 +47,8 @@ for folder in (ROOT / "src", ROOT / "tests", BENCH):
 
 MARK = "@gpu_check "  # a child's result lines; anything else it prints is passed on to stderr
 PARTS = ("memory_check", "tunesmith", "trl", "tunesmith_offload")
-# Where each part must have ended, as a share of the budget from the start.
-DEADLINE_SHARE = {"memory_check": 0.40, "tunesmith": 0.70, "trl": 0.90, "tunesmith_offload": 1.00}
+# Each part's share of the budget; a part must end once its share and those before it are spent.
+SHARE = {"memory_check": 0.40, "tunesmith": 0.30, "trl": 0.20, "tunesmith_offload": 0.10}
 KILL_GRACE_S = 15.0
 DEFAULT_BUDGET_S = {"cuda": 480.0, "tiny": 240.0}
 LORA_R, LORA_DROPOUT, LR = 8, 0.05, 2e-4  # RunConfig's dropout; alpha 2 x r, as tunesmith's default
@@ -93,10 +94,11 @@ def main(argv: list[str] | None = None) -> int:
             tmp.write_text(json.dumps(result, indent=1), encoding="utf-8")
             tmp.replace(out_path)  # a kill mid-write leaves the previous complete file
 
-    log(f"parts {' '.join(args.parts)} on {args.device}{' (tiny)' if args.tiny else ''}, budget {budget:.0f} s, "
+    chosen = [name for name in PARTS if name in args.parts]
+    log(f"parts {' '.join(chosen)} on {args.device}{' (tiny)' if args.tiny else ''}, budget {budget:.0f} s, "
         f"out {out_path}")
-    for name in args.parts:
-        deadline = t0 + budget * DEADLINE_SHARE[name]
+    for i, name in enumerate(chosen):
+        deadline = t0 + budget * sum(SHARE[n] for n in chosen[: i + 1]) / sum(SHARE[n] for n in chosen)
         part: dict[str, Any] = {"deadline_s": round(deadline - t0, 1)}
         result["parts"][name] = part
         if deadline - time.time() < 10:
@@ -123,7 +125,8 @@ def run_child(cmd: list[str], deadline: float, part: dict[str, Any], write: Call
     stdout is dropped (the memory check's summary: its file holds it all); its stderr, the
     progress lines, goes straight through."""
     start = time.time()
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # Nothing here may reach a hub (the GPU machine has no network: a try would only wait).
+    env = dict(os.environ, PYTHONUNBUFFERED="1", HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", HF_DATASETS_OFFLINE="1")
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True, bufsize=1, env=env, cwd=ROOT)
     killed = threading.Event()
 
@@ -437,6 +440,8 @@ def train_tunesmith(shape: Shape, method: str, offload: bool, device: Any, deadl
 
     cfg = run_config(shape, method, offload)
     started = time.time()
+    # What an earlier case left on the device (should be 0): it would count in this case's peak.
+    left_over = torch.cuda.memory_allocated() if device.type == "cuda" else 0
     torch.manual_seed(0)
     dtype = torch.float32 if shape.dtype == "float32" else torch.bfloat16
     config = transformers.AutoConfig.for_model(**shape.config)
@@ -471,6 +476,8 @@ def train_tunesmith(shape: Shape, method: str, offload: bool, device: Any, deadl
     result = throughput(shape, method, offload, device, env, seconds, tokens, losses)
     result["setup_s"] = round(setup_s, 1)
     result.update(memory_figures(shape, method, offload, device, resident))
+    if device.type == "cuda":
+        result["left_over_by_earlier_case_gb"] = round(left_over / 1e9, 3)
     return result
 
 

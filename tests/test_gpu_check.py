@@ -1,4 +1,4 @@
-"""bench/gpu_check.py, the one script a lent GPU runs, checked end to end on CPU with --tiny:
+"""bench/gpu_check.py, the one script a GPU machine runs, checked end to end on CPU with --tiny:
 every part really trains (a 2-layer Llama-3.1-8B-shaped model) and leaves numbers or a reason."""
 
 from __future__ import annotations
