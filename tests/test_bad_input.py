@@ -296,6 +296,8 @@ ROWS = [
     Row("train-master-port", train("--master-port", "70000"), 2, ["--master-port", "less than or equal to 65535"]),
     Row("train-strategy-unknown", train("--set", "distributed.strategy=megatron"), 2,
         ["--set distributed.strategy=megatron", "choose one of"]),
+    Row("train-strategy-qlora-fsdp", train("--method", "qlora", "--nproc", "2", "--set", "distributed.strategy=fsdp"),
+        2, ["distributed.strategy=fsdp with method qlora", "use distributed.strategy=ddp"]),
     Row("train-strategy-fsdp-cpu", train("--nproc", "2", "--set", "distributed.strategy=zero3"), 2,
         ["distributed.strategy=zero3", "DeepSpeed ZeRO is not wired in"]),
     Row("train-track-unknown", train("--set", "track.to=[neptune]"), 2, ["--set track.to=[neptune]", "choose one of"]),

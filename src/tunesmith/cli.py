@@ -450,7 +450,8 @@ def start_workers(cfg: Any, nproc: Optional[int], **machines: Any) -> None:
         return
     world = distributed.World(size=count * machines["nnodes"])
     # Refused once, before any worker starts.
-    strategy = distributed.check_strategy(cfg.distributed.strategy, world, distributed.default_device_type())
+    strategy = distributed.check_strategy(cfg.distributed.strategy, world, distributed.default_device_type(),
+                                          cfg.method.name)
     out.print(f"training with {world.size} processes (distributed.strategy {strategy}) through accelerate's launcher",
               highlight=False)
     raise typer.Exit(distributed.launch(distributed.launcher_args(count, sys.argv[1:], **machines)))

@@ -213,7 +213,7 @@ def my_share(items: Sequence[T], world: World) -> list[T]:
     return list(items[world.rank :: world.size])
 
 
-def check_strategy(strategy: str, world: World, device_type: str) -> str:
+def check_strategy(strategy: str, world: World, device_type: str, method: str) -> str:
     """The strategy this world runs (auto: resolved by the main process's pre-flight); refuses
     what train cannot run."""
     if world.size == 1:
@@ -223,6 +223,9 @@ def check_strategy(strategy: str, world: World, device_type: str) -> str:
         raise UsageError(f"distributed.strategy={chosen}: train runs ddp, fsdp and fsdp_offload; DeepSpeed ZeRO is "
                          f"not wired in (`tunesmith plan --strategy {chosen}` prices it): use fsdp, which shards like "
                          f"{'ZeRO-3' if chosen == 'zero3' else 'ZeRO-2 and more'}")
+    if chosen in ("fsdp", "fsdp_offload") and method == "qlora":
+        raise UsageError(f"distributed.strategy={chosen} with method qlora: sharding 4-bit weights is not wired in; "
+                         f"use distributed.strategy=ddp (each GPU holds the 4-bit base, which is what QLoRA is for)")
     if chosen == "fsdp_offload" and device_type != "cuda":
         raise UsageError("distributed.strategy=fsdp_offload moves GPU memory to the host; these processes already "
                          "train on CPU: use distributed.strategy=fsdp")

@@ -94,7 +94,7 @@ def train(
 
     world = world_from_env()
     device = join(world, pick_device().type)
-    strategy = check_strategy(cfg.distributed.strategy, world, device.type)
+    strategy = check_strategy(cfg.distributed.strategy, world, device.type, cfg.method.name)
     if not world.main:
         return follow(cfg, world, device, strategy, stop)
     herald = Herald(world)
@@ -142,8 +142,8 @@ def lead(cfg: RunConfig, world: World, device: torch.device, strategy: str, hera
         raise UsageError(f"--resume {resume}: {folder.path} holds no run to continue")
     set_seed(cfg.train.seed)
     if strategy == "auto":
-        strategy = pick_strategy(cfg, world, strategy)
-        note(strategy_note(world, strategy))
+        strategy, why = pick_strategy(cfg, world)
+        note(f"{world.size} processes, distributed.strategy auto: {strategy} ({why})")
     # An OOM costs the most: refused (or fitted) before anything is loaded.
     check = check_fit(cfg, enforce=preflight, recorded=folder.auto_fit, world=world, strategy=strategy)
     cfg = check["config"]  # auto-fit may have changed it to fit this device
@@ -176,21 +176,18 @@ def lead(cfg: RunConfig, world: World, device: torch.device, strategy: str, hera
                        strategy=strategy)
 
 
-def pick_strategy(cfg: RunConfig, world: World, strategy: str) -> str:
-    """distributed.strategy auto: DDP when a replica fits each process's device, else FSDP."""
-    if world.size == 1 or cfg.distributed.strategy != "auto":
-        return strategy
+def pick_strategy(cfg: RunConfig, world: World) -> tuple[str, str]:
+    """distributed.strategy auto, and why: DDP when a replica fits each process's device, else
+    FSDP; QLoRA always DDP (its 4-bit base is not sharded)."""
+    if cfg.method.name == "qlora":
+        return "ddp", "QLoRA's 4-bit base is not sharded"
     from tunesmith.plan.device import share_among, visible_device
     from tunesmith.plan.preflight import preflight
 
     replica = preflight(cfg, share_among(visible_device(), world.size, world.local_size, "ddp"))
-    return "fsdp" if replica["fits"] is False else "ddp"
-
-
-def strategy_note(world: World, strategy: str) -> str:
-    return (f"{world.size} processes, distributed.strategy auto: "
-            + ("fsdp (a whole replica does not fit each process's memory)" if strategy == "fsdp" else
-               "ddp (a whole replica fits each process's memory)"))
+    if replica["fits"] is False:
+        return "fsdp", "a whole replica does not fit each process's memory"
+    return "ddp", "a whole replica fits each process's memory"
 
 
 def follow(cfg: RunConfig, world: World, device: torch.device, strategy: str, stop: Any) -> TrainResult:
