@@ -192,10 +192,11 @@ def test_logits_are_one_chunk_of_trained_positions_not_the_whole_batch():
     every = estimate(facts, Setup(seq_len=4096, micro_batch=2)).components["logits"]
     responses = estimate(facts, Setup(seq_len=4096, micro_batch=2, trained_fraction=0.25)).components["logits"]
     chunk = 8 * 128256 * 130
-    assert every == chunk + 2 * 4096 * 8192  # bf16 hidden-state gradients
-    assert responses == chunk + 2 * 4096 * 8192 / 4
+    assert every == chunk + 2 * 2 * 4096 * 8192  # bf16 hidden states gathered, and their gradients
+    assert responses == chunk + 2 * 2 * 4096 * 8192 / 4
     full = estimate(facts, Setup(method="full", seq_len=4096, micro_batch=2)).components["logits"]
-    assert full == every + 2 * 4096 * 8192 + 4 * 128256 * 4096 + 2 * 128256 * 4096  # fp32 states and head gradient, bf16 head copy
+    # fp32 states and their gradients, the head's fp32 gradient and bf16 copy
+    assert full == every + 2 * 2 * 4096 * 8192 + 4 * 128256 * 4096 + 2 * 128256 * 4096
 
 
 # ---------------------------------------------------------------- distributed and options

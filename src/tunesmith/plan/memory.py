@@ -332,14 +332,15 @@ def saved_logits_bytes(f: ModelFacts, s: Setup) -> float:
 
 
 def logits_bytes(f: ModelFacts, s: Setup) -> float:
-    """Peak bytes of the loss on one micro-batch: what it keeps for backward, plus one chunk's
-    working set: its fp32 logits and logsumexp's temporary of the same size (2 x 4 B x V per
+    """Peak bytes of the loss on one micro-batch: what it keeps for backward, the trained
+    positions' hidden states gathered for the head, and one chunk's working set: its fp32 logits and logsumexp's temporary of the same size (2 x 4 B x V per
     position, measured; Gemma 2's soft-capping keeps its tanh beside them), and under autocast
     the head's bf16 copy, made once for all chunks."""
     chunk = min(s.tokens * s.trained_fraction, loss_chunk_positions(f))
     per_position = 8 * f.vocab + (4 * f.vocab if f.logit_softcap else 0)
     cast = 2 * f.vocab * f.hidden if precision(s).autocast else 0
-    return saved_logits_bytes(f, s) + per_position * chunk + cast
+    gathered = precision(s).residual * f.hidden * s.tokens * s.trained_fraction
+    return saved_logits_bytes(f, s) + gathered + per_position * chunk + cast
 
 
 def activation_bytes(f: ModelFacts, s: Setup) -> float:
@@ -370,10 +371,11 @@ def transient_bytes(f: ModelFacts, s: Setup) -> float:
         # Fused expert weights are indexed per expert: each index's backward allocates a
         # zero gradient the size of the whole gate+up tensor before adding it in.
         moe = 4.0 * f.experts * 2 * f.intermediate * f.hidden
-    # Frozen experts' backward at the last layer runs on every routed copy of a token at once
-    # (measured: Mixtral LoRA in fp32); full fine-tuning's peak, at the first layer, does not
-    # show it (Qwen3-MoE).
-    routed = s.tokens * (f.active_experts if f.experts > 1 and not p.weights_trainable else 1)
+    # Measured, not derived: frozen experts' backward with every activation alive (Mixtral
+    # LoRA, fp32, no checkpointing) holds gradients for every routed copy of a token; neither
+    # full fine-tuning's peak at the first layer (Qwen3-MoE) nor a recomputed layer does.
+    frozen_moe = f.experts > 1 and not p.weights_trainable and not s.gradient_checkpointing
+    routed = s.tokens * (f.active_experts if frozen_moe else 1)
     return 2 * g * f.intermediate * routed + moe
 
 

@@ -143,6 +143,7 @@ class TokenLoss(nn.Module):
         targets = labels[:, 1:]
         keep = targets != IGNORE
         trained = hidden[:, :-1][keep]
+        del hidden  # the loss needs the trained rows only; nothing else keeps the rest
         if self.chunked and plain_head(self.head, trained.shape[-1]):
             loss = chunked_head_loss(trained, self.head, targets[keep], self.softcap)
         else:
