@@ -32,6 +32,7 @@ from tunesmith.train.checkpoint import (
 )
 from tunesmith.train.checks import RunFolder, check_run_inputs, inspect_run_dir
 from tunesmith.train.dropout import use_bit_dropout
+from tunesmith.train.lean import return_freed_memory
 from tunesmith.train.fit import Fit, LoopState, MetricsLog, enable_checkpointing, plan_steps
 from tunesmith.train.preempt import PreemptionWatcher, StopRequest
 from tunesmith.train.record import RunLock, RunRecord, now_iso, process_start_time, read_record
@@ -90,6 +91,7 @@ def train(
 
     # Everything that can refuse the run does so before anything is written or loaded.
     device = pick_device()
+    return_freed_memory(device)  # on CPU: RSS near what torch allocated (train/lean.py)
     check_run_inputs(cfg)
     require_trackers(cfg)
     folder = inspect_run_dir(cfg, restart=restart, same_run_restarts=same_run_restarts,
