@@ -95,7 +95,7 @@ BASELINE = textwrap.dedent("""
     def status():
         fields = dict(line.split(":", 1) for line in open("/proc/self/status"))
         return {k: int(fields[k].split()[0]) * 1024 for k in ("VmRSS", "VmHWM")}
-    from tunesmith.train.loop import build_model
+    from tunesmith.train.setup import build_model
     from tunesmith.config import build_config
     from tunesmith.models.load import load_tokenizer
     from tunesmith.models.source import resolve_source

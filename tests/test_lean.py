@@ -143,3 +143,12 @@ def test_offloading_without_checkpointing_is_refused_with_the_fix():
     with pytest.raises(UsageError, match=r"train.offload_activations = true: needs train.gradient_checkpointing: "
                                          r"true .*add --set train.gradient_checkpointing=true"):
         build_config({"train": {"offload_activations": True}})
+
+
+def test_fixes_malloc_thresholds_on_a_linux_cpu_only():
+    import sys
+
+    assert lean.return_freed_memory(torch.device("cuda")) is False
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    assert lean.return_freed_memory(torch.device("cpu")) is True

@@ -189,14 +189,24 @@ def test_torchtitan_llama_3_1_8b_fsdp_peak_lies_between_full_and_no_recompute():
     assert full_ac < 82.4 < no_ac
 
 
-def test_logits_are_sized_by_trained_positions_not_the_whole_batch():
+def test_logits_are_one_chunk_of_trained_positions_not_the_whole_batch():
     """transformers PR #33902: the fp32 upcast of B x S x V logits dominated Llama-3.1-8B's
-    peak. The loss here projects only trained positions, so the buffer shrinks with them."""
+    peak. The loss projects only trained positions, a chunk at a time with the gradients
+    computed as it goes: what grows with the batch is one hidden-state gradient per trained
+    position, and the chunk's logits are the same at every size."""
+    from tunesmith.plan.memory import LOSS_CHUNK_BYTES, loss_chunk_positions
+    from tunesmith.train.loss import CHUNK_BYTES, chunk_rows
+
     facts, _ = model_facts("llama-3.1-8b")
+    assert LOSS_CHUNK_BYTES == CHUNK_BYTES and loss_chunk_positions(facts) == chunk_rows(128256) == 130
     every = estimate(facts, Setup(seq_len=4096, micro_batch=2)).components["logits"]
     responses = estimate(facts, Setup(seq_len=4096, micro_batch=2, trained_fraction=0.25)).components["logits"]
-    assert every == 12 * 128256 * 8192
-    assert responses == every / 4
+    chunk = 8 * 128256 * 130
+    assert every == chunk + 2 * 2 * 4096 * 8192  # bf16 hidden states gathered, and their gradients
+    assert responses == chunk + 2 * 2 * 4096 * 8192 / 4
+    full = estimate(facts, Setup(method="full", seq_len=4096, micro_batch=2)).components["logits"]
+    # fp32 states and their gradients, the head's fp32 gradient and bf16 copy
+    assert full == every + 2 * 2 * 4096 * 8192 + 4 * 128256 * 4096 + 2 * 128256 * 4096
 
 
 # ---------------------------------------------------------------- distributed and options

@@ -22,8 +22,10 @@ The model follows what the loop really keeps alive, not a rule of thumb:
   SwiGLU gate, activation and up projection. With gradient checkpointing only each layer's
   input stays, plus one layer recomputed during backward; `train.offload_activations` moves
   those inputs to host memory (on a GPU).
-- **Logits.** The loss runs the head only on trained positions and upcasts those to fp32:
-  the log-softmax output is saved and its gradient is the same size (8 B x V per position).
+- **Logits.** The loss runs the head only on trained positions, a chunk of them at a time
+  (train/loss.py), computing each chunk's gradients in the forward pass: it keeps the
+  gradient of each trained position's hidden state (and of the head's weight when it trains),
+  and only one chunk's fp32 logits and their temporaries exist at once.
 
 - **The CPU process.** The kernel kills by resident set, not by what torch's allocator
   handed out: peak RSS = allocated x (1 + slack) + the interpreter and libraries, with both
@@ -122,7 +124,7 @@ class Precision:
     norm_trainable: bool
     weights_trainable: bool  # full fine-tuning: every linear keeps its input
     autocast: bool  # fp32 weights, bf16 matmuls: each linear keeps a bf16 copy of its input
-    mask: int  # dropout mask per element: bool on CUDA, the input's dtype for tunesmith's CPU dropout
+    mask: int  # dropout mask per element: bool (torch's dropout on CUDA, BitDropout on CPU)
 
 
 def precision(s: Setup) -> Precision:
@@ -134,7 +136,7 @@ def precision(s: Setup) -> Precision:
     # LoRA and QLoRA alike (train/lean.py): the activations in the base's dtype, the adapters
     # multiplying in it too; bitsandbytes returns each 4-bit layer's output in its input's dtype.
     e = 4 if s.dtype == "fp32" else 2
-    mask = 0 if s.lora_dropout == 0 else (1 if s.device == "cuda" else e)
+    mask = 0 if s.lora_dropout == 0 else 1
     return Precision(residual=e, linear_out=e, norm_trainable=False, weights_trainable=False, autocast=False, mask=mask)
 
 
@@ -304,27 +306,41 @@ def layer_activation_bytes(f: ModelFacts, s: Setup, first: bool = False) -> dict
 
 
 def outside_activation_bytes(f: ModelFacts, s: Setup) -> float:
-    """Bytes per token saved outside the decoder layers, except the logits: the final norm,
-    the rotary cos/sin tables, and for full fine-tuning the head's input."""
+    """Bytes per token saved outside the decoder layers, except the loss's: the final norm and
+    the rotary cos/sin tables."""
     p = precision(s)
     final_norm = 4 * f.hidden + 4 + (4 * f.hidden if p.norm_trainable else 0)
     rope = 2 * f.head_dim * p.residual
-    head_input = (2 if p.autocast else p.residual) * f.hidden * s.trained_fraction if p.weights_trainable else 0
-    return final_norm + rope + head_input
+    return final_norm + rope
 
 
-def logits_bytes(f: ModelFacts, s: Setup) -> float:
-    """Peak bytes of the loss on one micro-batch, over the trained positions only: in
-    log-softmax's backward its saved fp32 output, the gradient arriving from the loss and the
-    gradient it returns are alive together (3 x 4 B x V); Gemma 2's soft-capping keeps one more."""
-    per_position = 12 * f.vocab + (4 * f.vocab if f.logit_softcap else 0)
-    return per_position * s.tokens * s.trained_fraction
+# train/loss.py's CHUNK_BYTES (the planner does not import the training loop; a test checks
+# the two agree): at most this many bytes of fp32 logits exist at once.
+LOSS_CHUNK_BYTES = 64 * 2**20
+
+
+def loss_chunk_positions(f: ModelFacts) -> int:
+    return max(1, LOSS_CHUNK_BYTES // (4 * f.vocab))
 
 
 def saved_logits_bytes(f: ModelFacts, s: Setup) -> float:
-    """What the loss keeps at the end of the forward pass: the log-softmax output (and the
-    soft-capping tanh)."""
-    return logits_bytes(f, s) * (2 / 4 if f.logit_softcap else 1 / 3)
+    """What the loss keeps from the forward pass for backward: the gradient of each trained
+    position's hidden state (in its dtype) and, when the head trains, of the head's weight (fp32)."""
+    p = precision(s)
+    head = 4 * f.vocab * f.hidden if p.weights_trainable else 0
+    return p.residual * f.hidden * s.tokens * s.trained_fraction + head
+
+
+def logits_bytes(f: ModelFacts, s: Setup) -> float:
+    """Peak bytes of the loss on one micro-batch: what it keeps for backward, the trained
+    positions' hidden states gathered for the head, and one chunk's working set: its fp32 logits and logsumexp's temporary of the same size (2 x 4 B x V per
+    position, measured; Gemma 2's soft-capping keeps its tanh beside them), and under autocast
+    the head's bf16 copy, made once for all chunks."""
+    chunk = min(s.tokens * s.trained_fraction, loss_chunk_positions(f))
+    per_position = 8 * f.vocab + (4 * f.vocab if f.logit_softcap else 0)
+    cast = 2 * f.vocab * f.hidden if precision(s).autocast else 0
+    gathered = precision(s).residual * f.hidden * s.tokens * s.trained_fraction
+    return saved_logits_bytes(f, s) + gathered + per_position * chunk + cast
 
 
 def adapter_copy_bytes(f: ModelFacts, s: Setup) -> float:
@@ -384,7 +400,12 @@ def transient_bytes(f: ModelFacts, s: Setup) -> float:
         # Fused expert weights are indexed per expert: each index's backward allocates a
         # zero gradient the size of the whole gate+up tensor before adding it in.
         moe = 4.0 * f.experts * 2 * f.intermediate * f.hidden
-    return 2 * g * f.intermediate * s.tokens + moe + dequant
+    # Measured, not derived: frozen experts' backward with every activation alive (Mixtral
+    # LoRA, fp32, no checkpointing) holds gradients for every routed copy of a token; neither
+    # full fine-tuning's peak at the first layer (Qwen3-MoE) nor a recomputed layer does.
+    frozen_moe = f.experts > 1 and not p.weights_trainable and not s.gradient_checkpointing
+    routed = s.tokens * (f.active_experts if frozen_moe else 1)
+    return 2 * g * f.intermediate * routed + moe + dequant
 
 
 def step_temp_bytes(f: ModelFacts, s: Setup) -> float:
@@ -446,7 +467,8 @@ def estimate(f: ModelFacts, s: Setup) -> Memory:
     step_temp = step_temp_bytes(f, s)
     copies = 0.0
     if precision(s).autocast:
-        copies = 2.0 * (f.layers * counts["linear_per_layer"] + (counts["lm_head"] or counts["embedding"]))
+        # The decoder's linear layers; the loss casts the head itself and frees the copy.
+        copies = 2.0 * f.layers * counts["linear_per_layer"]
     buckets = 0.0
     cpu = 0.0
     notes: list[str] = []
@@ -486,8 +508,10 @@ def estimate(f: ModelFacts, s: Setup) -> Memory:
     recompute = recompute_bytes(f, s)
     transient = transient_bytes(f, s)
     layer = s.tokens * sum(layer_activation_bytes(f, s).values())
-    # Checkpointed layers are rebuilt after the loss's buffers are gone: the two never overlap.
-    phases = {"backward": activations + max(logits, recompute + transient) + copies,
+    # Checkpointed layers are rebuilt after the loss's chunk is gone: the two never overlap;
+    # the gradients the loss keeps live until the head's backward (the weight's until the step).
+    kept = saved_logits_bytes(f, s)
+    phases = {"backward": activations + kept + max(logits - kept, recompute + transient) + copies,
               "optimizer_step": grads + step_temp + buckets}
     if s.method == "full":
         # Weight gradients pile up while activations are released: when the first layer

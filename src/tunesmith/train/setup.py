@@ -35,7 +35,9 @@ from tunesmith.train.distributed import PeerFailed, World, check_strategy, join,
 from tunesmith.train.sharding import SHARDED, full_trained_weights
 from tunesmith.train.dropout import use_bit_dropout
 from tunesmith.train.fit import Fit, LoopState, MetricsLog, enable_checkpointing, plan_steps
-from tunesmith.train.lean import adapters_in_base_dtype, offload_checkpointed_inputs, prepare_kbit
+from tunesmith.train.lean import (
+    adapters_in_base_dtype, offload_checkpointed_inputs, prepare_kbit, return_freed_memory,
+)
 from tunesmith.train.preempt import PreemptionWatcher, StopRequest
 from tunesmith.train.record import RunLock, RunRecord, now_iso, process_start_time, read_record
 from tunesmith.train.track import open_trackers, require_trackers
@@ -94,6 +96,7 @@ def train(
 
     world = world_from_env()
     device = join(world, pick_device().type)
+    return_freed_memory(device)  # on CPU: RSS near what torch allocated (train/lean.py)
     strategy = check_strategy(cfg.distributed.strategy, world, device.type, cfg.method.name)
     if not world.main:
         return follow(cfg, world, device, strategy, stop)
