@@ -28,6 +28,7 @@ def setup_from_config(cfg: Any, *, device: str = "cuda", gpus: int = 1, strategy
         micro_batch=cfg.train.micro_batch,
         gradient_checkpointing=cfg.train.gradient_checkpointing,
         offload_activations=cfg.train.offload_activations,
+        release_freed_memory=cfg.train.release_freed_memory,
         lora_r=cfg.method.r,
         lora_dropout=cfg.method.dropout,
         target_modules=tuple(cfg.method.target_modules),

@@ -66,6 +66,7 @@ class CpuResident:
     by bench/cpu_resident_peak.py (catalog/cpu_memory.json has the command and the date)."""
 
     slack: float  # peak RSS above the process baseline, over the allocator's peak, minus 1
+    slack_released: float  # the same with train.release_freed_memory (freed blocks go back at once)
     process_bytes: float  # the interpreter and libraries: RSS after importing torch, transformers, peft
     example_bytes_per_token: float  # the cleaned examples, kept as Python lists
     packed_bytes_per_token: float  # the packed rows, per epoch (the loop plans every step up front)
@@ -77,7 +78,7 @@ class CpuResident:
 def cpu_resident() -> CpuResident:
     entry = json.loads((resources.files("tunesmith.catalog") / "cpu_memory.json").read_text(encoding="utf-8"))
     r = entry["resident"]
-    return CpuResident(slack=r["slack"], process_bytes=r["process_gb"] * GB,
+    return CpuResident(slack=r["slack"], slack_released=r["slack_released"], process_bytes=r["process_gb"] * GB,
                        example_bytes_per_token=r["example_bytes_per_token"],
                        packed_bytes_per_token=r["packed_bytes_per_token_per_epoch"],
                        source=entry["source"], as_of=entry["as_of"])
@@ -109,6 +110,7 @@ class Setup:
     gpus: int = 1
     strategy: str = "ddp"
     offload_activations: bool = False  # checkpointed layer inputs in host memory (needs checkpointing)
+    release_freed_memory: bool = False  # a CPU process with malloc's mmap threshold fixed (train/lean.py)
 
     @property
     def tokens(self) -> int:
@@ -547,9 +549,10 @@ def estimate(f: ModelFacts, s: Setup) -> Memory:
         # so later tensors come from heaps it seldom returns), the eval pass reuses them
         # unevenly, and the interpreter and libraries sit below it all.
         resident_model = cpu_resident()
-        components["allocator"] = resident_model.slack * allocated
+        slack = resident_model.slack_released if s.release_freed_memory else resident_model.slack
+        components["allocator"] = slack * allocated
         components["process"] = resident_model.process_bytes
-        peak = allocated * (1 + resident_model.slack) + resident_model.process_bytes
+        peak = allocated * (1 + slack) + resident_model.process_bytes
     if s.optimizer.startswith("paged"):
         notes.append("paged optimizer state can spill to host memory under pressure (slower, not an OOM)")
     return Memory(components=components, phases=phases, allocated=allocated, peak=peak, cpu_bytes=cpu, notes=notes)

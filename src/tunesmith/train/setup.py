@@ -96,7 +96,6 @@ def train(
 
     world = world_from_env()
     device = join(world, pick_device().type)
-    return_freed_memory(device)  # on CPU: RSS near what torch allocated (train/lean.py)
     strategy = check_strategy(cfg.distributed.strategy, world, device.type, cfg.method.name)
     if not world.main:
         return follow(cfg, world, device, strategy, stop)
@@ -150,6 +149,8 @@ def lead(cfg: RunConfig, world: World, device: torch.device, strategy: str, hera
     # An OOM costs the most: refused (or fitted) before anything is loaded.
     check = check_fit(cfg, enforce=preflight, recorded=folder.auto_fit, world=world, strategy=strategy)
     cfg = check["config"]  # auto-fit may have changed it to fit this device
+    if cfg.train.release_freed_memory:
+        return_freed_memory(device)  # on CPU: RSS near what torch allocated (train/lean.py)
     if on_preflight:
         on_preflight(check)
     with RunLock(folder.path):
@@ -203,6 +204,8 @@ def follow(cfg: RunConfig, world: World, device: torch.device, strategy: str, st
     if message.get("stop"):
         raise PeerFailed("", exit_code=1)
     cfg = RunConfig.model_validate(message["config"])  # as the main process runs it (auto-fit may change it)
+    if cfg.train.release_freed_memory:
+        return_freed_memory(device)
     strategy = message["strategy"]
     run_dir, path = Path(message["run_dir"]), message["path"]
     train_rows, val_rows = examples_from(message["train"]), examples_from(message["val"])
