@@ -15,6 +15,7 @@ skipped. Two more subprocesses measure the baseline (imports; imports + the mode
 its adapters) and the Python-held data per token.
 
     python bench/cpu_resident_peak.py [--points 256x1,512x1,512x2,1024x1] [--steps 2] [--limit-gb 6]
+                                      [--release-freed-memory]
 
 JSON on stdout (figures and ratios, no asserts), logs on stderr.
 """
@@ -37,6 +38,7 @@ SRC = ROOT / "src"
 DEMO = SRC / "tunesmith" / "demo"
 MODEL = "smollm2-135m-instruct"
 FACTS = "smollm2-135m"  # the catalog entry with the same architecture
+RELEASE = [False]  # --release-freed-memory, for the children and the prediction
 sys.path.insert(0, str(SRC))
 
 
@@ -182,7 +184,8 @@ def predict(seq: int, batch: int) -> dict:
     from tunesmith.plan.memory import GB, Setup, estimate
 
     facts, _ = model_facts(FACTS)
-    memory = estimate(facts, Setup(seq_len=seq, micro_batch=batch, device="cpu", dtype="fp32"))
+    memory = estimate(facts, Setup(seq_len=seq, micro_batch=batch, device="cpu", dtype="fp32",
+                                   release_freed_memory=RELEASE[0]))
     return {"allocated_gb": round(memory.allocated / GB, 3), "peak_gb": round(memory.peak / GB, 3)}
 
 
@@ -204,7 +207,8 @@ def train_point(seq: int, batch: int, steps: int, work: Path, limit_gb: float) -
                "--out", str(run), "--no-progress",
                "--set", f"train.max_seq_len={seq}", "--set", f"train.micro_batch={batch}",
                "--set", f"train.max_steps={steps}", "--set", f"train.eval_every={steps}",
-               "--set", "train.save_every=1000", "--set", "data.train_on_inputs=true"]
+               "--set", "train.save_every=1000", "--set", "data.train_on_inputs=true",
+               "--set", f"train.release_freed_memory={str(RELEASE[0]).lower()}"]
     log(f"{seq} x {batch}:", " ".join(command[3:]))
     result = run_limited(command, limit_gb)
     measured = result["maxrss_bytes"] / 1e9
@@ -223,7 +227,10 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--limit-gb", type=float, default=6.0)
     parser.add_argument("--data-copies", type=int, default=16, help="repeats of the demo sample for the data figure")
+    parser.add_argument("--release-freed-memory", action="store_true",
+                        help="train with train.release_freed_memory=true (and predict with its slack)")
     args = parser.parse_args()
+    RELEASE[0] = args.release_freed_memory
     import torch
 
     from tunesmith.plan.device import cpu_name
