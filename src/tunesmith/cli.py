@@ -446,6 +446,10 @@ def start_workers(cfg: Any, nproc: Optional[int], **machines: Any) -> None:
         distributed.quiet_worker(distributed.world_from_env())
         return
     count = nproc if nproc is not None else distributed.default_nproc()
+    gpus = distributed.default_nproc() if distributed.default_device_type() == "cuda" else 0
+    if gpus and count > gpus:
+        raise UsageError(f"--nproc {count}: this machine has {gpus} GPU{'s' if gpus > 1 else ''}: one process each "
+                         f"(give --nproc {gpus} or fewer)")
     if count == 1 and machines["nnodes"] == 1:
         return
     world = distributed.World(size=count * machines["nnodes"])
