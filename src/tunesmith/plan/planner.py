@@ -269,7 +269,8 @@ def _eight_gpus(s: Setup, run: Run, gpus: list[Gpu], prices: list[Price]) -> Rem
         return None
     setup = replace(s, gpus=8, strategy="fsdp")
     chosen, why, _ = eight_gpu_choice(replace(run, setup=setup), estimate(run.facts, setup), gpus, prices)
-    return f"--gpus 8 --gpu {chosen.name} (FSDP shards weights, gradients and optimizer state; {why})", [], setup
+    return (f"--gpus 8 --gpu {chosen.name} (FSDP shards weights, gradients and optimizer state; {why}; trained with "
+            f"`tunesmith train … --nproc 8 --set distributed.strategy=fsdp`)", [], setup)
 
 
 def _where(run: Run, setup: Setup, memory: Memory, gpus: list[Gpu], prices: list[Price]) -> str | None:
