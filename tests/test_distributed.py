@@ -153,3 +153,29 @@ def test_launcher_arguments_run_this_command_in_each_worker():
     assert two_machines[two_machines.index("--machine_rank") + 1] == "1"
     assert two_machines[two_machines.index("--main_process_ip") + 1] == "10.0.0.1"
     assert two_machines[two_machines.index("--main_process_port") + 1] == "29500"
+
+
+@pytest.mark.slow
+def test_a_worker_killed_mid_run_is_one_line_and_the_same_command_continues(runs):
+    """The kernel's OOM killer takes one worker: the main process says so in one line (not a
+    bug report), train.json says failed, and the same command continues to the same adapter."""
+    import psutil
+
+    tmp, base, _, _ = runs
+    run = tmp / "killed"
+    command = [sys.executable, "-m", "tunesmith.cli", *map(str, base), "--out", str(run), "--nproc", "2"]
+    launcher = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    while launcher.poll() is None and not (run / "metrics.jsonl").is_file():
+        time.sleep(0.01)
+    workers = [p for p in psutil.Process(launcher.pid).children(recursive=True) if p.environ().get("RANK") == "1"]
+    assert len(workers) == 1
+    workers[0].kill()
+    _, stderr = launcher.communicate(timeout=120)
+    said = " ".join(stderr.split())
+    assert launcher.returncode == 1, stderr
+    assert "error: lost contact with the other training processes: one of them stopped without a word" in said
+    assert "bug" not in said and "Traceback" not in said
+    assert json.loads((run / "train.json").read_text())["status"] == "failed"
+    again = tunesmith(*base, "--out", run, "--nproc", "2")
+    assert again.returncode == 0
+    assert same_adapter(adapter(run), adapter(tmp / "two"))

@@ -191,6 +191,14 @@ def gather_tensors(world: World, tensor: torch.Tensor) -> list[torch.Tensor]:
     return [p.cpu() for p in parts]
 
 
+def lost_peer(error: BaseException) -> bool:
+    """Whether a collective failed because another process is gone: torch's distributed
+    errors (NCCL), or gloo's socket errors, which arrive as plain RuntimeErrors naming gloo."""
+    import torch.distributed as dist
+
+    return isinstance(error, dist.DistError) or (isinstance(error, RuntimeError) and "/gloo/" in str(error))
+
+
 def barrier(world: World) -> None:
     if world.size > 1:
         import torch.distributed as dist

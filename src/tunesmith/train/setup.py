@@ -31,7 +31,9 @@ from tunesmith.train.checkpoint import (
     fingerprint_differences, load_weights, newest_valid, read_checkpoint,
 )
 from tunesmith.train.checks import RunFolder, check_run_inputs, inspect_run_dir
-from tunesmith.train.distributed import PeerFailed, World, check_strategy, join, share, world_from_env
+from tunesmith.train.distributed import (
+    PeerFailed, World, check_strategy, join, lost_peer, share, world_from_env,
+)
 from tunesmith.train.sharding import SHARDED, full_trained_weights
 from tunesmith.train.dropout import use_bit_dropout
 from tunesmith.train.fit import Fit, LoopState, MetricsLog, enable_checkpointing, plan_steps
@@ -97,15 +99,32 @@ def train(
     world = world_from_env()
     device = join(world, pick_device().type)
     strategy = check_strategy(cfg.distributed.strategy, world, device.type, cfg.method.name)
-    if not world.main:
-        return follow(cfg, world, device, strategy, stop)
-    herald = Herald(world)
+    with peers_lost_say_so(world, Path(cfg.output.dir)):
+        if not world.main:
+            return follow(cfg, world, device, strategy, stop)
+        herald = Herald(world)
+        try:
+            return lead(cfg, world, device, strategy, herald, note, notes, progress=progress, on_log=on_log,
+                        on_data=on_data, preflight=preflight, on_preflight=on_preflight, restart=restart,
+                        resume=resume, same_run_restarts=same_run_restarts, stop=stop)
+        finally:
+            herald.stop_workers()  # when the main process stopped before they could start
+
+
+@contextmanager
+def peers_lost_say_so(world: World, run_dir: Path) -> Iterator[None]:
+    """A collective that fails because another training process is gone (killed by the
+    kernel for lack of memory, `kill -9`) becomes one line with the way on, not a bug report."""
     try:
-        return lead(cfg, world, device, strategy, herald, note, notes, progress=progress, on_log=on_log,
-                    on_data=on_data, preflight=preflight, on_preflight=on_preflight, restart=restart, resume=resume,
-                    same_run_restarts=same_run_restarts, stop=stop)
-    finally:
-        herald.stop_workers()  # when the main process stopped before they could start
+        yield
+    except RuntimeError as e:
+        if world.size == 1 or not lost_peer(e):
+            raise
+        raise TunesmithError(
+            f"lost contact with the other training processes: one of them stopped without a word (most likely "
+            f"killed: by the kernel for lack of memory, or by `kill -9`); the checkpoints already written in "
+            f"{run_dir / 'checkpoints'} are intact: run the same command again to continue from the newest",
+            exit_code=1) from None
 
 
 class Herald:
