@@ -119,9 +119,9 @@ def launch(args: list[str]) -> int:
     try:
         launch_command(parsed)
     except ChildFailedError as e:
-        failures = e.failures
-        first = failures.get(0) or failures[min(failures)]
-        return first.exitcode if first.exitcode and first.exitcode > 0 else 1
+        # The main worker's code, unless a signal from the launcher ended it first.
+        codes = [f.exitcode for _, f in sorted(e.failures.items()) if f.exitcode and f.exitcode > 0]
+        return codes[0] if codes else 1
     except SignalException as e:
         # SIGTERM/SIGINT reached the launcher: it passed the signal on and waited for the
         # workers, which checkpoint and stop (the main one said so).

@@ -107,8 +107,10 @@ def train(
             return lead(cfg, world, device, strategy, herald, note, notes, progress=progress, on_log=on_log,
                         on_data=on_data, preflight=preflight, on_preflight=on_preflight, restart=restart,
                         resume=resume, same_run_restarts=same_run_restarts, stop=stop)
-        finally:
-            herald.stop_workers()  # when the main process stopped before they could start
+        except BaseException as e:
+            # Stopped before the workers could start: they end with the same exit code.
+            herald.stop_workers(getattr(e, "exit_code", 1))
+            raise
 
 
 @contextmanager
@@ -139,9 +141,9 @@ class Herald:
         share(self.world, message)
         self.sent = True
 
-    def stop_workers(self) -> None:
+    def stop_workers(self, exit_code: int) -> None:
         if not self.sent:
-            self.go({"stop": True})
+            self.go({"stop": True, "exit_code": exit_code})
 
 
 def lead(cfg: RunConfig, world: World, device: torch.device, strategy: str, herald: Herald,
@@ -221,7 +223,7 @@ def follow(cfg: RunConfig, world: World, device: torch.device, strategy: str, st
         return TrainResult(run_dir=Path(cfg.output.dir), steps=0, tokens=0, train_seconds=0.0, tokens_per_s=0.0,
                            final_loss=None, final_eval_loss=None, data={}, status="completed")
     if message.get("stop"):
-        raise PeerFailed("", exit_code=1)
+        raise PeerFailed("", exit_code=message["exit_code"])
     cfg = RunConfig.model_validate(message["config"])  # as the main process runs it (auto-fit may change it)
     if cfg.train.release_freed_memory:
         return_freed_memory(device)
