@@ -8,18 +8,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from test_train_cli import FAST, tunesmith
+from test_train_cli import train_four_steps, tunesmith
 from tiny import order_rows, write_rows
 
 
 @pytest.fixture(scope="module")
 def run(tiny_model_dir, tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("export")
-    data = write_rows(tmp / "train.jsonl", order_rows(40))
-    folder = tmp / "run"
-    tunesmith("train", "--model", tiny_model_dir, "--data", data, "--out", folder, "--no-progress",
-              "--set", "train.max_steps=4", *FAST)
-    return folder
+    return train_four_steps(tiny_model_dir, tmp_path_factory.mktemp("export"))
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,15 @@ def tunesmith(*args, check=True):
     return result
 
 
+def train_four_steps(model_dir, tmp):
+    """A LoRA run of 4 steps on 40 order rows, in tmp/run (what export and gguf start from)."""
+    data = write_rows(tmp / "train.jsonl", order_rows(40))
+    folder = tmp / "run"
+    tunesmith("train", "--model", model_dir, "--data", data, "--out", folder, "--no-progress",
+              "--set", "train.max_steps=4", *FAST)
+    return folder
+
+
 @pytest.fixture(scope="module")
 def trained_run(tiny_model_dir, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("cli")

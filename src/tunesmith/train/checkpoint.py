@@ -31,6 +31,7 @@ from safetensors.torch import load_file, save_file
 
 from tunesmith.config import RunConfig, flat_fields
 from tunesmith.io import file_sha256, fsync_dir, fsync_tree, write_dir_atomic, write_json_atomic, write_text_atomic
+from tunesmith.train.sharding import full_trained_weights, shard_like, sharded_optimizer_state
 
 FORMAT = 1
 STEP_NAME = re.compile(r"^step-(\d{6,})$")
@@ -104,11 +105,6 @@ def fingerprint_differences(old: dict[str, Any], new: dict[str, Any]) -> list[st
 
 # ---------------------------------------------------------------- writing
 
-def trained_weights(model: Any) -> dict[str, torch.Tensor]:
-    """The trained parameters by their names in `model` (tied weights appear once)."""
-    return {name: p.detach().contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
-
-
 def save_checkpoint(run_dir: Path, step: int, *, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
                     state: dict[str, Any], fingerprint: dict[str, Any],
                     rank_rng: list[torch.Tensor] | None = None, weights: dict[str, torch.Tensor] | None = None,
@@ -119,7 +115,7 @@ def save_checkpoint(run_dir: Path, step: int, *, model: Any, optimizer: torch.op
     the optimizer's own."""
 
     def fill(folder: Path) -> None:
-        save_file(weights if weights is not None else trained_weights(model), str(folder / WEIGHTS))
+        save_file(weights if weights is not None else full_trained_weights(model), str(folder / WEIGHTS))
         optimizer_tensors, optimizer_meta = _split_optimizer(
             optimizer_state if optimizer_state is not None else optimizer.state_dict())
         rng_tensors, rng_meta = _capture_rng()
@@ -248,8 +244,6 @@ def restore(checkpoint: Checkpoint, model: Any, optimizer: torch.optim.Optimizer
             rank: int = 0, sharded: bool = False) -> None:
     """Put weights, optimizer, scheduler and every RNG back exactly as they were saved (the
     generators of worker `rank` when several trained; cut into shards when `sharded`)."""
-    from tunesmith.train.sharding import sharded_optimizer_state
-
     load_weights(model, checkpoint.weights(), checkpoint.path.name)
     tensors = load_file(str(checkpoint.path / TENSORS))
     optimizer_state = _join_optimizer(checkpoint.state["optimizer"], tensors)
@@ -270,8 +264,6 @@ def load_weights(model: Any, weights: dict[str, torch.Tensor], where: str) -> No
         missing, extra = sorted(set(params) - set(weights)), sorted(set(weights) - set(params))
         raise CorruptCheckpoint(f"{where}: its weights do not match this model (missing {missing[:3]}, "
                                 f"unexpected {extra[:3]})")
-    from tunesmith.train.sharding import shard_like
-
     with torch.no_grad():
         for name, p in params.items():
             p.copy_(shard_like(weights[name], p))  # the tensor itself, unless p is a shard

@@ -46,7 +46,8 @@ def whole(tensor: torch.Tensor) -> torch.Tensor:
 
 
 def full_trained_weights(model: Any) -> dict[str, torch.Tensor]:
-    """The trained parameters, whole, on the CPU of every process."""
+    """The trained parameters by their names in `model` (tied weights appear once), whole, on
+    the CPU (under FSDP a collective: every process asks, every process gets them)."""
     return {name: whole(p.detach()).contiguous().cpu() for name, p in model.named_parameters() if p.requires_grad}
 
 
@@ -60,9 +61,10 @@ def full_optimizer_state(optimizer: torch.optim.Optimizer) -> dict[str, Any]:
 
 
 def shard_like(full: torch.Tensor, param: Any) -> torch.Tensor:
-    """`full` cut the way `param` is sharded (every process holds the full tensor)."""
+    """`full` cut the way `param` is sharded (every process holds the full tensor); `full`
+    itself for a parameter that is not a shard."""
     if not is_sharded(param):
-        return full.to(param.device)
+        return full
     from torch.distributed.tensor import distribute_tensor
 
     return distribute_tensor(full.to(param.device_mesh.device_type), param.device_mesh, param.placements,
