@@ -433,10 +433,9 @@ def train_tunesmith(shape: Shape, method: str, offload: bool, device: Any, deadl
     import transformers
 
     from gpu_memory_check import nf4_quantize
-    from tunesmith.train.fit import Parts, make_accelerator, make_optimizer, run_step
-    from tunesmith.train.loss import TokenLoss
+    from measure import resident_bytes, trainable_parts
+    from tunesmith.train.fit import run_step
     from tunesmith.train.pack import Row
-    from tunesmith.train.setup import prepare_model
 
     cfg = run_config(shape, method, offload)
     started = time.time()
@@ -447,16 +446,7 @@ def train_tunesmith(shape: Shape, method: str, offload: bool, device: Any, deadl
     config = transformers.AutoConfig.for_model(**shape.config)
     # Built on the device itself: random init of 8B weights on a CPU would take minutes, and
     # QLoRA's NF4 layers quantise real (random) weights, which the meta device does not hold.
-    with torch.device(device):
-        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype)
-    if method == "qlora":
-        model = nf4_quantize(model)
-    model = prepare_model(model, cfg, device)
-    model.train()
-    accelerator = make_accelerator(cfg, device)
-    optimizer = make_optimizer(cfg, model, device)
-    loss_fn, optimizer = accelerator.prepare(TokenLoss(model), optimizer)
-    parts = Parts(model, loss_fn, optimizer, None, accelerator)
+    parts = trainable_parts(config, cfg, device, dtype, nf4_quantize if method == "qlora" else None)
     ids = shape.rows((shape.warmup + shape.steps) * shape.micro_batch)
     rows = [Row(input_ids=r, trained=[True] * len(r), position_ids=list(range(len(r)))) for r in ids]
 
@@ -466,10 +456,7 @@ def train_tunesmith(shape: Shape, method: str, offload: bool, device: Any, deadl
         return loss, tokens
 
     losses = [step(i)[0] for i in range(shape.warmup)]
-    resident = sum(p.numel() * p.element_size() for p in loss_fn.parameters())
-    resident += sum(b.numel() * b.element_size() for b in loss_fn.buffers())
-    resident += sum(v.numel() * v.element_size() for s in optimizer.state.values() for v in s.values()
-                    if torch.is_tensor(v))
+    resident = resident_bytes(parts)
     setup_s = time.time() - started
     reset_peak(device)
     seconds, tokens = timed_steps(lambda i: step(shape.warmup + i), shape.steps, deadline, device, losses)

@@ -75,6 +75,39 @@ def _cpu_allocated_peak(fn: Callable[[], Any]) -> tuple[Any, int]:
     return result, peak
 
 
+def trainable_parts(config: Any, cfg: Any, device: torch.device, dtype: torch.dtype,
+                    before_prepare: Callable[[Any], Any] | None = None) -> Any:
+    """A random-weight model built from a transformers `config` directly on `device` (an 8B
+    model initialised on a CPU takes a while), made trainable by the loop's own
+    `prepare_model` for `cfg`, with its loss module, optimizer and accelerator: the
+    `fit.Parts` a training step runs on. `before_prepare` gets the built model and returns the
+    one to prepare (the GPU benches quantise QLoRA's linear layers there)."""
+    import transformers
+
+    from tunesmith.train.fit import Parts, make_accelerator, make_optimizer
+    from tunesmith.train.loss import TokenLoss
+    from tunesmith.train.setup import prepare_model
+
+    with torch.device(device):
+        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype).to(device)
+    if before_prepare is not None:
+        model = before_prepare(model)
+    model = prepare_model(model, cfg, device)
+    model.train()
+    accelerator = make_accelerator(cfg, device)
+    optimizer = make_optimizer(cfg, model, device)
+    loss_fn, optimizer = accelerator.prepare(TokenLoss(model), optimizer)
+    return Parts(model, loss_fn, optimizer, None, accelerator)
+
+
+def resident_bytes(parts: Any) -> int:
+    """Parameters, buffers and optimizer state the parts hold."""
+    held = sum(p.numel() * p.element_size() for p in parts.loss_fn.parameters())
+    held += sum(b.numel() * b.element_size() for b in parts.loss_fn.buffers())
+    return held + sum(v.numel() * v.element_size() for state in parts.optimizer.state.values()
+                      for v in state.values() if torch.is_tensor(v))
+
+
 def measure_training_step(model_config: dict[str, Any], cfg: Any, device: torch.device, *, seed: int = 0,
                           before_prepare: Callable[[Any], Any] | None = None) -> dict[str, int]:
     """Build a random-weight model from `model_config`, make it trainable exactly as
@@ -93,23 +126,14 @@ def measure_training_step(model_config: dict[str, Any], cfg: Any, device: torch.
     """
     import transformers
 
-    from tunesmith.train.fit import Parts, make_accelerator, make_optimizer, run_step
-    from tunesmith.train.setup import prepare_model
-    from tunesmith.train.loss import TokenLoss
+    from tunesmith.train.fit import run_step
     from tunesmith.train.pack import Row
 
     torch.manual_seed(seed)
     dtype = torch.float32 if cfg.method.name == "full" or cfg.model.dtype == "float32" else torch.bfloat16
     config = transformers.AutoConfig.for_model(**model_config)
-    with torch.device(device):  # initialise on the device: an 8B model on a CPU takes a while
-        model = transformers.AutoModelForCausalLM.from_config(config, dtype=dtype).to(device)
-    if before_prepare is not None:
-        model = before_prepare(model)
-    model = prepare_model(model, cfg, device)
-    model.train()
-    accelerator = make_accelerator(cfg, device)
-    optimizer = make_optimizer(cfg, model, device)
-    loss_fn, optimizer = accelerator.prepare(TokenLoss(model), optimizer)
+    parts = trainable_parts(config, cfg, device, dtype, before_prepare)
+    loss_fn, accelerator = parts.loss_fn, parts.accelerator
 
     t = cfg.train
     generator = torch.Generator().manual_seed(seed)
@@ -120,13 +144,10 @@ def measure_training_step(model_config: dict[str, Any], cfg: Any, device: torch.
 
     def step() -> None:
         step_rows = [row for _ in range(t.grad_accum) for row in rows()]
-        run_step(Parts(model, loss_fn, optimizer, None, accelerator), step_rows, t.micro_batch, 0, t.max_grad_norm, device)
+        run_step(parts, step_rows, t.micro_batch, 0, t.max_grad_norm, device)
 
     step()  # the first step allocates the optimizer state
-    resident = sum(p.numel() * p.element_size() for p in loss_fn.parameters())
-    resident += sum(b.numel() * b.element_size() for b in loss_fn.buffers())
-    resident += sum(v.numel() * v.element_size() for state in optimizer.state.values()
-                    for v in state.values() if torch.is_tensor(v))
+    resident = resident_bytes(parts)
     _, step_peak = allocated_peak(step, device)
     result = {"resident": resident, "step_peak": step_peak}
     if device.type == "cuda":
