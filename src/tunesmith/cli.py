@@ -845,7 +845,7 @@ def plan_cmd(
     gpu: Optional[str] = typer.Option(None, "--gpu", help="plan for this GPU type only (see `tunesmith gpus`)"),
     strategy: Optional[str] = typer.Option(None, help="with several GPUs: ddp | fsdp | fsdp_offload | zero2 | zero3 "
                                            "(distributed.strategy; default: DDP where a replica fits each GPU, "
-                                           "else FSDP; zero2/zero3 need the deepspeed extra)"),
+                                           "else FSDP; zero2/zero3 are priced only: train does not run DeepSpeed yet)"),
     tokens: Optional[str] = typer.Option(None, help="training tokens per epoch, e.g. 20M (or use --dataset)"),
     dataset: Optional[Path] = typer.Option(None, help="count tokens per epoch in this file with the model's tokenizer"),
     epochs: Optional[str] = typer.Option(None, help="passes over the data, or auto (the default: 3, 2 or 1 by tokens per epoch)"),

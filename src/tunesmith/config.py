@@ -194,8 +194,8 @@ class DistributedConfig(Section):
 
     strategy: Literal["auto", "ddp", "fsdp", "fsdp_offload", "zero2", "zero3"] = Field(
         "auto", description="ddp: a whole replica per process; fsdp: weights, gradients and optimizer state "
-        "sharded (FSDP2); fsdp_offload: sharded and kept in host memory; zero2/zero3: DeepSpeed (extra "
-        "`deepspeed`, GPU); auto: the planner's pick (DDP when the model fits each device, else FSDP)")
+        "sharded (FSDP2); fsdp_offload: sharded and kept in host memory (GPUs); zero2/zero3: DeepSpeed, priced "
+        "by `plan` only, refused by train; auto: DDP when a replica fits each process, else FSDP (QLoRA: DDP)")
 
 
 class EvalConfig(Section):

@@ -343,8 +343,8 @@ def make_plan(run: Run, gpus: list[Gpu], prices: list[Price], *, mfu: Mfu | None
     elif run.total_tokens is None:
         plan["notes"].append("no token count: give --tokens N or --dataset FILE for time and cost")
     if recommendation and recommendation["strategy"] in DEEPSPEED:
-        plan["notes"].append(f"{recommendation['strategy']} trains through DeepSpeed: it needs CUDA GPUs and the "
-                             "optional deepspeed extra; ddp, fsdp and fsdp_offload need neither")
+        plan["notes"].append(f"{recommendation['strategy']} trains through DeepSpeed, which `tunesmith train` does not "
+                             "run yet (it refuses the strategy): priced here only; fsdp shards the same way and runs")
     return plan
 
 
