@@ -114,3 +114,25 @@ def test_repeated_key_value_heads_give_the_grouped_attention():
     grouped = F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=True)
     repeated = F.scaled_dot_product_attention(q, *repeat_kv_heads(k, v, 8), is_causal=True)
     assert torch.allclose(grouped, repeated, atol=1e-6)
+
+
+def test_bf16_attention_on_a_cpu_runs_in_fp32_and_returns_bf16():
+    """torch's CPU attention kernel is twice as slow in bf16 as in fp32, so train/attention.py
+    upcasts: the output is exactly fp32 attention of the bf16 inputs, cast back, and the
+    gradients reach the bf16 inputs in bf16."""
+    from tunesmith.train.attention import packed_sdpa_forward
+
+    torch.manual_seed(0)
+    q = torch.randn(2, 4, 12, 8, dtype=torch.bfloat16, requires_grad=True)
+    k, v = (torch.randn(2, 2, 12, 8, dtype=torch.bfloat16, requires_grad=True) for _ in range(2))
+    positions = torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2, 3, 4, 5, 6]])  # two examples per row
+    out, _ = packed_sdpa_forward(None, q, k, v, None, position_ids=positions)
+    assert out.dtype == torch.bfloat16 and out.shape == (2, 12, 4, 8)
+    expected = torch.cat([
+        F.scaled_dot_product_attention(q[:, :, s].float(), k[:, :, s].float(), v[:, :, s].float(), is_causal=True,
+                                       enable_gqa=True)
+        for s in (slice(0, 5), slice(5, 12))
+    ], dim=2).to(torch.bfloat16).transpose(1, 2)
+    assert torch.equal(out, expected)
+    out.float().square().sum().backward()
+    assert all(t.grad is not None and t.grad.dtype == torch.bfloat16 and t.grad.abs().sum() > 0 for t in (q, k, v))

@@ -280,9 +280,11 @@ def layer_activation_bytes(f: ModelFacts, s: Setup, first: bool = False) -> dict
     else:
         # SDPA/flash keeps q, k, v and its output (bf16 copies under autocast) and an fp32
         # logsumexp per head; no s x s matrix. In fp32 on a GPU the attention repeats the
-        # key/value heads (train/attention.py), so k and v are as wide as q.
-        kv_kept = q if e_sdpa == 4 and s.device == "cuda" else kv
-        sdpa = e_sdpa * (2 * q + 2 * kv_kept) + 4 * f.heads
+        # key/value heads (train/attention.py), so k and v are as wide as q. On a CPU it runs
+        # in fp32 whatever the model's dtype (train/attention.py: faster there).
+        e_kernel = 4 if s.device == "cpu" else e_sdpa
+        kv_kept = q if e_kernel == 4 and s.device == "cuda" else kv
+        sdpa = e_kernel * (2 * q + 2 * kv_kept) + 4 * f.heads
     out_proj = _input_group(q, ["o_proj"], adapted, p, e_sdpa, True)
     mlp_in = _input_group(f.hidden, gate_up, adapted, p, 4 if p.autocast else p.residual, True)
     # SwiGLU: the activation keeps its input (gate), the product keeps both factors.
