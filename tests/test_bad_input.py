@@ -263,7 +263,7 @@ ROWS = [
     Row("train-val-same", train("--val", "{tmp}/good.jsonl"), 2, ["is the same file as data.train"]),
     Row("train-qlora-cpu", train("--method", "qlora"), 1, ["needs a CUDA GPU"]),
     Row("train-8bit-cpu", train("--set", "train.optimizer=adamw_8bit"), 1, ["needs a CUDA GPU"]),
-    Row("train-bf16-cpu", train("--set", "model.dtype=bfloat16"), 1, ["model.dtype=bfloat16 needs a CUDA GPU"]),
+    Row("train-fp16-cpu", train("--set", "model.dtype=float16"), 1, ["model.dtype=float16 needs a CUDA GPU"]),
     Row("train-epochs-inf", train("--epochs", "inf"), 2, ["--epochs inf", "finite"]),
     Row("train-lr", train("--lr", "5"), 2, ["--lr 5.0", "less than 1"]),
     Row("train-lr-set", train("--set", "train.lr=1e400"), 2, ["--set train.lr=1e400", "finite"]),

@@ -219,7 +219,7 @@ def test_epochs_auto_follows_the_token_count():
     cfg = build_config({"model": {"source": "smollm2-135m"}})
     cpu = Device(type="cpu", name="test CPU", memory_gb=64, available_gb=60)
     for tokens, epochs in ((499_999, 3), (500_000, 2), (4_999_999, 2), (5_000_000, 1)):
-        plan = build_plan(cfg, TokenCount(tokens), cpu, gpus=load_gpus(), prices=[], matmul_flops=lambda: 50e9)
+        plan = build_plan(cfg, TokenCount(tokens), cpu, gpus=load_gpus(), prices=[], matmul_flops=lambda dtype: 50e9)
         assert (plan["tokens"]["epochs"], plan["tokens"]["total"]) == (epochs, tokens * epochs)
         assert f"train.epochs auto: {epochs} for {tokens:,} training tokens per epoch" in " ".join(plan["notes"])
 
@@ -409,25 +409,48 @@ def test_cpu_time_is_the_executed_work_over_the_matmul_rate_times_the_measured_e
 
     cfg = build_config({"model": {"source": "smollm2-135m"}, "train": {"max_seq_len": 256, "epochs": 1}})
     cpu = Device(type="cpu", name="test CPU", memory_gb=64, available_gb=60)
-    plan = build_plan(cfg, TokenCount(2_000_000), cpu, gpus=load_gpus(), prices=[], matmul_flops=lambda: 50e9)
+    plan = build_plan(cfg, TokenCount(2_000_000), cpu, gpus=load_gpus(), prices=[], matmul_flops=lambda dtype: 50e9)
     here = plan["this_machine"]
     facts, _ = model_facts("smollm2-135m")
     executed = flops_per_token(facts, setup_from_config(cfg, device="cpu"))["executed"]
     factor = cpu_efficiency().value
     assert here["flops_per_s"] == pytest.approx(50e9 * factor)
     assert here["hours"] == pytest.approx(2e6 * executed / (50e9 * factor) / 3600, rel=1e-3)
-    assert here["time_from"].startswith(f"estimated from a measured matmul rate of 50 GFLOP/s x {factor:g} (")
+    assert here["time_from"].startswith(f"estimated from a measured fp32 matmul rate of 50 GFLOP/s x {factor:g} (")
     assert here["setup"]["device"] == "cpu" and here["setup"]["dtype"] == "fp32"
     assert plan["setup"]["device"] == "cuda" and "double_quant" not in plan["setup"]
+
+
+def test_a_bf16_run_on_a_cpu_is_timed_by_the_bf16_matmul_and_its_own_efficiency():
+    from tunesmith.config import build_config
+    from tunesmith.plan.build import build_plan
+    from tunesmith.plan.device import Device
+    from tunesmith.plan.inputs import TokenCount
+    from tunesmith.plan.throughput import cpu_efficiency
+
+    rates = {"fp32": 50e9, "bf16": 120e9}
+    cpu = Device(type="cpu", name="test CPU", memory_gb=64, available_gb=60)
+    factor = cpu_efficiency("bf16").value
+    assert factor != cpu_efficiency().value
+    for method, dtype, rate in [("lora", "bf16", 120e9 * factor), ("full", "fp32", 50e9 * cpu_efficiency().value)]:
+        cfg = build_config({"model": {"source": "smollm2-135m", "dtype": "bfloat16"}, "method": {"name": method},
+                            "train": {"max_seq_len": 256, "epochs": 1}})
+        asked = []
+        plan = build_plan(cfg, TokenCount(2_000_000), cpu, gpus=load_gpus(), prices=[],
+                          matmul_flops=lambda d: asked.append(d) or rates[d])
+        # Full fine-tuning keeps fp32 weights on a CPU whatever model.dtype says.
+        assert asked == [dtype]
+        assert plan["this_machine"]["flops_per_s"] == pytest.approx(rate)
+        assert plan["this_machine"]["time_from"].startswith(f"estimated from a measured {dtype} matmul rate of")
 
 
 def test_plan_estimates_this_cpus_time_without_calibration():
     plan, _ = plan_json("--model", "smollm2-135m", "--tokens", "100k")
     here = plan["this_machine"]
     if here["device"]["type"] == "cpu":
-        assert here["hours"] > 0 and "estimated from a measured matmul rate of" in here["time_from"]
+        assert here["hours"] > 0 and "estimated from a measured fp32 matmul rate of" in here["time_from"]
         text = " ".join(tunesmith("plan", "--model", "smollm2-135m", "--tokens", "100k").stdout.split())
-        assert "(estimated from a measured matmul rate of" in text
+        assert "(estimated from a measured fp32 matmul rate of" in text
 
 
 # ---------------------------------------------------------------- calibration
@@ -595,7 +618,7 @@ def test_several_gpus_replicate_when_a_replica_fits_and_shard_when_it_does_not()
     def plan(model, gpu, **distributed):
         cfg = build_config({"model": {"source": model}, "method": {"name": "full"}, "distributed": distributed})
         return build_plan(cfg, TokenCount(20_000_000), cpu, gpus=load_gpus(), prices=load_prices(), gpu_count=2,
-                          only_gpu=gpu, matmul_flops=lambda: 50e9)
+                          only_gpu=gpu, matmul_flops=lambda dtype: 50e9)
 
     small, big = plan("qwen2.5-0.5b", "H100-SXM"), plan("llama-3.1-8b", "H200")
     assert small["recommendation"]["strategy"] == small["setup"]["strategy"] == "ddp"

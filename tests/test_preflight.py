@@ -35,14 +35,16 @@ def config(**sections):
 # ---------------------------------------------------------------- needs a GPU
 
 def test_a_run_that_needs_a_gpu_fails_on_a_cpu_instead_of_training_there():
-    """The issue: QLoRA, a bf16/fp16 base or an 8-bit optimizer with no GPU must exit 1, not
-    quietly train on the CPU."""
-    item = gpu_item(config(method={"name": "qlora"}, model={"source": "smollm2-135m-instruct", "dtype": "bfloat16"},
+    """The issue: QLoRA, an fp16 base or an 8-bit optimizer with no GPU must exit 1, not
+    quietly train on the CPU. (A bf16 base trains on a CPU: see the bf16 item.)"""
+    item = gpu_item(config(method={"name": "qlora"}, model={"source": "smollm2-135m-instruct", "dtype": "float16"},
                            train={"optimizer": "adamw_8bit"}), CPU, machine())
     assert item == {"check": "gpu", "status": "fail", "detail":
-                    "QLoRA's 4-bit base and model.dtype=bfloat16 and the adamw_8bit optimizer need a CUDA GPU and this "
+                    "QLoRA's 4-bit base and model.dtype=float16 and the adamw_8bit optimizer need a CUDA GPU and this "
                     "machine has none: run on a GPU, or here with --method lora --set model.dtype=auto "
                     "--set train.optimizer=adamw"}
+    bf16 = config(model={"source": "smollm2-135m-instruct", "dtype": "bfloat16"})
+    assert gpu_item(bf16, CPU, machine())["status"] == "ok"
     fp16 = gpu_item(config(model={"source": "smollm2-135m-instruct", "dtype": "float16"}), CPU, machine())
     assert fp16["status"] == "fail"
     assert fp16["detail"].startswith("model.dtype=float16 needs a CUDA GPU and this machine has none")
@@ -97,6 +99,26 @@ def test_bf16_where_the_run_wants_it():
     assert bf16_item(explicit, T4, machine(bf16_supported=False))["status"] == "fail"
     fp16 = config(model={"source": "smollm2-135m-instruct", "dtype": "float16"})
     assert bf16_item(fp16, T4, machine(bf16_supported=False))["status"] == "skip"
+
+
+def test_bf16_on_a_cpu_is_fine_with_native_bf16_and_a_warning_without():
+    explicit = config(model={"source": "smollm2-135m-instruct", "dtype": "bfloat16"})
+    assert bf16_item(explicit, CPU, machine(cpu_bf16="avx512_bf16")) == {
+        "check": "bf16", "status": "ok", "detail": "this CPU multiplies bf16 natively (avx512_bf16)"}
+    assert bf16_item(explicit, CPU, machine(cpu_bf16=None)) == {
+        "check": "bf16", "status": "warn", "detail": "this CPU has no native bf16 (no avx512_bf16 or amx_bf16 flag): "
+        "its bf16 matmuls go through fp32 and run slower than fp32: --set model.dtype=float32"}
+    assert bf16_item(config(), CPU, machine(cpu_bf16="amx_bf16"))["detail"] == "CPU run: weights and matmuls in fp32"
+
+
+def test_the_cpu_s_native_bf16_flag_is_read_from_cpuinfo():
+    from tunesmith.plan.device import cpu_bf16_flag
+
+    line = "flags\t\t: fpu vme avx2 avx512f avx512bw {}\n"
+    assert cpu_bf16_flag("processor\t: 0\n" + line.format("avx512_bf16 avx512_vnni")) == "avx512_bf16"
+    assert cpu_bf16_flag(line.format("amx_tile amx_bf16 avx512_bf16")) == "amx_bf16"
+    assert cpu_bf16_flag(line.format("avx512_vnni")) is None
+    assert cpu_bf16_flag("Features\t: fp asimd\n") is None  # no flags line (an ARM CPU)
 
 
 # ---------------------------------------------------------------- disk

@@ -184,3 +184,25 @@ def test_train_stops_before_loading_the_model_when_the_data_is_blocked(tiny_mode
     assert (run / "data" / "report.html").is_file() and not (run / "adapter").exists()
     removed = json.loads((run / "data" / "report.json").read_text())["reasons"]
     assert removed == {"unknown_format": 3}
+
+
+def test_a_bf16_base_trains_on_a_cpu_with_fp32_adapters(tiny_model_dir, tmp_path):
+    """`--set model.dtype=bfloat16` on a CPU (faster where the CPU has native bf16: the
+    pre-flight says which): the same steps as fp32, a loss within bf16's rounding of fp32's, and
+    the adapter saved in fp32 (the master weights)."""
+    data = write_rows(tmp_path / "train.jsonl", order_rows(40))
+    losses = {}
+    for dtype in ("float32", "bfloat16"):
+        run = tmp_path / dtype
+        result = tunesmith("train", "--model", tiny_model_dir, "--data", data, "--out", run, "--no-progress",
+                           "--set", "train.max_steps=4", "--set", f"model.dtype={dtype}", *FAST)
+        assert "trained 4 steps" in result.stdout
+        records = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        losses[dtype] = [r["loss"] for r in records if "loss" in r and "tokens" in r]
+        weights = load_file(run / "adapter" / "adapter_model.safetensors")
+        assert weights and {w.dtype for w in weights.values()} == {torch.float32}
+    plan = json.loads((tmp_path / "bfloat16" / "plan.json").read_text())
+    assert plan["this_machine"]["setup"]["dtype"] == "bf16"
+    assert len(losses["bfloat16"]) == len(losses["float32"]) == 4
+    assert losses["bfloat16"] != losses["float32"]
+    assert losses["bfloat16"] == pytest.approx(losses["float32"], rel=0.02)

@@ -27,7 +27,8 @@ def pick_device() -> torch.device:
 def pick_dtype(name: str, device: torch.device) -> torch.dtype:
     if name != "auto":
         return DTYPES[name]
-    # CPU matmuls in bf16 are slower than fp32 on most laptop CPUs; GPUs want bf16.
+    # A CPU stays fp32 unless asked: bf16 is faster only where the CPU has native bf16
+    # (the pre-flight's bf16 item), and fp32 gives the same numbers on every machine.
     if device.type == "cuda" and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32

@@ -25,13 +25,13 @@ def build_plan(cfg: Any, count: TokenCount, device: Device, *, gpus: list[Gpu], 
                facts: tuple[ModelFacts, str] | None = None, gpu_count: int | None = None,
                strategy: str | None = None, only_gpu: str | None = None, calibration: Calibration | None = None,
                config_path: str | None = None, overrides: Sequence[str] = (),
-               matmul_flops: Callable[[], float] = cpu_matmul_flops) -> dict[str, Any]:
+               matmul_flops: Callable[[str], float] = cpu_matmul_flops) -> dict[str, Any]:
     """The plan for `cfg` trained on `count` tokens per epoch: every GPU row, and `device`
     (this machine). `strategy`: how several GPUs share the run (default: the config's
     distributed.strategy; auto: DDP where a replica fits, else FSDP). The recommendation's
     train_command names `config_path` (else a placeholder) and `overrides`, the config fields
-    the plan's flags changed. `matmul_flops` rates a CPU when no calibration applies to it
-    (injected in tests; measured once per process otherwise)."""
+    the plan's flags changed. `matmul_flops(dtype)` rates a CPU when no calibration applies to
+    it (injected in tests; measured once per process otherwise)."""
     strategy = strategy or configured_strategy(cfg)
     run = run_from_config(cfg, count, device="cuda", gpus=gpu_count or 1, strategy=strategy, facts=facts)
     # A GPU run's utilisation stands in for the MFU default on every GPU row, when it trained
@@ -56,20 +56,23 @@ def build_plan(cfg: Any, count: TokenCount, device: Device, *, gpus: list[Gpu], 
 
 
 def local_rate(run: Run, device: Device, calibration: Calibration | None,
-               matmul_flops: Callable[[], float]) -> tuple[float | None, str | None]:
+               matmul_flops: Callable[[str], float]) -> tuple[float | None, str | None]:
     """Executed FLOP/s expected on this machine and where the figure comes from: a run
-    calibrated on the same kind of device; on a CPU otherwise, its measured matmul rate times
-    the efficiency in catalog/mfu.json. None: a GPU uses its catalog MFU default."""
+    calibrated on the same kind of device; on a CPU otherwise, its measured matmul rate in the
+    run's dtype times that dtype's efficiency in catalog/mfu.json. None: a GPU uses its
+    catalog MFU default."""
     if run.total_tokens is None:
         return None, None
     if calibration and calibration.same_device(device):
         return calibration.flops_per_s, calibration.summary
     if device.type != "cpu":
         return None, None
-    matmul = matmul_flops()
-    efficiency = cpu_efficiency()
-    return matmul * efficiency.value, (f"estimated from a measured matmul rate of {matmul / 1e9:,.0f} GFLOP/s "
-                                       f"x {efficiency.value:g} ({efficiency.measured})")
+    # Full fine-tuning keeps fp32 weights on a CPU whatever model.dtype says (train/setup.py).
+    dtype = "bf16" if run.setup.dtype == "bf16" and run.setup.method != "full" else "fp32"
+    matmul = matmul_flops(dtype)
+    efficiency = cpu_efficiency(dtype)
+    return matmul * efficiency.value, (f"estimated from a measured {dtype} matmul rate of {matmul / 1e9:,.0f} "
+                                       f"GFLOP/s x {efficiency.value:g} ({efficiency.measured})")
 
 
 def calibration_effect(calibration: Calibration, run: Run, device: Device, *, mfu_applied: bool) -> dict[str, Any]:

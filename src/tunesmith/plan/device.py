@@ -94,16 +94,17 @@ MATMUL_SIZE = 1024
 MATMUL_BUDGET_S = 0.4  # stop timing after this long (a slow CPU still answers in well under a second)
 
 
-@lru_cache(maxsize=1)
-def cpu_matmul_flops() -> float:
-    """FLOP/s this CPU reaches on an fp32 matmul with torch's default threads, as the
-    training loop runs it: the best of a few timed calls after one warm-up (contention from
-    other processes only ever slows a call, so the best is the least disturbed). Measured
-    once per process."""
+@lru_cache(maxsize=2)
+def cpu_matmul_flops(dtype: str = "fp32") -> float:
+    """FLOP/s this CPU reaches on a matmul in `dtype` ("fp32" or "bf16") with torch's default
+    threads, as the training loop runs it: the best of a few timed calls after one warm-up
+    (contention from other processes only ever slows a call, so the best is the least
+    disturbed). Measured once per process and dtype."""
     import torch
 
     n = MATMUL_SIZE
-    a, b = torch.randn(n, n), torch.randn(n, n)
+    kind = torch.bfloat16 if dtype == "bf16" else torch.float32
+    a, b = torch.randn(n, n, dtype=kind), torch.randn(n, n, dtype=kind)
     torch.mm(a, b)  # warm-up: thread pool start, first allocation
     best = float("inf")
     started = time.perf_counter()
@@ -138,6 +139,28 @@ class MachineFacts:
     disk_free_bytes: int | None  # None: could not be read
     mounts: str  # /proc/mounts text ("" where there is none)
     bitsandbytes: bool
+    cpu_bf16: str | None = None  # the CPU's native bf16 instruction set (avx512_bf16, amx_bf16); None: none found
+
+
+# CPU flags (Linux /proc/cpuinfo) of native bf16 dot products. Without one, torch's bf16
+# matmuls on a CPU are converted to fp32 and back, slower than fp32 itself.
+CPU_BF16_FLAGS = ("amx_bf16", "avx512_bf16")
+
+
+def cpu_bf16_flag(cpuinfo: str) -> str | None:
+    """The first native bf16 flag this CPU lists, from /proc/cpuinfo's text."""
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            flags = set(line.split(":", 1)[1].split())
+            return next((f for f in CPU_BF16_FLAGS if f in flags), None)
+    return None
+
+
+def read_cpu_bf16() -> str | None:
+    try:
+        return cpu_bf16_flag(open("/proc/cpuinfo", encoding="utf-8", errors="replace").read())
+    except OSError:
+        return None
 
 
 def existing_parent(path: str) -> str:
@@ -196,4 +219,5 @@ def machine_facts(run_dir: str, device_type: str) -> MachineFacts:
         mounts = ""
     bf16 = torch.cuda.is_bf16_supported() if device_type == "cuda" else None
     return MachineFacts(torch_cuda=torch.version.cuda, driver_cuda=driver_cuda_version(), bf16_supported=bf16,
-                        disk_free_bytes=free, mounts=mounts, bitsandbytes=bitsandbytes_installed())
+                        disk_free_bytes=free, mounts=mounts, bitsandbytes=bitsandbytes_installed(),
+                        cpu_bf16=read_cpu_bf16() if device_type == "cpu" else None)

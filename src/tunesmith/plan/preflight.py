@@ -121,7 +121,7 @@ def gpu_needs(cfg: Any) -> tuple[list[str], list[str]]:
     if cfg.method.name == "qlora":
         needs.append("QLoRA's 4-bit base")
         instead.append("--method lora")
-    if cfg.model.dtype in ("bfloat16", "float16"):
+    if cfg.model.dtype == "float16":
         needs.append(f"model.dtype={cfg.model.dtype}")
         instead.append("--set model.dtype=auto")
     if cfg.train.optimizer != "adamw":
@@ -132,7 +132,8 @@ def gpu_needs(cfg: Any) -> tuple[list[str], list[str]]:
 
 def gpu_item(cfg: Any, device: Any, machine: MachineFacts) -> dict[str, str]:
     """A run that needs a GPU and sees none fails here rather than training on the CPU for
-    days (bf16 matmuls on most CPUs are slower than fp32) or failing after the model load."""
+    days (fp16 and the 4-bit and 8-bit kernels are GPU code) or failing after the model load.
+    A bf16 base may train on a CPU: `bf16_item` says whether this one multiplies bf16 natively."""
     needs, instead = gpu_needs(cfg)
     if device.type != "cuda":
         if needs:
@@ -186,9 +187,12 @@ def bf16_item(cfg: Any, device: Any, machine: MachineFacts) -> dict[str, str]:
     """bf16 where the run wants it: LoRA's base weights (dtype auto or bfloat16 on a GPU) and
     full fine-tuning's autocast. Pre-Ampere GPUs have none."""
     if device.type != "cuda":
-        if cfg.model.dtype == "bfloat16":
-            return _item("bf16", "skip", "no CUDA GPU (see gpu)")
-        return _item("bf16", "skip", "CPU run: weights and matmuls in fp32")
+        if cfg.model.dtype != "bfloat16":
+            return _item("bf16", "skip", "CPU run: weights and matmuls in fp32")
+        if machine.cpu_bf16:
+            return _item("bf16", "ok", f"this CPU multiplies bf16 natively ({machine.cpu_bf16})")
+        return _item("bf16", "warn", "this CPU has no native bf16 (no avx512_bf16 or amx_bf16 flag): its bf16 matmuls "
+                                     "go through fp32 and run slower than fp32: --set model.dtype=float32")
     wants = cfg.method.name == "full" or cfg.model.dtype in ("auto", "bfloat16")
     if not wants:
         return _item("bf16", "skip", f"model.dtype={cfg.model.dtype}: no bf16 needed")

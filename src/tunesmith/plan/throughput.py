@@ -70,15 +70,16 @@ def assumptions() -> dict[str, Any]:
 
 @dataclass(frozen=True)
 class CpuEfficiency:
-    """Share of a CPU's measured fp32 matmul rate that training turns into executed FLOPs."""
+    """Share of a CPU's measured matmul rate (in the run's dtype) that training turns into
+    executed FLOPs."""
 
     value: float
     measured: str  # one line for the plan
     source: str  # how it was measured, in full
 
 
-def cpu_efficiency() -> CpuEfficiency:
-    entry = _table()["cpu_efficiency"]
+def cpu_efficiency(dtype: str = "fp32") -> CpuEfficiency:
+    entry = _table()["cpu_efficiency" if dtype == "fp32" else "cpu_efficiency_bf16"]
     return CpuEfficiency(entry["value"], entry["measured"], entry["source"])
 
 
