@@ -13,7 +13,7 @@ Step 1 (warm-up) is left out. Other processes on the machine only ever slow a st
 matmul down, so `best` (the fastest step against the fastest matmul) is the least disturbed
 figure and `median` shows the spread.
 
-    python bench/cpu_efficiency.py [--models demo,tiny,smollm2-360m-random] [--steps 8]
+    python bench/cpu_efficiency.py [--models demo,tiny,smollm2-360m-random] [--steps 8] [--dtype fp32|bf16]
 
 Models: `demo` is SmolLM2-135M-Instruct with the demo config and sample (the alias the demo
 trains); `tiny` the 2-layer, 64-wide test model; `smollm2-360m-random` SmolLM2-360M's shape
@@ -33,6 +33,7 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+DTYPES = {"fp32": "float32", "bf16": "bfloat16"}
 DEMO = ROOT / "src" / "tunesmith" / "demo"
 
 
@@ -40,9 +41,9 @@ def log(*parts: object) -> None:
     print("[bench]", *parts, file=sys.stderr, flush=True)
 
 
-def matmul_rate() -> float:
+def matmul_rate(dtype: str) -> float:
     """A fresh process each time: the planner measures once per process."""
-    code = "from tunesmith.plan.device import cpu_matmul_flops; print(cpu_matmul_flops())"
+    code = f"from tunesmith.plan.device import cpu_matmul_flops; print(cpu_matmul_flops({dtype!r}))"
     return float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout)
 
 
@@ -106,16 +107,17 @@ def random_360m(folder: Path) -> Path:
     return folder
 
 
-def measure(name: str, steps: int, work: Path) -> dict:
-    args = model_args(name, work)
-    before = matmul_rate()
+def measure(name: str, steps: int, work: Path, dtype: str) -> dict:
+    args = [*model_args(name, work), "--set", f"model.dtype={DTYPES[dtype]}"]
+    before = matmul_rate(dtype)
     records = train(args, steps, work / f"run-{name}")
-    after = matmul_rate()
+    after = matmul_rate(dtype)
     rates = step_rates(records)
     flops = executed_flops(work / f"run-{name}")
     best_matmul = max(before, after)
     return {
         "model": name,
+        "dtype": dtype,
         "executed_flops_per_token": flops,
         "matmul_gflops": [round(before / 1e9, 1), round(after / 1e9, 1)],
         "step_tokens_per_s": [round(r, 1) for r in rates],
@@ -129,11 +131,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", default="demo,tiny,smollm2-360m-random")
     parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32",
+                        help="the model's dtype; bf16 rates against the bf16 matmul (cpu_efficiency_bf16)")
     args = parser.parse_args()
     results = []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models.split(","):
-            results.append(measure(name, args.steps, Path(tmp)))
+            results.append(measure(name, args.steps, Path(tmp), args.dtype))
             log(json.dumps(results[-1]))  # each as it comes: a long run keeps what it measured
     print(json.dumps({"cpu": _cpu(), "threads": _threads(), "results": results}, indent=2))
 

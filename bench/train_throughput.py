@@ -7,7 +7,8 @@ One invocation runs three runners, each in its own subprocess (own memory, own t
   trl_packed   SFTTrainer with packing=True (TRL's default strategy, "bfd", padding-free)
 
 All three get the same model, the same rows (one messages-format JSONL file written here), the
-same LoRA adapter (r=16, alpha=32, same dropout, q/k/v/o/gate/up/down), fp32 on CPU, lr 2e-4,
+same LoRA adapter (r=16, alpha=32, same dropout, q/k/v/o/gate/up/down), fp32 on CPU (--dtype
+bfloat16: tunesmith's base in bf16, TRL's default bf16 autocast), lr 2e-4,
 seed 42, loss on the assistant reply only, the same batch shape (8 rows of at most 512 tokens,
 one micro-batch per optimizer step), and the same number of optimizer steps: 1 warm-up step
 (not timed) and then --steps timed steps.
@@ -16,7 +17,7 @@ Tokens are counted the same way for all three: non-padding input tokens (prompt 
 the batches the timed steps actually trained on. Time is wall-clock over the timed steps only
 (model loading, tokenisation and packing happen before step 1 in every runner and are excluded).
 
-    python bench/train_throughput.py [--steps 6] [--rows N] [--dropout 0.05] [--out FILE]
+    python bench/train_throughput.py [--steps 6] [--rows N] [--dropout 0.05] [--dtype float32|bfloat16] [--out FILE]
 
 The JSON result goes to stdout; progress and logs go to stderr.
 """
@@ -132,7 +133,7 @@ def run_tunesmith(args: argparse.Namespace) -> dict:
         f"method.r={LORA_R}",
         f"method.alpha={LORA_ALPHA}",
         f"method.dropout={args.dropout}",
-        "model.dtype=float32",
+        f"model.dtype={args.dtype}",
     ])
 
     # Observe (not change) each step: real tokens, padded slots and trained tokens of its batches.
@@ -196,7 +197,7 @@ def run_trl(args: argparse.Namespace, packed: bool) -> dict:
         [{"prompt": r["messages"][:-1], "completion": r["messages"][-1:]} for r in rows]
     )
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32)  # autocast when bf16
     lora = LoraConfig(
         r=LORA_R, lora_alpha=LORA_ALPHA, lora_dropout=args.dropout, target_modules=TARGETS, task_type="CAUSAL_LM"
     )
@@ -209,8 +210,9 @@ def run_trl(args: argparse.Namespace, packed: bool) -> dict:
         packing=packed,
         learning_rate=LR,
         seed=SEED,
-        # TRL/transformers default bf16=True (autocast, also on CPU); the comparison is fp32 for all.
-        bf16=False,
+        # TRL/transformers default bf16=True (autocast, also on CPU); --dtype float32 (the default
+        # here) runs all three in fp32, --dtype bfloat16 gives TRL its own default.
+        bf16=args.dtype == "bfloat16",
         use_cpu=True,
         report_to="none",
         eval_strategy="no",
@@ -321,7 +323,7 @@ def launch(name: str, args: argparse.Namespace, data: Path, work: Path) -> dict:
     cmd = [
         sys.executable, str(Path(__file__).resolve()), "--runner", name, "--data-file", str(data),
         "--work", str(run_dir), "--result", str(result), "--steps", str(args.steps), "--dropout", str(args.dropout),
-        "--threads", str(args.threads), "--model", args.model,
+        "--threads", str(args.threads), "--model", args.model, "--dtype", args.dtype,
     ]
     env = {
         **os.environ,
@@ -358,6 +360,9 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--data", type=Path, default=DEFAULT_DATA, help="instruction-format JSONL (default: the demo sample)")
     p.add_argument("--model", default=MODEL, help="model alias or path (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch threads per runner (default: CPU count)")
+    p.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
+                   help="float32: all runners in fp32; bfloat16: tunesmith's base in bf16 (needs a CPU with native "
+                        "bf16), TRL with its default bf16 autocast")
     p.add_argument("--runners", default=",".join(RUNNERS), help="comma-separated subset of " + ", ".join(RUNNERS))
     # internal: one runner in this process
     p.add_argument("--runner", choices=RUNNERS, help=argparse.SUPPRESS)
@@ -393,7 +398,7 @@ def main(argv: list[str] | None = None) -> None:
         "lora": {"r": LORA_R, "alpha": LORA_ALPHA, "dropout": args.dropout, "targets": TARGETS},
         "lr": LR,
         "seed": SEED,
-        "dtype": "float32",
+        "dtype": args.dtype,
         "tokens_definition": "non-padding input tokens (prompt + response) of the batches trained in the timed steps",
         **results,
     }
