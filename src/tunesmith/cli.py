@@ -445,8 +445,10 @@ def start_workers(cfg: Any, nproc: Optional[int], **machines: Any) -> None:
     if distributed.launched():
         distributed.quiet_worker(distributed.world_from_env())
         return
-    count = nproc if nproc is not None else distributed.default_nproc()
-    gpus = distributed.default_nproc() if distributed.default_device_type() == "cuda" else 0
+    device_type = distributed.default_device_type()
+    visible = distributed.default_nproc()  # every GPU, or 1 on a CPU
+    count = nproc if nproc is not None else visible
+    gpus = visible if device_type == "cuda" else 0
     if gpus and count > gpus:
         raise UsageError(f"--nproc {count}: this machine has {gpus} GPU{'s' if gpus > 1 else ''}: one process each "
                          f"(give --nproc {gpus} or fewer)")
@@ -454,8 +456,7 @@ def start_workers(cfg: Any, nproc: Optional[int], **machines: Any) -> None:
         return
     world = distributed.World(size=count * machines["nnodes"])
     # Refused once, before any worker starts.
-    strategy = distributed.check_strategy(cfg.distributed.strategy, world, distributed.default_device_type(),
-                                          cfg.method.name)
+    strategy = distributed.check_strategy(cfg.distributed.strategy, world, device_type, cfg.method.name)
     out.print(f"training with {world.size} processes (distributed.strategy {strategy}) through accelerate's launcher",
               highlight=False)
     raise typer.Exit(distributed.launch(distributed.launcher_args(count, sys.argv[1:], **machines)))

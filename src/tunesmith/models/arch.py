@@ -14,6 +14,13 @@ from typing import Any
 
 from tunesmith.errors import UsageError
 
+# The training loss projects trained positions onto the vocab in chunks whose fp32 logits take
+# at most this (train/loss.py); the planner sizes the loss's peak by it (plan/memory.py).
+# 64 MiB is 341 rows of SmolLM2's 49,152-word vocab, 130 of Llama 3's 128,256: rows enough to
+# keep the head's matmul efficient (bench/README.md, chunked_loss.py) while the loss's peak
+# stays a few chunks, whatever the batch.
+LOSS_CHUNK_BYTES = 64 * 2**20
+
 # Which projections carry a bias, per family, where the config does not say.
 QKV_BIAS_FAMILIES = {"qwen2"}
 # Families that RMS-normalise each query and key head (a weight of head_dim each) before RoPE.

@@ -67,8 +67,7 @@ def local_rate(run: Run, device: Device, calibration: Calibration | None,
         return calibration.flops_per_s, calibration.summary
     if device.type != "cpu":
         return None, None
-    # Full fine-tuning keeps fp32 weights on a CPU whatever model.dtype says (train/setup.py).
-    dtype = "bf16" if run.setup.dtype == "bf16" and run.setup.method != "full" else "fp32"
+    dtype = run.setup.dtype
     matmul = matmul_flops(dtype)
     efficiency = cpu_efficiency(dtype)
     return matmul * efficiency.value, (f"estimated from a measured {dtype} matmul rate of {matmul / 1e9:,.0f} "

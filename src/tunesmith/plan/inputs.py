@@ -21,7 +21,10 @@ from tunesmith.plan.throughput import Mfu, flops_per_token
 
 def setup_from_config(cfg: Any, *, device: str = "cuda", gpus: int = 1, strategy: str | None = None) -> Setup:
     """The Setup a run config trains with on `device` (the dtype `auto` resolves there)."""
-    dtype = "fp32" if cfg.model.dtype == "float32" or (device == "cpu" and cfg.model.dtype == "auto") else "bf16"
+    # On a CPU `auto` is fp32, and full fine-tuning keeps fp32 weights whatever model.dtype says
+    # (train/setup.py).
+    on_cpu_fp32 = device == "cpu" and (cfg.model.dtype == "auto" or cfg.method.name == "full")
+    dtype = "fp32" if cfg.model.dtype == "float32" or on_cpu_fp32 else "bf16"
     return Setup(
         method=cfg.method.name,
         seq_len=cfg.train.max_seq_len,

@@ -45,7 +45,7 @@ from importlib import resources
 from typing import Literal
 
 from tunesmith.errors import UsageError
-from tunesmith.models.arch import GEMMA_FAMILIES, ModelFacts, count_params
+from tunesmith.models.arch import GEMMA_FAMILIES, LOSS_CHUNK_BYTES, ModelFacts, count_params
 
 GB = 1e9
 ALL_LINEAR = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -318,33 +318,33 @@ def outside_activation_bytes(f: ModelFacts, s: Setup) -> float:
     return final_norm + rope
 
 
-# train/loss.py's CHUNK_BYTES (the planner does not import the training loop; a test checks
-# the two agree): at most this many bytes of fp32 logits exist at once.
-LOSS_CHUNK_BYTES = 64 * 2**20
-
-
 def loss_chunk_positions(f: ModelFacts) -> int:
     return max(1, LOSS_CHUNK_BYTES // (4 * f.vocab))
+
+
+def trained_hidden_bytes(f: ModelFacts, s: Setup) -> float:
+    """The hidden states of a micro-batch's trained positions (or their gradients), in the
+    residual stream's dtype."""
+    return precision(s).residual * f.hidden * s.tokens * s.trained_fraction
 
 
 def saved_logits_bytes(f: ModelFacts, s: Setup) -> float:
     """What the loss keeps from the forward pass for backward: the gradient of each trained
     position's hidden state (in its dtype) and, when the head trains, of the head's weight (fp32)."""
-    p = precision(s)
-    head = 4 * f.vocab * f.hidden if p.weights_trainable else 0
-    return p.residual * f.hidden * s.tokens * s.trained_fraction + head
+    head = 4 * f.vocab * f.hidden if precision(s).weights_trainable else 0
+    return trained_hidden_bytes(f, s) + head
 
 
 def logits_bytes(f: ModelFacts, s: Setup) -> float:
     """Peak bytes of the loss on one micro-batch: what it keeps for backward, the trained
-    positions' hidden states gathered for the head, and one chunk's working set: its fp32 logits and logsumexp's temporary of the same size (2 x 4 B x V per
-    position, measured; Gemma 2's soft-capping keeps its tanh beside them), and under autocast
-    the head's bf16 copy, made once for all chunks."""
+    positions' hidden states gathered for the head, and one chunk's working set: its fp32
+    logits and logsumexp's temporary of the same size (2 x 4 B x V per position, measured;
+    Gemma 2's soft-capping keeps its tanh beside them), and under autocast the head's bf16
+    copy, made once for all chunks."""
     chunk = min(s.tokens * s.trained_fraction, loss_chunk_positions(f))
     per_position = 8 * f.vocab + (4 * f.vocab if f.logit_softcap else 0)
     cast = 2 * f.vocab * f.hidden if precision(s).autocast else 0
-    gathered = precision(s).residual * f.hidden * s.tokens * s.trained_fraction
-    return saved_logits_bytes(f, s) + gathered + per_position * chunk + cast
+    return saved_logits_bytes(f, s) + trained_hidden_bytes(f, s) + per_position * chunk + cast
 
 
 def adapter_copy_bytes(f: ModelFacts, s: Setup) -> float:

@@ -24,7 +24,7 @@ And on a CPU, the process's resident set close to what torch allocated (`return_
 glibc's malloc serves large blocks with mmap and returns them on free, but after each such
 free it raises its mmap threshold to the freed size (up to 32 MiB), so the activations of the
 next steps come from the heap, whose freed blocks it seldom gives back: the kernel, which
-kills by resident set, saw SmolLM2-135M's training process hold ~1.3x what torch had
+kills by resident set, saw SmolLM2-135M's training process hold 1.5-1.8x what torch had
 allocated (bench/README.md, cpu_resident_peak.py). Fixing the threshold turns the dynamic
 rule off: blocks above it are always mmapped and returned when freed.
 """

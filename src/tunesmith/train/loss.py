@@ -20,12 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from tunesmith.models.arch import LOSS_CHUNK_BYTES
 from tunesmith.models.encode import IGNORE
 
-# fp32 logits of one chunk: 64 MiB is 341 rows of SmolLM2's 49,152-word vocab, 130 of
-# Llama 3's 128,256. Rows of that count keep the head's matmul efficient (bench/README.md,
-# chunked_loss.py) while the loss's peak stays a few chunks, whatever the batch.
-CHUNK_BYTES = 64 * 2**20
+CHUNK_BYTES = LOSS_CHUNK_BYTES  # fp32 logits of one chunk (a module global: tests and bench/chunked_loss.py vary it)
 
 
 def chunk_rows(vocab: int) -> int:
