@@ -142,6 +142,16 @@ def join(world: World, device_type: str) -> torch.device:
     return state.device
 
 
+def leave(world: World) -> None:
+    """Leave the process group before the interpreter exits: a gloo group still alive at exit
+    can abort its process in C++ ("terminate called without an active exception"), which
+    turns a worker's clear exit code into SIGABRT and the launcher's answer into a bare 1."""
+    import torch.distributed as dist
+
+    if world.size > 1 and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def share(world: World, message: dict[str, Any] | None) -> dict[str, Any]:
     """The main process's `message` on every process (JSON bytes broadcast as a tensor: no
     pickles between processes either)."""

@@ -32,7 +32,7 @@ from tunesmith.train.checkpoint import (
 )
 from tunesmith.train.checks import RunFolder, check_run_inputs, inspect_run_dir
 from tunesmith.train.distributed import (
-    PeerFailed, World, check_strategy, join, lost_peer, share, world_from_env,
+    PeerFailed, World, check_strategy, join, leave, lost_peer, share, world_from_env,
 )
 from tunesmith.train.sharding import SHARDED, full_trained_weights
 from tunesmith.train.dropout import use_bit_dropout
@@ -99,18 +99,21 @@ def train(
     world = world_from_env()
     device = join(world, pick_device().type)
     strategy = check_strategy(cfg.distributed.strategy, world, device.type, cfg.method.name)
-    with peers_lost_say_so(world, Path(cfg.output.dir)):
-        if not world.main:
-            return follow(cfg, world, device, strategy, stop)
-        herald = Herald(world)
-        try:
-            return lead(cfg, world, device, strategy, herald, note, notes, progress=progress, on_log=on_log,
-                        on_data=on_data, preflight=preflight, on_preflight=on_preflight, restart=restart,
-                        resume=resume, same_run_restarts=same_run_restarts, stop=stop)
-        except BaseException as e:
-            # Stopped before the workers could start: they end with the same exit code.
-            herald.stop_workers(getattr(e, "exit_code", 1))
-            raise
+    try:
+        with peers_lost_say_so(world, Path(cfg.output.dir)):
+            if not world.main:
+                return follow(cfg, world, device, strategy, stop)
+            herald = Herald(world)
+            try:
+                return lead(cfg, world, device, strategy, herald, note, notes, progress=progress, on_log=on_log,
+                            on_data=on_data, preflight=preflight, on_preflight=on_preflight, restart=restart,
+                            resume=resume, same_run_restarts=same_run_restarts, stop=stop)
+            except BaseException as e:
+                # Stopped before the workers could start: they end with the same exit code.
+                herald.stop_workers(getattr(e, "exit_code", 1))
+                raise
+    finally:
+        leave(world)
 
 
 @contextmanager
