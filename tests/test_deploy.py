@@ -17,10 +17,10 @@ import yaml
 from typer.testing import CliRunner
 
 from tunesmith.cli import app
+from tunesmith.catalog.sky_names import sky_name
 from tunesmith.config import RunConfig
 from tunesmith.errors import TunesmithError, UsageError
-from tunesmith.serve.deploy import (VLLM_MAX_LORA_RANKS, max_lora_rank, pick_gpu, read_served, service_name,
-                                    vllm_base)
+from tunesmith.serve.deploy import VLLM_MAX_LORA_RANKS, max_lora_rank, pick_gpu, read_served, vllm_base
 
 KEY = "sk-test-never-in-a-file-4821"
 
@@ -157,7 +157,7 @@ def test_a_gpu_too_small_for_the_load_is_refused(run):
 
 
 def test_service_names_skypilot_accepts():
-    assert [service_name(n) for n in ("My_Run.2", "run", "2026-05-run", "--x--")] == [
+    assert [sky_name(n) for n in ("My_Run.2", "run", "2026-05-run", "--x--")] == [
         "my-run-2", "run", "run-2026-05-run", "x"]
 
 

@@ -75,6 +75,19 @@ def atomic_writer(path: Path, *, private: bool = False) -> Iterator[TextIO]:
         raise
 
 
+def block_yaml(data: dict[str, Any]) -> str:
+    """YAML as people write it by hand: keys in the given order, multi-line strings (a
+    script's setup and run) as literal blocks, no line folding."""
+    import yaml
+
+    class BlockStyle(yaml.SafeDumper):
+        pass
+
+    BlockStyle.add_representer(str, lambda dumper, text: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
+    return yaml.dump(data, Dumper=BlockStyle, sort_keys=False, default_flow_style=False, width=10_000)
+
+
 def write_text_atomic(path: Path, text: str, *, private: bool = False) -> None:
     with atomic_writer(path, private=private) as f:
         f.write(text)

@@ -10,15 +10,14 @@ has no adapter: its RUN/model folder is served as it is.
 
 from __future__ import annotations
 
-import re
 import shlex
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
+from tunesmith.catalog.sky_names import SKY_ACCELERATORS, sky_name
 from tunesmith.errors import TunesmithError, UsageError
+from tunesmith.io import block_yaml
 
 # vLLM accepts only these values for --max-lora-rank (vllm/config/lora.py, MaxLoRARanks); an
 # adapter's r must be at most the value given, so the smallest one >= r is the cheapest.
@@ -31,11 +30,6 @@ API_KEY_ENV = "VLLM_API_KEY"
 # The key is read from the environment when the command runs, never written into a file; an
 # unset or empty key stops the shell before vLLM starts without one.
 API_KEY_ARG = f'"${{{API_KEY_ENV}:?set {API_KEY_ENV}}}"'
-# Catalog GPU -> SkyPilot accelerator name (the names in SkyPilot's catalog vms.csv files).
-SKY_ACCELERATORS = {
-    "H200": "H200", "H100-SXM": "H100", "A100-80GB": "A100-80GB", "A100-40GB": "A100", "L40S": "L40S",
-    "A10": "A10", "A10G": "A10G", "L4": "L4", "RTX-4090": "RTX4090", "RTX-A6000": "RTXA6000",
-}
 # Where the service's files land on the replica.
 REMOTE_ROOT = "/tunesmith"
 
@@ -235,7 +229,7 @@ def service_config(served: Served, row: dict[str, Any], *, port: int = PORT, rep
     # network; every /v1 route still needs the key. /health needs none, so the probe works.
     run = command_line(vllm_args(served, model=model, adapter=adapter, host="0.0.0.0", port=port))
     return {
-        "name": service_name(served.name),
+        "name": sky_name(served.name),
         "service": {"readiness_probe": {"path": "/health", "initial_delay_seconds": 1200}, "replicas": replicas},
         "resources": {"accelerators": f"{SKY_ACCELERATORS[row['gpu']]}:1", "ports": port},
         "secrets": {API_KEY_ENV: None},
@@ -243,21 +237,6 @@ def service_config(served: Served, row: dict[str, Any], *, port: int = PORT, rep
         "setup": "pip install vllm\n",
         "run": run + "\n",
     }
-
-
-def service_name(run_name: str) -> str:
-    """A name SkyPilot accepts for a service (lower case letters, digits and dashes, starting
-    with a letter) made from the run folder's name: "My_Run.2" -> "my-run-2"."""
-    name = re.sub(r"[^a-z0-9]+", "-", run_name.lower()).strip("-")
-    return name if name[:1].isalpha() else f"run-{name}".rstrip("-")
-
-
-class _BlockStyle(yaml.SafeDumper):
-    """Multi-line strings (setup, run) as YAML literal blocks, the way people write them."""
-
-
-_BlockStyle.add_representer(str, lambda dumper, text: dumper.represent_scalar(
-    "tag:yaml.org,2002:str", text, style="|" if "\n" in text else None))
 
 
 def service_yaml(served: Served, row: dict[str, Any], config: dict[str, Any], run: Path, out: Path) -> str:
@@ -273,5 +252,5 @@ def service_yaml(served: Served, row: dict[str, Any], config: dict[str, Any], ru
         f"#   export {API_KEY_ENV}=...   # any long random string; clients send it as a Bearer token",
         f"#   sky serve up {out} -n {config['name']} --secret {API_KEY_ENV}",
     ]
-    body = yaml.dump(config, Dumper=_BlockStyle, sort_keys=False, default_flow_style=False, width=10_000)
+    body = block_yaml(config)
     return "\n".join(header) + "\n" + body
