@@ -41,6 +41,9 @@ def bind(host: str, port: int, *, example_port: int, running: str) -> socket.soc
         if e.errno == errno.EACCES:
             raise UsageError(f"--port {port}: needs root (ports below 1024); give e.g. --port {example_port}") from None
         raise
+    # Listening now: a client that connects after the URL is printed, while the server still
+    # loads or starts, waits in the backlog instead of being refused.
+    sock.listen(128)
     return sock
 
 
