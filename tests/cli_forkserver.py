@@ -32,7 +32,7 @@ from pathlib import Path
 
 # What may differ between the server's environment and a command's: each child sets them again,
 # and no library reads them while being imported (pytest sets PYTEST_CURRENT_TEST in each test).
-PER_COMMAND_ENV = ("TUNESMITH_HOME", "COLUMNS", "PYTEST_CURRENT_TEST")
+PER_COMMAND_ENV = ("TUNESMITH_HOME", "COLUMNS", "PYTEST_CURRENT_TEST", "TUNESMITH_SKY")
 WARM_MODULES = """
 import torch, transformers, peft, accelerate, safetensors.torch
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, get_scheduler

@@ -140,6 +140,18 @@ def train(*extra: str) -> list[str]:
     return [*TRAIN, *extra]
 
 
+LAUNCH_CONFIG = "model:\n  source: llama-3.1-8b\nmethod:\n  name: qlora\ndata:\n  train: good.jsonl\noutput:\n  dir: runs/q\n"
+
+
+def launch(*extra: str) -> list[str]:
+    """`tunesmith launch` of a QLoRA config on the catalog's Llama 3.1 8B (planned offline)."""
+    return ["launch", "{tmp}/q.yaml", "--dry-run", *extra]
+
+
+def launch_config(tmp: Path) -> None:
+    (tmp / "q.yaml").write_text(LAUNCH_CONFIG)
+
+
 ROWS = [
     # ------------------------------------------------------------ data check / clean / split / preview
     Row("check-missing", ["data", "check", "{tmp}/nope.jsonl"], 2, ["nope.jsonl", "not found"]),
@@ -413,6 +425,39 @@ ROWS = [
                                  "--concurrency", "100000"], 2, ["--gpu L4: serving needs", "lower --concurrency"],
         copy_run),
     Row("deploy-context", ["deploy", "{tmp}/run", "--target", "vllm", "--context", "0"], 2, ["--context"], copy_run),
+    # ------------------------------------------------------------ launch / status / logs / down / pull
+    Row("launch-no-bucket", launch(), 2, ["--bucket is needed", "s3://NAME"], launch_config),
+    Row("launch-bad-bucket", launch("--bucket", "/data/runs"), 2, ["--bucket /data/runs: not a bucket SkyPilot mounts"],
+        launch_config),
+    Row("launch-gpu-count", launch("--bucket", "s3://b", "--gpu", "H100:3"), 2, ["--gpu H100:3", "1, 2, 4 or 8"],
+        launch_config),
+    Row("launch-gpu-unknown", launch("--bucket", "s3://b", "--gpu", "B300"), 2, ["'B300': unknown GPU"], launch_config),
+    Row("launch-gpu-pcie", launch("--bucket", "s3://b", "--gpu", "H100-PCIe"), 2,
+        ["--gpu H100-PCIe: SkyPilot has no single accelerator name"], launch_config),
+    Row("launch-data-missing", launch("--bucket", "s3://b", "--set", "data.train=nope.jsonl"), 2,
+        ["data.train nope.jsonl: file not found"], launch_config),
+    Row("launch-model-missing", launch("--bucket", "s3://b", "--set", "model.source=./nope"), 2,
+        ["model.source ./nope: not found here"], launch_config),
+    Row("launch-zero3", launch("--bucket", "s3://b", "--set", "distributed.strategy=zero3"), 2,
+        ["distributed.strategy=zero3", "use fsdp"], launch_config),
+    Row("launch-bad-tokens", launch("--bucket", "s3://b", "--tokens", "lots"), 2, ["--tokens 'lots'"], launch_config),
+    Row("launch-no-tokenizer", launch("--bucket", "s3://b"), 2,
+        ["needs llama-3.1-8b's tokenizer here", "give --tokens N"], launch_config),
+    Row("launch-over-local-run", launch("--bucket", "s3://b"), 2, ["holds a run trained on this machine",
+                                                                   "--set output.dir=runs/q-cloud"],
+        lambda tmp: (launch_config(tmp), write("runs/q/train.json", "{}")(tmp))),
+    Row("launch-sky-env", launch("--bucket", "s3://b"), 2, ["TUNESMITH_SKY=/nonexistent/sky: not an executable"],
+        launch_config, env={"TUNESMITH_SKY": "/nonexistent/sky"}),
+    Row("launch-config-missing", ["launch", "{tmp}/nope.yaml", "--bucket", "s3://b", "--dry-run"], 2,
+        ["nope.yaml: config file not found"]),
+    Row("status-not-launched", ["status", "{tmp}"], 2, ["launch/launch.json: not found", "tunesmith launch CONFIG"]),
+    Row("logs-bad-record", ["logs", "{tmp}/r"], 2, ["launch.json:1:2", "not valid JSON"],
+        write("r/launch/launch.json", "{oops")),
+    Row("down-record-without-job", ["down", "{tmp}/r"], 2, ["no job name and bucket in it"],
+        write("r/launch/launch.json", "[]")),
+    Row("pull-from-missing", ["pull", "{tmp}/r", "--from", "{tmp}/nope"], 2, ["--from {tmp}/nope: not a folder"]),
+    Row("pull-unwired-store", ["pull", "{tmp}/r", "--from", "r2://b/run"], 2,
+        ["pulling from r2:// is not wired in", "--from FOLDER"]),
     # ------------------------------------------------------------ serve
     Row("serve-missing", ["serve", "{tmp}/nope"], 2, ["nope: not found", "give a run folder"]),
     Row("serve-not-a-run", ["serve", "{tmp}/adir"], 2, ["adir: neither a run folder", "nor an adapter folder"],

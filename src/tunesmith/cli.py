@@ -641,6 +641,170 @@ def deploy_cmd(
               f"{client_example(served, '$ENDPOINT')}", highlight=False, soft_wrap=True)
 
 
+@app.command("launch")
+def launch_cmd(
+    config: Path = typer.Argument(..., help="run config (YAML): what the cloud machine trains; its output.dir is RUN"),
+    spot: bool = typer.Option(True, "--spot/--on-demand", help="spot GPUs (the default: cheaper; a preemption resumes "
+                              "from the newest checkpoint on a new machine) or on-demand"),
+    gpu: str = typer.Option("auto", "--gpu", help="auto: the planner's GPUs that fit, cheapest first (SkyPilot takes "
+                            "the cheapest it can get); or NAME[:N] from `tunesmith gpus`, e.g. H100:8"),
+    bucket: Optional[str] = typer.Option(None, "--bucket", help="an existing bucket for the run folder (s3://NAME, "
+                                         "gs://NAME[/PREFIX], ...): mounted on the cloud machine, the run lives there"),
+    tokens: Optional[str] = typer.Option(None, "--tokens", help="training tokens per epoch, e.g. 20M (default: counted "
+                                         "in data.train with the model's tokenizer)"),
+    dry_run: bool = typer.Option(False, "--dry-run", help="write RUN/launch/task.yaml, check it with SkyPilot's parser "
+                                 "and print the cost and the `sky jobs launch` command; launch nothing"),
+    set_: Optional[list[str]] = SetOption,
+) -> None:
+    """Train on cloud GPUs as a SkyPilot managed job: spot by default, the run folder in your
+    bucket, the same `tunesmith train` rerun after each preemption (it resumes). Writes
+    RUN/launch/ (task.yaml, the config, this tunesmith as a wheel) and submits the job."""
+    from tunesmith.cloud.launch import differences, mark_launched, missing_secrets, prepare, write_launch
+    from tunesmith.cloud.skypilot import INSTALL, failed, find_sky, parse_task, require_sky, run_sky
+
+    sky = find_sky() if dry_run else require_sky()
+    cfg = resolve_config(config, {}, {}, set_)
+    quiet_transformers()
+    launch = prepare(cfg, spot=spot, gpu=gpu, bucket=bucket, tokens=tokens)
+    record = write_launch(launch, str(config))
+    out.print(f"wrote {launch.task_file}: {launch.name} on {'spot' if spot else 'on-demand'} "
+              + ", ".join(f"{c.count} x {c.gpu}" for c in launch.picks)
+              + f", {launch.disk_gb} GB disk, the run folder in {launch.run_bucket}", highlight=False)
+    out.print(f"estimate: {launch.estimate}; tokens from {launch.tokens_from}", highlight=False)
+    if sky is None:
+        err.print(f"[yellow]warning:[/] task.yaml not checked: SkyPilot is not installed here: {escape(INSTALL)}",
+                  highlight=False, soft_wrap=True)
+    else:
+        parsed = parse_task(launch.task_file, sky)
+        wrong = differences(parsed, launch)
+        if wrong:
+            raise TunesmithError(f"SkyPilot reads {launch.task_file} differently from what tunesmith meant: "
+                                 f"{'; '.join(wrong)}; this is a bug in tunesmith, please report it")
+        out.print(f"SkyPilot {parsed['version']} accepts it", highlight=False)
+    command = record["command"]
+    if dry_run:
+        out.print("launch it with:", highlight=False)
+        out.print(" ".join(command), highlight=False, soft_wrap=True)
+        for name in missing_secrets(launch.secrets):
+            out.print(f"[dim]({name} is passed from this shell: export {name}=... first)[/]", highlight=False)
+        return
+    for name in missing_secrets(launch.secrets):
+        err.print(f"[yellow]warning:[/] {name} is not set here: the job starts without it"
+                  + (" (a gated model such as Llama or Gemma will not download)" if name == "HF_TOKEN" else ""),
+                  highlight=False, soft_wrap=True)
+        at = command.index(name)
+        command = command[: at - 1] + command[at + 1:]
+    code = run_sky(command[1:], sky)
+    if code != 0:
+        raise failed("sky jobs launch", code)
+    mark_launched(launch.run_dir, record)
+    run = launch.run_dir
+    out.print(f"submitted {launch.name}: tunesmith status {run} | tunesmith logs {run} | tunesmith pull {run} "
+              f"| tunesmith down {run}", highlight=False, soft_wrap=True)
+
+
+@app.command("status")
+def status_cmd(run: Path = typer.Argument(..., help="a run folder `tunesmith launch` wrote (the config's output.dir)")) -> None:
+    """The cloud run's job as SkyPilot lists it (`sky jobs queue`): status, duration, recoveries."""
+    from tunesmith.cloud.launch import read_record
+    from tunesmith.cloud.skypilot import capture_sky, failed, require_sky
+
+    record = read_record(run)
+    done = capture_sky(["jobs", "queue"], require_sky())
+    if done.returncode != 0:
+        err.print(done.stdout + done.stderr, highlight=False, markup=False)
+        raise failed("sky jobs queue", done.returncode)
+    rows = job_rows(done.stdout, record["job"])
+    out.print(f"{record['job']}: run folder {record['bucket']}; estimate {record['estimate']}", highlight=False)
+    if not rows:
+        out.print(f"SkyPilot lists no job named {record['job']}"
+                  + (" (it was never submitted: --dry-run)" if not record.get("launched_at") else ""), highlight=False)
+        raise typer.Exit(1)
+    out.print("\n".join(rows), highlight=False, markup=False)
+
+
+def job_rows(queue: str, job: str) -> list[str]:
+    """The header of `sky jobs queue`'s table and its rows for `job` (a whole word on the line)."""
+    import re
+
+    lines = queue.splitlines()
+    header = next((line for line in lines if line.lstrip().startswith("ID")), None)
+    rows = [line for line in lines if re.search(rf"(?<![\w-]){re.escape(job)}(?![\w-])", line)]
+    return ([header] if header and rows else []) + rows
+
+
+@app.command("logs")
+def logs_cmd(
+    run: Path = typer.Argument(..., help="a run folder `tunesmith launch` wrote"),
+    follow: bool = typer.Option(True, "--follow/--no-follow", help="keep printing as the job writes (Ctrl-C stops "
+                                "printing, not the job)"),
+) -> None:
+    """The cloud run's output, from SkyPilot (`sky jobs logs`)."""
+    from tunesmith.cloud.launch import read_record
+    from tunesmith.cloud.skypilot import failed, require_sky, run_sky
+
+    record = read_record(run)
+    code = run_sky(["jobs", "logs", "--name", record["job"], *([] if follow else ["--no-follow"])], require_sky())
+    if code != 0:
+        raise failed("sky jobs logs", code)
+
+
+@app.command("down")
+def down_cmd(run: Path = typer.Argument(..., help="a run folder `tunesmith launch` wrote")) -> None:
+    """Stop the cloud run and release its GPUs, after the bucket has everything the run
+    wrote (`sky jobs cancel --graceful`). `tunesmith launch` again continues it."""
+    from tunesmith.cloud.launch import read_record
+    from tunesmith.cloud.skypilot import failed, require_sky, run_sky
+
+    record = read_record(run)
+    code = run_sky(["jobs", "cancel", "--name", record["job"], "--graceful", "--yes"], require_sky())
+    if code != 0:
+        raise failed("sky jobs cancel", code)
+    out.print(f"{record['job']} cancelled; its run folder stays in {record['bucket']}: tunesmith pull {run}",
+              highlight=False)
+
+
+@app.command("pull")
+def pull_cmd(
+    run: Path = typer.Argument(..., help="a run folder `tunesmith launch` wrote"),
+    from_: Optional[str] = typer.Option(None, "--from", help="pull from this folder (a mounted or downloaded copy of "
+                                        "the bucket's run folder) instead of the bucket in RUN/launch/launch.json"),
+    checkpoints: bool = typer.Option(False, "--checkpoints", help="also the checkpoints (to continue training here)"),
+) -> None:
+    """Bring the cloud run's folder back into RUN: adapter, metrics, train.json, plan, data
+    report (and with --checkpoints, the checkpoints). Files already here unchanged are skipped."""
+    from tunesmith.cloud.launch import read_record
+    from tunesmith.cloud.pull import pull
+    from tunesmith.cloud.skypilot import find_sky
+
+    source = from_
+    if source is None:
+        source = read_record(run)["bucket"]
+    sky = find_sky()
+    pulled = pull(run, source, checkpoints=checkpoints, tool_dirs=(sky.resolve().parent,) if sky else ())
+    copied = "" if pulled.copied is None else f"{pulled.copied} file{'s' if pulled.copied != 1 else ''} copied, "
+    out.print(f"pulled {pulled.source} into {run}: {copied}{pulled.total_bytes / 1e6:,.1f} MB there now", highlight=False)
+    print_pulled_run(run)
+
+
+def print_pulled_run(run: Path) -> None:
+    """What the pulled folder holds: the training's outcome, and whether the adapter came."""
+    record = run / "train.json"
+    if not record.is_file():
+        out.print("no train.json yet: the run has not finished its first step (tunesmith status RUN)", highlight=False)
+        return
+    try:
+        state = json.loads(record.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        out.print(f"{record} could not be read; pull again", highlight=False)
+        return
+    adapter = next((name for name in ("adapter", "model") if (run / name).is_dir()), None)
+    resumes = len(state.get("resumes") or [])
+    out.print(f"train.json: {state.get('status')}, step {state.get('steps_done')} of {state.get('steps_planned')}, "
+              f"{resumes} resume{'s' if resumes != 1 else ''}"
+              + (f"; {adapter}/ is here: tunesmith eval {run}" if adapter else "; no adapter yet"), highlight=False)
+
+
 @app.command("review")
 def review_cmd(
     run: Path = typer.Argument(..., help="run folder with eval/outputs.jsonl (written by `tunesmith eval`)"),
