@@ -16,8 +16,8 @@ from typer.testing import CliRunner
 
 from tunesmith.catalog.gpu import load_gpus
 from tunesmith.catalog.prices import (
-    CSV_HEADER, Price, builtin_prices, cheapest, csv_prices, format_range, load_prices, mid, resolve_gpu,
-    skypilot_catalog_dir, skypilot_prices,
+    CSV_HEADER, PRICE_SOURCES, Price, builtin_prices, cheapest, csv_prices, format_range, load_prices, mid,
+    resolve_gpu, skypilot_catalog_dir, skypilot_prices, snapshot_prices,
 )
 from tunesmith.cli import app
 from tunesmith.errors import UsageError
@@ -232,14 +232,16 @@ def test_skypilot_default_location_is_the_newest_schema_under_home(tmp_path, mon
     write_catalog(home / ".sky" / "catalogs")
     write(home / ".sky" / "catalogs" / "v10" / "lambda" / "vms.csv", LAMBDA)  # newer than v8 (not by string order)
     assert skypilot_catalog_dir() == home / ".sky" / "catalogs" / "v10"
-    assert {p.provider for p in load_prices()} == {GUIDE, BUILTIN_AWS, "lambda"}
-    assert {p.provider for p in load_prices(skypilot=False)} == {GUIDE, BUILTIN_AWS}
+    assert {p.provider for p in load_prices(snapshot=False)} == {GUIDE, BUILTIN_AWS, "lambda"}
+    assert {p.provider for p in load_prices(skypilot=False, snapshot=False)} == {GUIDE, BUILTIN_AWS}
 
 
 def test_no_skypilot_catalog_means_no_skypilot_prices_and_no_error(tmp_path):
     assert skypilot_catalog_dir() is None  # HOME has no ~/.sky
     assert skypilot_prices() == [] and skypilot_prices(tmp_path / "nowhere") == []
-    assert load_prices() == builtin_prices()
+    # Without SkyPilot on disk the shipped snapshot prices SkyPilot's clouds; without it too, only the built-in.
+    assert load_prices(snapshot=False) == builtin_prices()
+    assert load_prices() == builtin_prices() + snapshot_prices()
 
 
 # ---------------------------------------------------------------- cheapest
@@ -248,11 +250,12 @@ def test_no_skypilot_catalog_means_no_skypilot_prices_and_no_error(tmp_path):
 def test_cheapest_compares_ranges_by_midpoint_and_keeps_spot_apart(tmp_path):
     path = write(tmp_path / "p.csv", "provider,gpu,on_demand,spot,as_of,source\n"
                                      "firm,H100,3.40,,2026-05,q\nsteep,H100,3.60,2.60,2026-05,q\n")
-    best = cheapest(load_prices(path), "h100")
+    # The built-in prices and this file alone: the snapshot's real offers would undercut both.
+    best = cheapest(load_prices(path, snapshot=False), "h100")
     # 3.40 beats the guide's 3.00-4.00 (mid 3.50); 3.60 would not. The guide's spot (mid 2.50) beats 2.60.
     assert best["on_demand"].provider == "firm" and best["spot"].provider == GUIDE
-    assert cheapest(load_prices(), "L40S")["spot"] is None
-    assert cheapest(load_prices(), "H200") == {"on_demand": None, "spot": None}
+    assert cheapest(load_prices(snapshot=False), "L40S")["spot"] is None
+    assert cheapest(load_prices(snapshot=False), "H200") == {"on_demand": None, "spot": None}
 
 
 # ---------------------------------------------------------------- tunesmith gpus
@@ -269,13 +272,29 @@ def test_gpus_json_lists_every_gpu_with_its_prices(tmp_path):
     assert gpus["H100-SXM"]["prices"][0] == {
         "provider": GUIDE, "on_demand": [3.0, 4.0], "spot": [2.0, 3.0], "as_of": "2026-06",
         "source": builtin_prices()[1].source, "region": None, "note": None}
+    # Built-in first, then your file, then the snapshot of SkyPilot's catalog.
     assert gpus["L4"]["prices"][0]["provider"] == BUILTIN_AWS
-    assert gpus["L4"]["prices"][1:] == [{"provider": "mine", "on_demand": [0.5, 0.5], "spot": None, "as_of": "2026-05-02",
-                                     "source": "q", "region": "eu", "note": None}]
-    assert gpus["H200"]["prices"] == []
+    assert gpus["L4"]["prices"][1] == {"provider": "mine", "on_demand": [0.5, 0.5], "spot": None, "as_of": "2026-05-02",
+                                       "source": "q", "region": "eu", "note": None}
+    snapshot = gpus["L4"]["prices"][2:]
+    assert snapshot and all(p["source"].startswith("skypilot-org/skypilot-catalog catalogs/v7/") for p in snapshot)
+    # No built-in price for the H200: every one it has is the snapshot's, dated the day it was read.
+    assert gpus["H200"]["prices"] and {p["as_of"] for p in gpus["H200"]["prices"]} == {"2026-11-30"}
 
 
-def test_gpus_table_shows_cheapest_offers_and_where_prices_are_missing(tmp_path):
+def test_gpus_table_prices_every_gpu_from_the_snapshot_offline():
+    result = CliRunner().invoke(app, ["gpus"])
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[0]: line.split() for line in result.stdout.splitlines() if line.strip()}
+    for g in load_gpus():
+        assert "$" in rows[g.name][4] and "2026-11-30" in rows[g.name], rows[g.name]
+    assert "no price for" not in result.stdout
+
+
+def test_gpus_table_shows_cheapest_offers_and_where_prices_are_missing(tmp_path, monkeypatch):
+    # The table's mechanics with the built-in prices and a file: without the snapshot, whose real
+    # offers are cheaper and price the H200 too.
+    monkeypatch.setitem(PRICE_SOURCES, "skypilot-snapshot", lambda: [])
     path = write(tmp_path / "p.csv", "provider,gpu,on_demand,spot,as_of,source\nmine,A100-80GB,2.10,1.20,2026-05-02,q\n")
     result = CliRunner().invoke(app, ["gpus", "--prices", str(path)])
     assert result.exit_code == 0, result.output
@@ -294,7 +313,8 @@ def test_gpus_through_the_installed_command(tmp_path):
     command = Path(sys.executable).parent / "tunesmith"
     ok = subprocess.run([command, "gpus"], capture_output=True, text=True, env=env)
     assert ok.returncode == 0, ok.stderr
-    assert "H100-SXM" in ok.stdout and "$2.00-3.00 market range (guide)" in ok.stdout
+    h100 = next(line for line in ok.stdout.splitlines() if line.split()[:1] == ["H100-SXM"])
+    assert "$" in h100 and "2026-11-30" in h100  # the shipped snapshot's prices, read from the installed package
     bad_csv = write(tmp_path / "bad.csv", "provider,gpu,on_demand,spot,as_of,source\nx,H100,free,,2026-05,q\n")
     bad = subprocess.run([command, "gpus", "--prices", bad_csv], capture_output=True, text=True, env=env)
     assert bad.returncode == 2

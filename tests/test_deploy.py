@@ -135,15 +135,16 @@ def test_the_service_yaml_runs_vllm_on_the_cheapest_gpu_that_fits_without_the_ke
     text = path.read_text()
     assert KEY not in text and KEY not in result.stdout
     config = yaml.safe_load(text)
-    # the tiny model fits every GPU: the cheapest with a price is AWS's L4 ($0.8048/hour)
-    assert config["resources"] == {"accelerators": "L4:1", "ports": 8000}
+    # the tiny model fits every GPU: the cheapest with a price is the RTX 4090 (Hyperbolic's $0.20/hour
+    # in the shipped snapshot of SkyPilot's catalog; AWS's L4 at $0.8048 before the snapshot)
+    assert config["resources"] == {"accelerators": "RTX4090:1", "ports": 8000}
     assert config["secrets"] == {"VLLM_API_KEY": None}
     assert config["file_mounts"] == {"/tunesmith/model": str(tiny_model_dir), "/tunesmith/adapter": str(run / "adapter")}
     assert config["service"] == {"readiness_probe": {"path": "/health", "initial_delay_seconds": 1200}, "replicas": 1}
     assert config["run"] == ("vllm serve /tunesmith/model --enable-lora --lora-modules my-run=/tunesmith/adapter "
                              "--max-lora-rank 8 --max-model-len 128 --host 0.0.0.0 --port 8000 "
                              '--api-key "${VLLM_API_KEY:?set VLLM_API_KEY}"\n')
-    assert "# Serves my-run with vLLM on 1 x L4 (24 GB, $0.80/hour on demand)" in text
+    assert "# Serves my-run with vLLM on 1 x RTX-4090 (24 GB, $0.20/hour on demand)" in text
     assert f"sky serve up {path} -n my-run --secret VLLM_API_KEY" in result.stdout
     other = deploy(run, "--target", "sky", "--gpu", "a10g", "--out", run / "a10g.yaml")
     assert yaml.safe_load((run / "a10g.yaml").read_text())["resources"]["accelerators"] == "A10G:1"

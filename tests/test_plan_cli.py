@@ -9,7 +9,7 @@ import pytest
 from test_train_cli import FAST, tunesmith
 from tiny import order_rows, write_rows
 from tunesmith.catalog.gpu import gpu, load_gpus
-from tunesmith.catalog.prices import load_prices
+from tunesmith.catalog.prices import cheapest as cheapest_offers, load_prices
 from tunesmith.models.arch import count_params
 from tunesmith.models.facts import model_facts
 from tunesmith.plan.memory import Setup
@@ -108,23 +108,32 @@ def test_plan_json_schema_and_the_recommendation_is_the_cheapest_option_with_hea
     assert (r["gpu"], r["count"]) == (cheapest["gpu"], cheapest["count"])
     too_small = [o for o in plan["options"] if o["gpu"] == "L4"][0]
     assert not too_small["headroom_ok"] or too_small["peak_gb"] < 24 * 0.9
-    # Spot pays for the expected preemptions: more hours than on demand, at the spot price.
+    # Spot pays for the expected preemptions: more hours than on demand, at the spot price (the
+    # cheapest known: the snapshot's $1.00 spot at Mithril and $1.29 on demand at Hyperbolic).
     h100 = [o for o in plan["options"] if o["gpu"] == "H100-SXM"][0]
+    best = cheapest_offers(load_prices(), "H100-SXM")
     assert h100["spot_hours"] > h100["hours"]
-    assert h100["cost_spot"] == pytest.approx(2.5 * h100["spot_hours"], rel=0.01)
-    assert h100["cost_on_demand"] == pytest.approx(3.5 * h100["hours"], rel=0.01)
+    assert h100["cost_spot"] == pytest.approx(best["spot"].spot_mid * h100["spot_hours"], rel=0.01)
+    assert h100["cost_on_demand"] == pytest.approx(best["on_demand"].on_demand_mid * h100["hours"], rel=0.01)
 
 
 def test_your_own_prices_change_the_recommendation(tmp_path):
     prices = tmp_path / "prices.csv"
     prices.write_text("provider,gpu,on_demand,spot,as_of,source\n"
-                      "cheapcloud,A100-40GB,0.40,0.20,2026-11-01,our contract\n")
+                      "cheapcloud,L40S,0.40,0.10,2026-11-01,our contract\n")
     plan, _ = plan_json("--model", "llama-3.1-8b", "--seq-len", "1024", "--batch", "1", "--gradient-checkpointing",
                         "--tokens", "5M", "--prices", prices)
     r = plan["recommendation"]
-    assert (r["gpu"], r["pricing"]) == ("A100-40GB", "spot")
-    a100 = [o for o in plan["options"] if o["gpu"] == "A100-40GB"][0]
-    assert a100["provider_spot"] == "cheapcloud" and a100["price_as_of"] == "2026-11-01"
+    # Without the file: the A100-40GB on spot (the snapshot's $0.18 at Prime Intellect); with it, the L40S.
+    assert (r["gpu"], r["pricing"]) == ("L40S", "spot")
+    l40s = [o for o in plan["options"] if o["gpu"] == "L40S"][0]
+    assert (l40s["provider_spot"], l40s["provider_on_demand"]) == ("cheapcloud", "cheapcloud")
+    assert l40s["price_as_of"] == l40s["spot_as_of"] == l40s["on_demand_as_of"] == "2026-11-01"
+    # Regression: price_as_of was the on-demand offer's date next to the spot offer's provider (the
+    # built-in AWS A10G of 2026-11-29 next to the snapshot's aws spot of 2026-11-30).
+    a10g = [o for o in plan["options"] if o["gpu"] == "A10G"][0]
+    assert (a10g["provider_on_demand"], a10g["on_demand_as_of"]) == ("AWS (SkyPilot catalog)", "2026-11-29")
+    assert (a10g["provider_spot"], a10g["spot_as_of"]) == ("aws", "2026-11-30") and a10g["price_as_of"] == "2026-11-30"
 
 
 def test_nothing_fits_exits_1_with_the_guides_remedies_in_order():
@@ -357,11 +366,16 @@ def test_the_eight_gpu_remedy_prefers_the_cheapest_priced_gpu_that_fits():
 
     facts, where = model_facts("llama-3.1-8b")
     run = Run(facts, where, Setup(method="full", seq_len=4096, micro_batch=8), 10_000_000, 1, "test")
-    last = advice(run, load_gpus(), load_prices())[-1]
+    # The built-in prices alone: the guide's ranges price the H100-SXM, A100-80GB and L40S only.
+    builtin = load_prices(skypilot=False, snapshot=False)
+    last = advice(run, load_gpus(), builtin)[-1]
     assert last["change"].startswith("then --gpus 8 --gpu H100-SXM (")
     assert "the cheapest priced GPU that fits 8-way, ~$" in last["change"] and last["fits"] == "8 x H100-SXM"
     cheap = Price("test", "A100-40GB", (0.10, 0.10), None, "2026-01", "test")
-    assert advice(run, load_gpus(), load_prices() + [cheap])[-1]["fits"] == "8 x A100-40GB"
+    assert advice(run, load_gpus(), builtin + [cheap])[-1]["fits"] == "8 x A100-40GB"
+    # With the snapshot of SkyPilot's catalog the A100-40GB is priced too (spot $0.18 per GPU-hour
+    # at Prime Intellect) and is the cheapest that fits.
+    assert advice(run, load_gpus(), load_prices(skypilot=False))[-1]["fits"] == "8 x A100-40GB"
     unpriced = advice(run, load_gpus(), [])[-1]
     assert "no price is known for any GPU that fits 8-way (add yours: --prices FILE.csv)" in unpriced["change"]
 
@@ -599,7 +613,9 @@ def test_the_plan_prints_the_train_command_of_its_recommendation(tmp_path):
     assert "planning only" not in text and "one GPU today" not in text
     config = tmp_path / "run.yaml"
     config.write_text("model:\n  source: llama-3.1-8b\n")
-    small, code = plan_json(config, "--tokens", "20M", "--seq-len", "1024")
+    # On an H100 it fits one GPU. (Left to choose, the plan now picks 4 x L40S: the snapshot's spot price
+    # of $0.26 per GPU-hour makes four of them cheaper than one H100.)
+    small, code = plan_json(config, "--tokens", "20M", "--seq-len", "1024", "--gpu", "H100-SXM")
     r = small["recommendation"]
     assert code == 0 and r["count"] == 1 and r["strategy"] is None
     assert r["train_command"] == f"tunesmith train {config} --set train.max_seq_len=1024 --nproc 1"

@@ -8,6 +8,16 @@ Prices come from sources registered in `PRICE_SOURCES`; `load_prices` concatenat
 - ``csv``: your own file, ``tunesmith gpus --prices FILE.csv`` (format below).
 - ``skypilot``: SkyPilot's offline catalog, read from disk where SkyPilot has written it
   (``~/.sky/catalogs/<version>/<cloud>/vms.csv``); nothing is imported or fetched.
+- ``skypilot-snapshot``: ``skypilot_snapshot.csv``, shipped with tunesmith: the rows of SkyPilot's
+  public catalog (skypilot-org/skypilot-catalog) that price whole catalog GPUs, one per (cloud,
+  instance type, region), with per cloud the file, the commit and the day it was read
+  (``skypilot_snapshot.json``). ``scripts/refresh_skypilot_snapshot.py`` rewrites both.
+
+Per cloud, SkyPilot's own file is used when its date (mtime) is newer than the day the snapshot
+read that cloud, else the snapshot's rows: one or the other, never both. Either way each row goes
+through `skypilot_offer` (which GPU, whole GPUs only, spot-only clouds, rows whose spot price is above
+their on-demand price left out) and each (cloud, GPU) gets one Price: the instance price over its
+GPU count, in the cheapest region on demand and the cheapest for spot.
 
 A plugin adds a source with ``PRICE_SOURCES["name"] = fn``, where ``fn()`` takes no
 arguments and returns ``list[Price]``.
@@ -40,12 +50,12 @@ import io
 import json
 import math
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from datetime import date
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 from tunesmith.catalog.gpu import load_gpus
 from tunesmith.errors import UsageError
@@ -243,13 +253,15 @@ def _parse_as_of(text: str, where: str) -> str:
 # vms.csv: InstanceType, AcceleratorName, AcceleratorCount, Region, Price, SpotPrice, ... in an
 # order that differs by cloud (skypilot-org/skypilot-catalog README), hence read by header.
 SKYPILOT_CATALOGS = Path("~/.sky/catalogs")
+SKYPILOT_REPOSITORY = "skypilot-org/skypilot-catalog"
 
 # SkyPilot accelerator name (upper case) -> catalog GPU, only where it is the same chip.
 SKYPILOT_GPUS = {
-    "A100": "A100-40GB",  # SkyPilot's bare A100 is the 40 GB part (fetch_lambda_cloud GPU_TO_MEMORY)
+    "A100": "A100-40GB",  # SkyPilot's bare A100 is the 40 GB part (fetch_lambda_cloud GPU_TO_MEMORY); see _a100
     "A100-80GB": "A100-80GB",  # on RunPod the PCIe card: same chip and memory, ~5% less bandwidth
     "A100-80GB-SXM": "A100-80GB",
-    "H100": "H100-SXM",  # except the PCIe and NVL parts sorted out in _skypilot_gpu
+    "A100_80G": "A100-80GB",  # Shadeform's spelling
+    "H100": "H100-SXM",  # except the PCIe and NVL parts sorted out in _h100
     "H100-SXM": "H100-SXM",
     "H100-MEGA": "H100-SXM",  # GCP a3-megagpu: H100 SXM with more network
     "H200": "H200",
@@ -262,6 +274,161 @@ SKYPILOT_GPUS = {
     "RTXA6000": "RTX-A6000",
     "RTX4090": "RTX-4090",
 }
+# Clouds whose own fetcher writes a bare "A100" for the 40 GB part only. Elsewhere (Cudo, Seeweb,
+# Shadeform, Prime Intellect, Vast, Mithril) a bare "A100" is also the 80 GB card, so the instance
+# name must say which (Prime Intellect's 1xA100_80GB, Mithril's a100-80gb.sxm.8x) or the row is left out.
+_A100_IS_40GB = {"aws", "azure", "gcp", "lambda"}
+# Clouds whose bare "H100" is the SXM part: AWS p5, GCP a3, Lambda (its PCIe types say pcie),
+# Azure ND (its NVL types, NC, are left out), Hyperbolic (GPU info 'NVIDIA-H100-80GB-HBM3': HBM3 is
+# the SXM part). Marketplaces and resellers (Shadeform, Prime Intellect, Seeweb, ...) use one name for
+# SXM, PCIe and NVL cards: there the instance name must say sxm or pcie.
+_H100_IS_SXM = {"aws", "azure", "gcp", "hyperbolic", "lambda"}
+# The memory must follow "a100" in the name: Cudo's _1x12v24gb is the VM's memory, not the GPU's.
+_A100_MEMORY = re.compile(r"a100[^0-9]*(40|80)g", re.IGNORECASE)
+# NVL cards (H100 NVL 94 GB, H200 NVL) are no catalog GPU; "NVLINK" in a name is the SXM/PCIe board's link.
+_NVL = re.compile(r"nvl(?!ink)", re.IGNORECASE)
+# Spot rows that SkyPilot writes as their own instance type with the spot price in the Price column
+# (Prime Intellect: datacrunch__1xH100_80GB__30__120__SPOT).
+_SPOT_TYPE = re.compile(r"_spot$", re.IGNORECASE)
+# Clouds that sell GPUs only by spot auction and whose catalog writes the auction's minimum price
+# in both columns (fetch_mithril: the same `price` as Price and SpotPrice): a spot price, a floor
+# rather than a quote, and no on-demand price.
+_SPOT_ONLY = {"mithril": "Mithril sells by spot auction; SkyPilot writes the auction's minimum price "
+                         "as both Price and SpotPrice: kept as a spot price (a floor), no on-demand price"}
+# A spot price above on-demand is a row that contradicts itself (RunPod's L40S: spot 0.86, on-demand
+# 0.43 in every zone): neither column can be trusted. AWS writes spot with 4 decimals and on-demand
+# with 5, so a spot price one rounding step above on-demand (g5.48xlarge 20.028100 vs 20.02809) is equal.
+_SPOT_ABOVE_ON_DEMAND = 1.001
+
+
+@dataclass(frozen=True)
+class Offer:
+    """One row of a SkyPilot vms.csv that prices whole catalog GPUs, after the rules above."""
+    cloud: str
+    instance_type: str
+    accelerator: str  # SkyPilot's name, as written
+    count: float
+    gpu: str  # the catalog name
+    region: str
+    on_demand: float | None  # $ per instance-hour
+    spot: float | None
+
+
+def skypilot_offer(cloud: str, row: Mapping[str, str | None]) -> Offer | None:
+    """The offer in one vms.csv row, or None when it prices no whole catalog GPU.
+
+    The one place that reads a SkyPilot row: SkyPilot's own catalog on disk, the snapshot tunesmith
+    ships and the script that refreshes it all go through here."""
+    instance_type = (row.get("InstanceType") or "").strip()
+    accelerator = (row.get("AcceleratorName") or "").strip()
+    gpu = _skypilot_gpu(cloud, accelerator, instance_type)
+    count = _positive(row.get("AcceleratorCount"))
+    # A count below 1 is a slice of a GPU (Azure's 1/6 A10): its price scaled up is not what a
+    # whole GPU costs.
+    if gpu is None or count is None or count < 1:
+        return None
+    on_demand, spot = _positive(row.get("Price")), _positive(row.get("SpotPrice"))
+    if _SPOT_TYPE.search(instance_type):
+        on_demand, spot = None, spot or on_demand
+    if cloud in _SPOT_ONLY:
+        on_demand, spot = None, spot or on_demand
+    if on_demand is not None and spot is not None and spot > on_demand * _SPOT_ABOVE_ON_DEMAND:
+        return None
+    if on_demand is None and spot is None:
+        return None
+    return Offer(cloud=cloud, instance_type=instance_type, accelerator=accelerator, count=count, gpu=gpu,
+                 region=(row.get("Region") or "").strip(), on_demand=on_demand, spot=spot)
+
+
+def _skypilot_gpu(cloud: str, accelerator: str, instance_type: str) -> str | None:
+    # Rows without an instance type price a GPU alone: GCP bills its GPUs apart from the VM they
+    # attach to (a2, a3 and g2 VMs are listed without their GPUs), and SkyPilot adds the two itself.
+    # Divided, such a row would understate the cost.
+    if not instance_type:
+        return None
+    name = accelerator.upper()
+    if name in ("H100", "H200") and _NVL.search(instance_type):
+        return None
+    if name == "H100":
+        return _h100(cloud, instance_type)
+    if name == "A100":
+        return _a100(cloud, instance_type)
+    return SKYPILOT_GPUS.get(name)
+
+
+def _h100(cloud: str, instance_type: str) -> str | None:
+    # SkyPilot's "H100" is not always the SXM part: Lambda's gpu_1x_h100_pcie, and RunPod's H100
+    # PCIe (renamed "H100" by fetch_runpod, its SXM card is "H100-SXM") are PCIe; Azure's NC H100 v5
+    # is an H100 NVL.
+    lowered = instance_type.lower()
+    if "pcie" in lowered or cloud == "runpod":
+        return "H100-PCIe"
+    if "sxm" in lowered:
+        return "H100-SXM"
+    if cloud == "azure" and instance_type.startswith("Standard_NC"):
+        return None
+    return "H100-SXM" if cloud in _H100_IS_SXM else None
+
+
+def _a100(cloud: str, instance_type: str) -> str | None:
+    memory = _A100_MEMORY.search(instance_type)
+    if memory:
+        return f"A100-{memory.group(1)}GB"
+    return "A100-40GB" if cloud in _A100_IS_40GB else None
+
+
+def _positive(text: str | None) -> float | None:
+    """A finite price or count above 0, else None (Azure writes 0 for H100s without a price,
+    Vast 0.00 for a spot price it has not got)."""
+    try:
+        value = float(text or "")
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value > 0 else None
+
+
+def _cheapest_per_gpu(cloud: str, offers: Iterable[Offer], as_of: str, source: str,
+                      note: str | None = None) -> list[Price]:
+    """One Price per GPU: the cheapest region per GPU-hour on demand, and the cheapest for spot."""
+    # kind -> gpu -> ($ per GPU-hour rounded, the regions at that price): clouds that price every region
+    # alike (Lambda, RunPod) would otherwise name whichever region sorts first as "the cheapest".
+    best: dict[str, dict[str, tuple[float, set[str]]]] = {"on_demand": {}, "spot": {}}
+    for offer in offers:
+        for kind, cheapest_by_gpu in best.items():
+            price = getattr(offer, kind)
+            if price is None:
+                continue
+            per_gpu = round(price / offer.count, 4)
+            kept = cheapest_by_gpu.get(offer.gpu)
+            if kept is None or per_gpu < kept[0]:
+                cheapest_by_gpu[offer.gpu] = (per_gpu, {offer.region})
+            elif per_gpu == kept[0]:
+                kept[1].add(offer.region)
+    prices = []
+    for gpu in sorted(best["on_demand"].keys() | best["spot"].keys()):
+        on_demand, spot = best["on_demand"].get(gpu), best["spot"].get(gpu)
+        prices.append(Price(
+            provider=cloud, gpu=gpu,
+            on_demand=None if on_demand is None else (on_demand[0],) * 2,
+            spot=None if spot is None else (spot[0],) * 2,
+            as_of=as_of, source=source,
+            region=_regions(on_demand and _listed(on_demand[1]), spot and _listed(spot[1])), note=note,
+        ))
+    return prices
+
+
+def _listed(regions: set[str], most: int = 3) -> str:
+    """'us-east-1, us-east-2, us-west-2'; past `most`, how many more ('..., +14 more'). A name with a
+    comma in it (Vast's "Texas, US, NA") is quoted."""
+    names = sorted(f'"{r}"' if "," in r else r for r in regions if r)
+    shown = ", ".join(names[:most])
+    return f"{shown}, +{len(names) - most} more" if len(names) > most else shown
+
+
+def _regions(on_demand: str | None, spot: str | None) -> str | None:
+    if not spot or spot == on_demand:
+        return on_demand or None
+    return f"{on_demand}; spot: {spot}" if on_demand else f"spot: {spot}"
 
 
 def skypilot_catalog_dir(root: Path = SKYPILOT_CATALOGS) -> Path | None:
@@ -284,65 +451,162 @@ def skypilot_prices(catalog_dir: Path | None = None) -> list[Price]:
 
 def _skypilot_cloud(path: Path) -> list[Price]:
     cloud = path.parent.name
-    best: dict[str, dict[str, tuple[float, str]]] = {"Price": {}, "SpotPrice": {}}  # column -> gpu -> ($, region)
     try:
         with path.open(encoding="utf-8", newline="") as f:
-            for row in csv.DictReader(f):
-                gpu = _skypilot_gpu(cloud, row.get("AcceleratorName") or "", row.get("InstanceType") or "")
-                count = _positive(row.get("AcceleratorCount"))
-                # A count below 1 is a slice of a GPU (Azure's 1/6 A10): its price scaled up
-                # is not what a whole GPU costs.
-                if gpu is None or count is None or count < 1:
-                    continue
-                for column, cheapest_by_gpu in best.items():
-                    price = _positive(row.get(column))
-                    if price is not None and (gpu not in cheapest_by_gpu or price / count < cheapest_by_gpu[gpu][0]):
-                        cheapest_by_gpu[gpu] = (price / count, row.get("Region") or "")
+            offers = [o for o in (skypilot_offer(cloud, row) for row in csv.DictReader(f)) if o]
         as_of = date.fromtimestamp(path.stat().st_mtime).isoformat()
     except (OSError, UnicodeDecodeError, csv.Error):
         return []  # SkyPilot's file, not the user's: a broken one must not stop the planner
-    prices = []
-    for gpu in sorted(best["Price"].keys() | best["SpotPrice"].keys()):
-        on_demand, spot = best["Price"].get(gpu), best["SpotPrice"].get(gpu)
-        prices.append(Price(
-            provider=cloud, gpu=gpu,
-            on_demand=None if on_demand is None else (round(on_demand[0], 4),) * 2,
-            spot=None if spot is None else (round(spot[0], 4),) * 2,
-            as_of=as_of, source=f"SkyPilot catalog {path}",
-            region=_regions(on_demand and on_demand[1], spot and spot[1]),
-        ))
-    return prices
+    return _cheapest_per_gpu(cloud, offers, as_of, f"SkyPilot catalog {path}", _SPOT_ONLY.get(cloud))
 
 
-def _skypilot_gpu(cloud: str, accelerator: str, instance_type: str) -> str | None:
-    # Rows without an instance type price a GPU alone: GCP bills its GPUs apart from the VM they
-    # attach to, and SkyPilot adds that VM's price itself. Divided, they would understate the cost.
-    if not instance_type:
-        return None
-    accelerator = accelerator.strip().upper()
-    if accelerator == "H100":
-        # SkyPilot's "H100" is not always the SXM part: Lambda's gpu_1x_h100_pcie, and RunPod's
-        # H100 PCIe (renamed "H100" by fetch_runpod) are PCIe; Azure's NC H100 v5 is an H100 NVL.
-        if "pcie" in instance_type.lower() or cloud == "runpod":
-            return "H100-PCIe"
-        if cloud == "azure" and instance_type.startswith("Standard_NC"):
-            return None
-    return SKYPILOT_GPUS.get(accelerator)
+# ---------------------------------------------------------------- the shipped snapshot of SkyPilot's catalog
+
+# skypilot_snapshot.csv: the rows of SkyPilot's public catalog that price catalog GPUs, one per
+# (cloud, instance type, region) at its cheapest zone, in SkyPilot's column meanings after the rules
+# of skypilot_offer (a _SPOT type's price and Mithril's auction price are in SpotPrice).
+# skypilot_snapshot.json: per cloud, the file and commit it was read from and the day it was read.
+# Both written by scripts/refresh_skypilot_snapshot.py.
+SNAPSHOT_CSV = "skypilot_snapshot.csv"
+SNAPSHOT_JSON = "skypilot_snapshot.json"
+SNAPSHOT_COLUMNS = ("cloud", "InstanceType", "AcceleratorName", "AcceleratorCount", "Region", "Price", "SpotPrice")
+_PROVENANCE_FIELDS = ("path", "commit", "read")
 
 
-def _positive(text: str | None) -> float | None:
-    """A finite price or count above 0, else None (Azure writes 0 for H100s without a price)."""
+@dataclass(frozen=True)
+class Snapshot:
+    repository: str
+    clouds: dict[str, dict[str, Any]]  # cloud -> {"path", "commit", "read", "rows", ["note"]}
+    offers: list[Offer]
+
+    def prices(self) -> list[Price]:
+        prices = []
+        for cloud, about in sorted(self.clouds.items()):
+            source = f"{self.repository} {about['path']} at commit {about['commit']}, read {about['read']}"
+            prices += _cheapest_per_gpu(cloud, (o for o in self.offers if o.cloud == cloud), about["read"],
+                                        source, _SPOT_ONLY.get(cloud))
+        return prices
+
+
+def filter_skypilot_catalog(cloud: str, rows: Iterable[Mapping[str, str | None]]) -> list[dict[str, str]]:
+    """The snapshot rows for one cloud's vms.csv rows: the rows that price whole catalog GPUs
+    (skypilot_offer), one per (instance type, region) with the cheapest zone's prices."""
+    best: dict[tuple[str, str], Offer] = {}
+    for offer in filter(None, (skypilot_offer(cloud, row) for row in rows)):
+        key = (offer.instance_type, offer.region)
+        if key in best:
+            kept = best[key]
+            offer = replace(kept, on_demand=_lowest(kept.on_demand, offer.on_demand),
+                            spot=_lowest(kept.spot, offer.spot))
+        best[key] = offer
+    return [_snapshot_row(offer) for _, offer in sorted(best.items())]
+
+
+def _lowest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
+
+
+def _snapshot_row(offer: Offer) -> dict[str, str]:
+    # repr: the shortest text that reads back as the same float, so a refresh of the same input
+    # writes the same bytes.
+    return {"cloud": offer.cloud, "InstanceType": offer.instance_type, "AcceleratorName": offer.accelerator,
+            "AcceleratorCount": repr(offer.count), "Region": offer.region,
+            "Price": "" if offer.on_demand is None else repr(offer.on_demand),
+            "SpotPrice": "" if offer.spot is None else repr(offer.spot)}
+
+
+def snapshot_csv_text(rows: Iterable[Mapping[str, str]]) -> str:
+    """The snapshot CSV for rows from filter_skypilot_catalog, sorted by cloud, instance type, region."""
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=SNAPSHOT_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(sorted(rows, key=lambda r: (r["cloud"], r["InstanceType"], r["Region"])))
+    return out.getvalue()
+
+
+def _snapshot_paths(csv_path: Path | None, json_path: Path | None) -> tuple[Any, Any]:
+    folder = resources.files("tunesmith.catalog")
+    return (folder / SNAPSHOT_CSV if csv_path is None else Path(csv_path),
+            folder / SNAPSHOT_JSON if json_path is None else Path(json_path))
+
+
+def load_snapshot(csv_path: Path | None = None, json_path: Path | None = None) -> Snapshot:
+    """The snapshot (default: the one shipped in tunesmith.catalog). A malformed file is a
+    UsageError naming file:line and the field: this file is ours, a bad one is a bug to fix."""
+    csv_file, json_file = _snapshot_paths(csv_path, json_path)
+    provenance = _snapshot_provenance(json_file)
+    return Snapshot(repository=provenance["repository"], clouds=provenance["clouds"],
+                    offers=_snapshot_offers(csv_file, provenance["clouds"]))
+
+
+def _snapshot_provenance(json_file: Any) -> dict[str, Any]:
     try:
-        value = float(text or "")
-    except ValueError:
-        return None
-    return value if math.isfinite(value) and value > 0 else None
+        data = json.loads(json_file.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{json_file}: cannot read the snapshot's provenance ({e})") from None
+    except json.JSONDecodeError as e:
+        raise UsageError(f"{json_file}:{e.lineno}: not JSON ({e.msg})") from None
+    clouds = data.get("clouds") if isinstance(data, dict) else None
+    if not isinstance(data, dict) or not isinstance(data.get("repository"), str) or not isinstance(clouds, dict):
+        raise UsageError(f"{json_file}: expected an object with 'repository' (text) and 'clouds' "
+                         "({cloud: {path, commit, read}})")
+    for cloud, about in clouds.items():
+        for field in _PROVENANCE_FIELDS:
+            if not isinstance(about, dict) or not isinstance(about.get(field), str) or not about[field]:
+                raise UsageError(f"{json_file}: clouds.{cloud}.{field} is missing; every cloud needs "
+                                 "path, commit and read (YYYY-MM-DD)")
+        try:
+            date.fromisoformat(about["read"])
+        except ValueError:
+            raise UsageError(f"{json_file}: clouds.{cloud}.read = {about['read']!r} is not a date; "
+                             "expected YYYY-MM-DD") from None
+    return data
 
 
-def _regions(on_demand: str | None, spot: str | None) -> str | None:
-    if not spot or spot == on_demand:
-        return on_demand or None
-    return f"{on_demand}; spot: {spot}" if on_demand else f"spot: {spot}"
+def _snapshot_offers(csv_file: Any, clouds: Mapping[str, Any]) -> list[Offer]:
+    try:
+        text = csv_file.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise UsageError(f"{csv_file}: cannot read the snapshot ({e})") from None
+    reader = csv.DictReader(io.StringIO(text, newline=""))
+    try:
+        if tuple(reader.fieldnames or ()) != SNAPSHOT_COLUMNS:
+            raise UsageError(f"{csv_file}:1: header {','.join(reader.fieldnames or ())!r}; "
+                             f"expected {','.join(SNAPSHOT_COLUMNS)}")
+        return [_snapshot_offer(row, f"{csv_file}:{reader.line_num}", clouds) for row in reader]
+    except csv.Error as e:
+        raise UsageError(f"{csv_file}:{reader.line_num}: not a CSV row ({e})") from None
+
+
+def _snapshot_offer(row: dict[Any, Any], where: str, clouds: Mapping[str, Any]) -> Offer:
+    if None in row or None in row.values():
+        raise UsageError(f"{where}: expected {len(SNAPSHOT_COLUMNS)} values ({','.join(SNAPSHOT_COLUMNS)})")
+    if row["cloud"] not in clouds:
+        raise UsageError(f"{where}: cloud = {row['cloud']!r} has no provenance in {SNAPSHOT_JSON}")
+    for field in ("AcceleratorCount", "Price", "SpotPrice"):
+        if row[field] and _positive(row[field]) is None:
+            raise UsageError(f"{where}: {field} = {row[field]!r} is not a number above 0")
+    offer = skypilot_offer(row["cloud"], row)
+    if offer is None:
+        raise UsageError(f"{where}: InstanceType = {row['InstanceType']!r}, AcceleratorName = "
+                         f"{row['AcceleratorName']!r}: not a whole catalog GPU with a price; refresh the "
+                         "snapshot with scripts/refresh_skypilot_snapshot.py")
+    return offer
+
+
+def snapshot_prices(csv_path: Path | None = None, json_path: Path | None = None) -> list[Price]:
+    """Per-GPU prices from the snapshot of SkyPilot's public catalog shipped with tunesmith, one
+    Price per (cloud, GPU), by the same rules as SkyPilot's catalog on disk."""
+    return load_snapshot(csv_path, json_path).prices()
+
+
+def newest_per_cloud(on_disk: list[Price], snapshot: list[Price]) -> list[Price]:
+    """SkyPilot's own catalog for a cloud when its file is newer than the snapshot's reading of
+    that cloud, else the snapshot: one of the two per cloud, never both. (A newer file with no
+    catalog GPU in it leaves the snapshot's prices in place.)"""
+    read = {p.provider: p.as_of for p in snapshot}
+    newer = {p.provider for p in on_disk if p.provider not in read or p.as_of > read[p.provider]}
+    return [p for p in on_disk if p.provider in newer] + [p for p in snapshot if p.provider not in newer]
 
 
 # ---------------------------------------------------------------- registry and queries
@@ -352,20 +616,22 @@ PRICE_SOURCES: dict[str, PriceSource] = {
     "builtin": builtin_prices,
     "csv": csv_prices,
     "skypilot": skypilot_prices,
+    "skypilot-snapshot": snapshot_prices,
 }
 
 
-def load_prices(csv_path: Path | None = None, *, skypilot: bool = True,
+def load_prices(csv_path: Path | None = None, *, skypilot: bool = True, snapshot: bool = True,
                 skypilot_dir: Path | None = None) -> list[Price]:
-    """Every price tunesmith knows: built-in, then your CSV, then SkyPilot's catalog (when on
-    disk; `skypilot_dir` overrides where), then any source a plugin registered."""
+    """Every price tunesmith knows: built-in, then your CSV, then SkyPilot's catalog per cloud
+    (its own files on disk when newer, `skypilot_dir` overrides where, else the shipped snapshot),
+    then any source a plugin registered."""
     prices = list(PRICE_SOURCES["builtin"]())
     if csv_path is not None:
         prices += PRICE_SOURCES["csv"](csv_path)
-    if skypilot:
-        prices += PRICE_SOURCES["skypilot"](skypilot_dir)
+    on_disk = PRICE_SOURCES["skypilot"](skypilot_dir) if skypilot else []
+    prices += newest_per_cloud(on_disk, PRICE_SOURCES["skypilot-snapshot"]() if snapshot else [])
     for name, source in PRICE_SOURCES.items():
-        if name not in ("builtin", "csv", "skypilot"):
+        if name not in ("builtin", "csv", "skypilot", "skypilot-snapshot"):
             prices += source()
     return prices
 

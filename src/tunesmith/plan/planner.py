@@ -47,7 +47,12 @@ class Option:
     spot_hours: float | None
     provider_on_demand: str | None
     provider_spot: str | None
+    # The date of the price whose provider `plan` names (provider_spot, else provider_on_demand):
+    # with prices from several sources the cheapest spot and on-demand offers can be two providers'
+    # read on different days, so each has its own date as well.
     price_as_of: str | None
+    on_demand_as_of: str | None = None
+    spot_as_of: str | None = None
     mfu: float | None = None  # the utilisation this row's time assumes
     mfu_calibrated: bool = False
 
@@ -92,7 +97,8 @@ def _option(run: Run, gpu: Gpu, count: int, strategy: str, prices: list[Price], 
         cost_spot=cost_spot, cost_spot_range=cost_spot_range,
         spot_hours=significant(spot_hours),
         provider_on_demand=od.provider if od else None, provider_spot=spot.provider if spot else None,
-        price_as_of=(od or spot).as_of if (od or spot) else None,
+        price_as_of=(spot or od).as_of if (od or spot) else None,
+        on_demand_as_of=od.as_of if od else None, spot_as_of=spot.as_of if spot else None,
         mfu=mfu.value, mfu_calibrated=mfu.calibrated,
     )
 
