@@ -442,7 +442,7 @@ ROWS = [
         ["distributed.strategy=zero3", "use fsdp"], launch_config),
     Row("launch-bad-tokens", launch("--bucket", "s3://b", "--tokens", "lots"), 2, ["--tokens 'lots'"], launch_config),
     Row("launch-no-tokenizer", launch("--bucket", "s3://b"), 2,
-        ["needs llama-3.1-8b's tokenizer here", "give --tokens N"], launch_config),
+        ["data.train file good.jsonl needs llama-3.1-8b's tokenizer", "give --tokens N"], launch_config),
     Row("launch-over-local-run", launch("--bucket", "s3://b"), 2, ["holds a run trained on this machine",
                                                                    "--set output.dir=runs/q-cloud"],
         lambda tmp: (launch_config(tmp), write("runs/q/train.json", "{}")(tmp))),

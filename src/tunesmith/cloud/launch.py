@@ -115,13 +115,7 @@ def token_count(cfg: RunConfig, tokens: str | None) -> TokenCount:
     """--tokens, else data.train counted with the model's tokenizer, as `train` will count it."""
     if tokens is not None:
         return TokenCount(parse_tokens(tokens), None, "--tokens")
-    try:
-        return dataset_tokens(str(cfg.data.train), cfg, "data.train file")
-    except UsageError as e:
-        if not Path(str(cfg.data.train)).is_file():
-            raise
-        raise UsageError(f"counting data.train's tokens needs {cfg.model.source}'s tokenizer here, and it cannot be "
-                         f"loaded ({str(e).split(': ', 1)[-1]}); give --tokens N instead (e.g. --tokens 20M)") from None
+    return dataset_tokens(str(cfg.data.train), cfg, "data.train file")
 
 
 def tree_bytes(path: Path) -> int:

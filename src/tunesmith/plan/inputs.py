@@ -129,9 +129,11 @@ def dataset_tokens(path: str, cfg: Any, what: str = "data file") -> TokenCount:
     require_file(path, what)
     try:
         tokenizer = load_target_tokenizer(cfg.model.source, trust_remote_code=cfg.model.trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise UsageError(f"--dataset needs {cfg.model.source}'s tokenizer, which is not available here "
-                         f"({str(e).splitlines()[0]}); give --tokens N instead") from None
+    except (OSError, ValueError, UsageError) as e:
+        # A gated hub model not in the cache, offline: the plan still works from --tokens.
+        raise UsageError(f"counting the tokens of the {what} {path} needs {cfg.model.source}'s tokenizer, which "
+                         f"cannot be loaded here ({str(e).splitlines()[0]}); give --tokens N instead (e.g. "
+                         f"--tokens 20M)") from None
     return report_tokens(clean_report(path, cfg, tokenizer), path)
 
 
