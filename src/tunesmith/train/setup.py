@@ -36,7 +36,7 @@ from tunesmith.train.distributed import (
 )
 from tunesmith.train.sharding import SHARDED, full_trained_weights
 from tunesmith.train.dropout import use_bit_dropout
-from tunesmith.train.fit import Fit, LoopState, MetricsLog, enable_checkpointing, plan_steps
+from tunesmith.train.fit import Fit, LoopState, MetricsLog, enable_checkpointing, peak_memory, plan_steps
 from tunesmith.train.lean import (
     adapters_in_base_dtype, offload_checkpointed_inputs, prepare_kbit, return_freed_memory,
 )
@@ -386,7 +386,8 @@ def run_fit(cfg: RunConfig, run_dir: Path, path: str, tokenizer: Any, data: Prep
     else:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         state = LoopState.fresh(cfg)
-    record = RunRecord.start(run_dir, steps_planned=len(steps), previous=start.previous, resumed_from=resumed_from)
+    record = RunRecord.start(run_dir, steps_planned=len(steps), previous=start.previous, resumed_from=resumed_from,
+                             peak_memory=lambda: peak_memory(device))
     record.update(auto_fit=check.get("auto_fit"))
     if resumed_from is not None:
         record.fields["resumes"].append({"from_step": resumed_from, "at": now_iso()})
