@@ -285,3 +285,30 @@ def test_every_file_it_reads_gives_one_clear_error(tmp_path, name, content, mess
         plan_vs_actual(run, prices=[], pricing="on_demand")
     with pytest.raises(UsageError, match="not a folder"):
         plan_vs_actual(tmp_path / "nope", prices=[], pricing="on_demand")
+
+
+# ---------------------------------------------------------------- what train measures
+
+def test_a_gpus_peak_is_what_the_allocator_reserved_plus_the_cuda_context(monkeypatch):
+    """The plan's GPU peak is reserved memory + the CUDA context: measured the same way (in GB
+    of 1e9 bytes, as the plan counts), not metrics.jsonl's mem_gb (reserved alone, in GiB)."""
+    import torch
+
+    from tunesmith.train.fit import CUDA_PEAK, peak_memory
+
+    monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device=None: (30e9, 80e9))  # 50 GB in use now
+    monkeypatch.setattr(torch.cuda, "memory_reserved", lambda device=None: 49.5e9)  # so the context is 0.5 GB
+    monkeypatch.setattr(torch.cuda, "max_memory_reserved", lambda device=None: 60e9)
+    assert peak_memory(torch.device("cuda", 0)) == {"gb": 60.5, "measure": CUDA_PEAK}
+
+
+def test_a_cpus_peak_is_the_processs_peak_resident_set():
+    import resource
+
+    import torch
+
+    from tunesmith.train.fit import CPU_PEAK, peak_memory
+
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+    found = peak_memory(torch.device("cpu"))
+    assert found["measure"] == CPU_PEAK and before - 0.001 <= found["gb"] <= before + 0.1
