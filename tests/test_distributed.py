@@ -73,6 +73,10 @@ def test_two_processes_train_what_one_process_with_accumulation_trains(runs):
     # Only the main process wrote: the same files as one process, nothing per worker.
     assert files(tmp / "two") == files(tmp / "one")
     assert two.stderr.count("Traceback") == 0 and "worker" not in two.stderr
+    # The main process's plan vs actual, saying its plan was for one process alone.
+    actual = json.loads((tmp / "two" / "plan_vs_actual.json").read_text())
+    assert (actual["complete"], actual["device"]["processes"], actual["tokens"]) == (True, 2, 3126)
+    assert actual["notes"][0].startswith("2 training processes (ddp): the plan's this_machine figures are for one")
 
 
 @pytest.mark.slow

@@ -413,6 +413,7 @@ def train_cmd(
     """Fine-tune a model: LoRA, QLoRA or full, into a run folder. Run the same command again
     after a kill or a preemption and it continues from the newest checkpoint. Every other
     setting: --set section.key=value; `tunesmith config show` lists them all with their defaults."""
+    from tunesmith.plan.actual import pricing_from_env
     from tunesmith.train.setup import train
 
     quiet_transformers()
@@ -422,6 +423,7 @@ def train_cmd(
         raise UsageError("--restart deletes the run that --resume would continue: give one of them")
     if node_rank >= nnodes:
         raise UsageError(f"--node-rank {node_rank}: give 0 to {nnodes - 1} (--nnodes {nnodes})")
+    pricing_from_env()  # a bad TUNESMITH_PRICING is refused now, not after the run it would price
     cfg = resolve_config(config, locals(), TRAIN_FLAGS, set_)
     working_in(Path(cfg.output.dir), "run the same command again to continue from the newest checkpoint")
     start_workers(cfg, nproc, nnodes=nnodes, node_rank=node_rank, master_addr=master_addr, master_port=master_port)
@@ -434,6 +436,8 @@ def train_cmd(
                        highlight=False))
     if result.status in ("completed", "stopped_early") and result.steps and result.data:
         print_trained(result)
+        if result.plan_vs_actual:
+            print_plan_vs_actual(result.plan_vs_actual, Path(cfg.output.dir) / "plan_vs_actual.json")
 
 
 def start_workers(cfg: Any, nproc: Optional[int], **machines: Any) -> None:
@@ -471,6 +475,30 @@ def print_trained(result: Any) -> None:
         f"final loss {result.final_loss:.4f}{eval_part} -> {result.run_dir}", highlight=False)
     if result.best_step is not None:
         out.print(f"kept the weights of step {result.adapter_step}, the lowest eval loss", highlight=False)
+
+
+def print_plan_vs_actual(c: dict[str, Any], where: Path) -> None:
+    """What the plan predicted for this machine next to what the run measured, one row each."""
+    from rich import box
+
+    table = Table(box=box.SIMPLE_HEAD, pad_edge=False, title=f"plan vs actual ({where})", title_justify="left")
+    for column in ("", "planned", "actual", "actual/planned"):
+        table.add_column(column, justify="left" if not column else "right")
+    rows = [("time", c["hours"], _hours), ("peak memory (GB)", c["peak_memory_gb"], _gb),
+            ("tokens/s", c["tokens_per_s"], lambda v: f"{v:,.0f}")]
+    cost = c["cost_usd"]
+    if cost["actual"] is not None:  # else its reason is said below
+        rows.append((f"cost ({cost['pricing'].replace('_', '-')}, {cost['gpus']} x {cost['gpu']})", cost, _money))
+    for name, figure, shown in rows:
+        planned, actual, ratio = figure["planned"], figure["actual"], figure["ratio"]
+        table.add_row(name, "" if planned is None else shown(planned), "" if actual is None else shown(actual),
+                      "" if ratio is None else f"{ratio:.3g}")
+    out.print(table)
+    explained = [f"time counts the whole process (load, data, evals, checkpoints); "
+                 f"{_hours(c['hours']['in_steps'])} of it in the steps the plan times"]
+    if cost.get("reason"):
+        explained.append(f"cost: {cost['reason']}")
+    out.print(f"[dim]{escape('; '.join(explained + c['notes']))}[/]", highlight=False)
 
 
 def print_note(text: str) -> None:

@@ -92,5 +92,6 @@ def calibration_effect(calibration: Calibration, run: Run, device: Device, *, mf
                     else f"this machine's time is not from it (the run trained on {here_name}, this is {device.name})")
     return {"summary": calibration.summary, "run": calibration.run_dir, "device": calibration.device,
             "method": calibration.method, "tokens_per_s": calibration.tokens_per_s,
+            "tokens_per_s_from": calibration.speed_from,
             "flops_per_s": calibration.flops_per_s, "gpu_rows": mfu_applied, "this_machine": calibration.same_device(device),
             "effect": f"{gpu_rows}; {this_machine}"}

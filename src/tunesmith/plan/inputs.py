@@ -15,6 +15,7 @@ from tunesmith.errors import UsageError
 from tunesmith.io import read_json, read_jsonl_objects, require_file
 from tunesmith.models.arch import ModelFacts
 from tunesmith.models.facts import model_facts
+from tunesmith.plan.actual import read_measured_speed
 from tunesmith.plan.memory import Setup
 from tunesmith.plan.throughput import Mfu, flops_per_token
 
@@ -190,7 +191,8 @@ class Calibration:
     tokens_per_s: float
     flops_per_s: float  # executed FLOPs (recomputation included) per second it achieved
     mfu: Mfu | None  # on its catalog GPU; None on a CPU or a GPU not in the catalog
-    summary: str  # "calibrated from RUN: N tokens/s of MODEL METHOD on DEVICE"
+    summary: str  # "calibrated from RUN: N tokens/s of MODEL METHOD on DEVICE (where the speed comes from)"
+    speed_from: str = "metrics.jsonl"  # or plan_vs_actual.json
 
     def same_device(self, device: Any) -> bool:
         """Did the run train on this kind of machine (same device type and name)?"""
@@ -199,14 +201,16 @@ class Calibration:
 
 def calibrate(run_dir: Any, gpus: list[Gpu]) -> Calibration:
     """From a finished or running run folder: its measured speed, as the executed FLOP/s it
-    achieved (and the utilisation of its GPU's peak, when that is in the catalog). Every file
+    achieved (and the utilisation of its GPU's peak, when that is in the catalog). The speed is
+    plan_vs_actual.json's (the run's mean over its steps, written when it ended) when there is
+    one, else the last logged step's in metrics.jsonl (the mean up to that step). Every file
     it reads gives one UsageError naming it when missing or malformed."""
     from tunesmith.config import load_config
 
     run_dir = Path(run_dir)
     if not run_dir.is_dir():
         raise UsageError(f"--calibrate {run_dir}: not a folder; give a run folder written by `tunesmith train`")
-    tokens_per_s = _last_speed(run_dir / "metrics.jsonl")
+    tokens_per_s, speed_from, how = _measured_speed(run_dir)
     device = _run_device(run_dir / "plan.json")
     config_file = run_dir / "config.yaml"
     if not config_file.exists():
@@ -220,18 +224,35 @@ def calibrate(run_dir: Any, gpus: list[Gpu]) -> Calibration:
     where = device.get("catalog_gpu") or device.get("name") or device.get("type", "?")
     summary = f"calibrated from {run_dir}: {tokens_per_s:,.0f} tokens/s of {cfg.model.source} {setup.method} on {where}"
     gpu = next((g for g in gpus if g.name == device.get("catalog_gpu")), None)
-    mfu = None
+    utilisation = None
     if device.get("type") == "cuda" and gpu is not None:
         # Utilisation of the executed work, so the same setup reproduces the measured speed
         # (hours() charges recomputation at the same rate); equal to MFU without checkpointing.
-        value = rate / (gpu.bf16_tflops * 1e12)
-        summary += f" = {value:.1%} MFU"
-        mfu = Mfu(float(f"{value:.4g}"), summary, calibrated=True)  # a tiny model on a big GPU is far below 0.01%
-    return Calibration(str(run_dir), device, setup.method, tokens_per_s, rate, mfu, summary)
+        utilisation = rate / (gpu.bf16_tflops * 1e12)
+        summary += f" = {utilisation:.1%} MFU"
+    summary += f" ({how})"
+    # 4 significant digits: a tiny model on a big GPU is far below 0.01%.
+    mfu = Mfu(float(f"{utilisation:.4g}"), summary, calibrated=True) if utilisation is not None else None
+    return Calibration(str(run_dir), device, setup.method, tokens_per_s, rate, mfu, summary, speed_from)
 
 
-def _last_speed(metrics: Path) -> float:
-    """tokens_per_s of the last logged step in metrics.jsonl."""
+def _measured_speed(run_dir: Path) -> tuple[float, str, str]:
+    """(tokens/s, the file it comes from, how it was measured, in words)."""
+    found = read_measured_speed(run_dir)
+    if found is None:
+        number, tokens_per_s = _last_speed(run_dir / "metrics.jsonl")
+        return tokens_per_s, "metrics.jsonl", f"metrics.jsonl, its last logged step, {number}"
+    tokens_per_s, comparison = found
+    steps = comparison.get("steps", {}).get("done") if isinstance(comparison.get("steps"), dict) else None
+    how = "plan_vs_actual.json, the run's mean" + (f" over its {steps:,} steps" if isinstance(steps, int) else "")
+    planned = comparison["tokens_per_s"].get("planned")
+    if isinstance(planned, (int, float)) and not isinstance(planned, bool) and planned > 0:
+        how += f"; its plan said {planned:,.0f}"
+    return tokens_per_s, "plan_vs_actual.json", how
+
+
+def _last_speed(metrics: Path) -> tuple[int | str, float]:
+    """(the step, its tokens_per_s) of the last logged step in metrics.jsonl."""
     if not metrics.exists():
         raise UsageError(f"--calibrate {metrics.parent}: no metrics.jsonl there (is it a run folder written by "
                          "`tunesmith train`?)")
@@ -244,7 +265,8 @@ def _last_speed(metrics: Path) -> float:
     value = record["tokens_per_s"]
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
         raise UsageError(f"{metrics}:{number}: tokens_per_s = {json.dumps(value)} is not a speed above 0")
-    return float(value)
+    step = record.get("step")
+    return (f"step {step}" if isinstance(step, int) else f"line {number}"), float(value)
 
 
 def _run_device(plan_file: Path) -> dict[str, Any]:

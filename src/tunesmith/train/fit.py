@@ -147,6 +147,7 @@ class Fit:
                 loss_fn, optimizer = accelerator.prepare(raw_loss, optimizer)
         parts = Parts(model, loss_fn, optimizer, scheduler, accelerator, self.world, raw_loss, sharded)
         clock = time.perf_counter() - state.elapsed
+        restored_seconds = state.train_seconds  # from the checkpoint: this session's own steps come on top
         for number in range(state.step + 1, len(steps) + 1):
             self.phase[0] = f"training step {number} of {len(steps)}"
             t0 = time.perf_counter()
@@ -178,6 +179,7 @@ class Fit:
                 self.checkpoint(parts, state, watch)
             self.record.update(steps_done=number, tokens=state.tokens, train_seconds=round(state.train_seconds, 3),
                                best_step=state.best_step, best_eval_loss=state.best_eval_loss)
+            self.record.stepped(number, state.train_seconds - restored_seconds)
             if self.bar is not None:
                 self.bar.advance(loss, state.tokens / max(state.train_seconds, 1e-9), state.last_eval)
             if stopping:
@@ -268,6 +270,7 @@ class Fit:
             "grad_norm": _number(grad_norm),
             "tokens": state.tokens,
             "tokens_per_s": round(state.tokens / max(state.train_seconds, 1e-9), 2),
+            "train_seconds": round(state.train_seconds, 3),  # in the steps so far: tokens / this is the mean speed
             "elapsed": round(state.elapsed, 3),
             **memory_record(self.device),
             **({"alarms": alarms} if alarms else {}),
@@ -460,6 +463,35 @@ def memory_record(device: torch.device) -> dict[str, float]:
     if device.type != "cuda":
         return {}
     return {"mem_gb": round(torch.cuda.max_memory_reserved() / 2**30, 3)}
+
+
+# What `peak_memory` measures, in the plan's terms (plan/memory.py: `Memory.peak`).
+CUDA_PEAK = ("torch.cuda.max_memory_reserved plus the CUDA context (the GPU's memory in use outside torch's "
+             "allocator, read with torch.cuda.mem_get_info), on the main process's GPU: what the plan's GPU peak "
+             "counts")
+CPU_PEAK = ("the main training process's peak resident set (getrusage ru_maxrss; model load and data stage "
+            "included): what the plan's CPU peak counts, the data the loop keeps included")
+GB = 1e9  # as the plan counts; metrics.jsonl's mem_gb is in GiB (2**30)
+
+
+def peak_memory(device: torch.device) -> dict[str, Any]:
+    """This process's memory high-water mark so far in GB, measured the way the planner
+    predicts a peak on `device`, and which measure it is."""
+    if device.type == "cuda":
+        free, total = torch.cuda.mem_get_info(device)
+        # The context (CUDA runtime, cuBLAS and NCCL handles) is what the allocator does not hold.
+        context = max(0, total - free - torch.cuda.memory_reserved(device))
+        return {"gb": round((torch.cuda.max_memory_reserved(device) + context) / GB, 3), "measure": CUDA_PEAK}
+    return {"gb": round(max_rss_bytes() / GB, 3), "measure": CPU_PEAK}
+
+
+def max_rss_bytes() -> int:
+    """The process's peak resident set: Linux gives ru_maxrss in KiB, macOS in bytes."""
+    import resource
+    import sys
+
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return maxrss if sys.platform == "darwin" else maxrss * 1024
 
 
 def _rng_states(device: torch.device) -> tuple[torch.Tensor, torch.Tensor | None]:

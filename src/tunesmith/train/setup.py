@@ -36,7 +36,7 @@ from tunesmith.train.distributed import (
 )
 from tunesmith.train.sharding import SHARDED, full_trained_weights
 from tunesmith.train.dropout import use_bit_dropout
-from tunesmith.train.fit import Fit, LoopState, MetricsLog, enable_checkpointing, plan_steps
+from tunesmith.train.fit import Fit, LoopState, MetricsLog, enable_checkpointing, peak_memory, plan_steps
 from tunesmith.train.lean import (
     adapters_in_base_dtype, offload_checkpointed_inputs, prepare_kbit, return_freed_memory,
 )
@@ -63,6 +63,7 @@ class TrainResult:
     adapter_step: int | None = None
     resumed_from: int | None = None
     notes: list[str] = field(default_factory=list)
+    plan_vs_actual: dict[str, Any] | None = None  # RUN/plan_vs_actual.json, when it could be written
 
 
 def train(
@@ -375,9 +376,13 @@ def run_fit(cfg: RunConfig, run_dir: Path, path: str, tokenizer: Any, data: Prep
             device: torch.device, check: dict[str, Any], prints: dict[str, Any], *, progress: bool, on_log: Callable[[dict], None] | None,
             note: Callable[[str], None], notes: list[str], stop: Any, world: World | None = None,
             strategy: str = "single") -> TrainResult:
+    from tunesmith.plan.actual import FILE as PLAN_VS_ACTUAL
+
     world = world or World()
     resumed_from = start.checkpoint.step if start.checkpoint else None
     log = MetricsLog(run_dir / "metrics.jsonl", on_log)
+    # It describes the run as its last session left it: rewritten when this one ends.
+    (run_dir / PLAN_VS_ACTUAL).unlink(missing_ok=True)
     if resumed_from is not None:
         discard_after(run_dir, resumed_from)
         log.cut_back(resumed_from)
@@ -386,7 +391,8 @@ def run_fit(cfg: RunConfig, run_dir: Path, path: str, tokenizer: Any, data: Prep
     else:
         (run_dir / "metrics.jsonl").unlink(missing_ok=True)
         state = LoopState.fresh(cfg)
-    record = RunRecord.start(run_dir, steps_planned=len(steps), previous=start.previous, resumed_from=resumed_from)
+    record = RunRecord.start(run_dir, steps_planned=len(steps), previous=start.previous, resumed_from=resumed_from,
+                             peak_memory=lambda: peak_memory(device))
     record.update(auto_fit=check.get("auto_fit"))
     if resumed_from is not None:
         record.fields["resumes"].append({"from_step": resumed_from, "at": now_iso()})
@@ -414,12 +420,14 @@ def run_fit(cfg: RunConfig, run_dir: Path, path: str, tokenizer: Any, data: Prep
         if record.fields["status"] == "running":
             record.update(status="interrupted" if isinstance(e, KeyboardInterrupt) else "failed")
             record.write()
+        compare_with_plan(run_dir, note)  # a stopped run's part is worth comparing too (marked incomplete)
         trackers.finish(status=record.fields["status"], adapter_dir=None)
         raise
     status = "stopped_early" if state.stopped_early else "completed"
     record.update(status=status, adapter_step=adapter_step, final_loss=state.last_loss,
                   final_eval_loss=state.last_eval)
     record.write()
+    compared = compare_with_plan(run_dir, note)
     write_model_card(run_dir)  # from the final train.json; before the trackers take the folder
     trackers.finish(status=status, adapter_dir=run_dir / "adapter" if cfg.method.name != "full" else None)
     return TrainResult(run_dir=run_dir, steps=state.step, data=data.report, tokens=state.tokens,
@@ -427,7 +435,19 @@ def run_fit(cfg: RunConfig, run_dir: Path, path: str, tokenizer: Any, data: Prep
                        tokens_per_s=state.tokens / state.train_seconds if state.train_seconds else 0.0,
                        final_loss=state.last_loss, final_eval_loss=state.last_eval, status=status,
                        steps_planned=len(steps), best_step=state.best_step, adapter_step=adapter_step,
-                       resumed_from=resumed_from, notes=notes)
+                       resumed_from=resumed_from, notes=notes, plan_vs_actual=compared)
+
+
+def compare_with_plan(run_dir: Path, note: Callable[[str], None]) -> dict[str, Any] | None:
+    """RUN/plan_vs_actual.json from the plan and train.json just written. Failing to write it
+    costs the run nothing: one note, and the run ends as it would have."""
+    from tunesmith.plan.actual import FILE, write_plan_vs_actual
+
+    try:
+        return write_plan_vs_actual(run_dir)
+    except (TunesmithError, OSError) as e:
+        note(f"could not write {run_dir / FILE}: {e}")
+        return None
 
 
 @contextmanager
