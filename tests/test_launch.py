@@ -231,6 +231,7 @@ def test_pull_brings_the_run_back_without_checkpoints_and_keeps_launch(tiny_mode
     assert json.loads((run / "launch" / "launch.json").read_text())["job"] == "j"
     assert f"{len(expected)} files copied" in first.stdout
     assert "train.json: completed, step 4 of 4, 0 resumes; adapter/ is here" in first.stdout
+    assert f"plan vs actual ({run / 'plan_vs_actual.json'})" in first.stdout  # the run's own, as it ended
 
     again = tunesmith("pull", run, cwd=tmp_path)
     assert "0 files copied" in again.stdout

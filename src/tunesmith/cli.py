@@ -477,7 +477,7 @@ def print_trained(result: Any) -> None:
         out.print(f"kept the weights of step {result.adapter_step}, the lowest eval loss", highlight=False)
 
 
-def print_plan_vs_actual(c: dict[str, Any], where: Path) -> None:
+def print_plan_vs_actual(c: dict[str, Any], where: Path | str) -> None:
     """What the plan predicted for this machine next to what the run measured, one row each."""
     from rich import box
 
@@ -805,14 +805,32 @@ def pull_cmd(
     from tunesmith.cloud.pull import pull
     from tunesmith.cloud.skypilot import find_sky
 
-    source = from_
-    if source is None:
-        source = read_record(run)["bucket"]
+    record = read_record(run) if from_ is None or (run / "launch" / "launch.json").is_file() else {}
+    source = from_ if from_ is not None else record["bucket"]
     sky = find_sky()
     pulled = pull(run, source, checkpoints=checkpoints, tool_dirs=(sky.resolve().parent,) if sky else ())
     copied = "" if pulled.copied is None else f"{pulled.copied} file{'s' if pulled.copied != 1 else ''} copied, "
     out.print(f"pulled {pulled.source} into {run}: {copied}{pulled.total_bytes / 1e6:,.1f} MB there now", highlight=False)
     print_pulled_run(run)
+    print_pulled_comparison(run, record.get("pricing"))
+
+
+def print_pulled_comparison(run: Path, pricing: Optional[str]) -> None:
+    """The run's plan vs actual as it wrote it when it ended; for a run still going, its
+    figures so far (priced as launched), printed and not written: the file is the run's."""
+    from tunesmith.plan.actual import FILE, plan_vs_actual
+
+    written = run / FILE
+    if not ((run / "train.json").is_file() and (run / "plan.json").is_file()):
+        return
+    try:
+        comparison = json.loads(written.read_text(encoding="utf-8")) if written.is_file() else None
+        if comparison is None or not comparison.get("complete"):
+            comparison = plan_vs_actual(run, pricing=pricing)
+    except (TunesmithError, OSError, ValueError) as e:
+        err.print(f"[yellow]warning:[/] no plan vs actual: {escape(str(e))}", highlight=False, soft_wrap=True)
+        return
+    print_plan_vs_actual(comparison, written if comparison.get("complete") else f"{run}, so far")
 
 
 def print_pulled_run(run: Path) -> None:
