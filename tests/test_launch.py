@@ -304,3 +304,16 @@ def test_gpu_and_bucket_flags():
         parse_gpu("H100-PCIe")
     with pytest.raises(UsageError, match="not a bucket SkyPilot mounts"):
         parse_bucket("/data/runs")
+
+
+def test_every_command_has_a_help_page():
+    """Help text goes through rich's markup: a bracket in it (NAME[:N]) once crashed --help."""
+    import typer.main
+
+    from tunesmith.cli import app
+
+    names = sorted(typer.main.get_command(app).commands)  # type: ignore[attr-defined]
+    assert {"launch", "status", "logs", "down", "pull"} <= set(names)
+    for name in names:
+        result = cli_forkserver.run([name, "--help"], env={**os.environ, "COLUMNS": "120"})
+        assert result.returncode == 0 and "Usage: tunesmith" in result.stdout, (name, result.stderr)

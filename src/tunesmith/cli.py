@@ -675,9 +675,9 @@ def launch_cmd(
     spot: bool = typer.Option(True, "--spot/--on-demand", help="spot GPUs (the default: cheaper; a preemption resumes "
                               "from the newest checkpoint on a new machine) or on-demand"),
     gpu: str = typer.Option("auto", "--gpu", help="auto: the planner's GPUs that fit, cheapest first (SkyPilot takes "
-                            "the cheapest it can get); or NAME[:N] from `tunesmith gpus`, e.g. H100:8"),
+                            "the cheapest it can get); or a GPU from `tunesmith gpus`, with :N for N of them, e.g. H100:8"),
     bucket: Optional[str] = typer.Option(None, "--bucket", help="an existing bucket for the run folder (s3://NAME, "
-                                         "gs://NAME[/PREFIX], ...): mounted on the cloud machine, the run lives there"),
+                                         "gs://NAME/PREFIX, ...): mounted on the cloud machine, the run lives there"),
     tokens: Optional[str] = typer.Option(None, "--tokens", help="training tokens per epoch, e.g. 20M (default: counted "
                                          "in data.train with the model's tokenizer)"),
     dry_run: bool = typer.Option(False, "--dry-run", help="write RUN/launch/task.yaml, check it with SkyPilot's parser "
