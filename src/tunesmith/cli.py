@@ -1249,21 +1249,23 @@ def _gb(value: float, decimals: int = 1) -> str:
 @app.command("gpus")
 def gpus_cmd(
     prices_file: Optional[Path] = typer.Option(None, "--prices", help="your own prices: a CSV with the header "
-                                               "provider,gpu,on_demand,spot,as_of,source[,region]"),
+                                               "provider,gpu,on_demand,spot,as_of,source[,region]"
+                                               "[,note][,gpus_per_machine]"),
     json_out: bool = typer.Option(False, "--json", help="print every GPU with all its prices as JSON"),
 ) -> None:
-    """List the GPU catalog with the cheapest on-demand and spot $/GPU-hour and their dates."""
+    """List the GPU catalog with the cheapest on-demand and spot $/GPU-hour on a machine of any size,
+    how many GPUs that machine has ((8x): eight), and their dates."""
     from rich import box
-    from rich.markup import escape
 
     from tunesmith.catalog.gpu import load_gpus
-    from tunesmith.catalog.prices import cheapest, format_range, gpu_price_catalog, load_prices
+    from tunesmith.catalog.prices import cheapest, gpu_price_catalog, load_prices
 
     prices = load_prices(prices_file)
     if json_out:
         print(json.dumps(gpu_price_catalog(prices), indent=2, ensure_ascii=False))
         return
-    table = Table(title="cheapest $ per GPU-hour (ranges compared by midpoint)", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title="cheapest $ per GPU-hour, any machine size ((8x): an 8-GPU machine; ranges compared by "
+                  "midpoint)", box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("GPU", "GB", "TFLOP/s", "GB/s", "on-demand", "spot", "as of"):
         table.add_column(column, justify="right" if column in ("GB", "TFLOP/s", "GB/s") else "left")
     unpriced = []
@@ -1274,14 +1276,22 @@ def gpus_cmd(
             unpriced.append(g.name)
         table.add_row(
             g.name, f"{g.memory_gb:g}", f"{g.bf16_tflops:g}", f"{g.bandwidth_gbps:g}",
-            f"{format_range(on_demand.on_demand)} {escape(on_demand.provider)}" if on_demand else "-",
-            f"{format_range(spot.spot)} {escape(spot.provider)}" if spot else "-",
+            _offer_cell(on_demand.on_demand, on_demand) if on_demand else "-",
+            _offer_cell(spot.spot, spot) if spot else "-",
             ", ".join(sorted({p.as_of for p in (on_demand, spot) if p})),
         )
     out.print(table)
     if unpriced:
         out.print(f"[dim]no price for {', '.join(unpriced)}: add yours with --prices FILE.csv "
                   "(provider,gpu,on_demand,spot,as_of,source)[/]", highlight=False)
+
+
+def _offer_cell(price_range: Optional[tuple[float, float]], offer: Any) -> str:
+    """"$0.26 primeintellect (1x)": the price, who, and the machine size it holds for (none: any)."""
+    from tunesmith.catalog.prices import format_range
+
+    size = f" ({offer.gpus_per_machine}x)" if offer.gpus_per_machine else ""
+    return f"{format_range(price_range)} {escape(offer.provider)}{size}"
 
 
 def data_summary(report: dict[str, Any]) -> str:
