@@ -1159,11 +1159,13 @@ def print_plan(plan: dict[str, Any]) -> None:
     out.print(table)
     sources = sorted({(o["provider_spot"] or o["provider_on_demand"], o["price_as_of"]) for o in plan["options"]
                       if o["price_as_of"]})
-    unpriced = [o["gpu"] for o in plan["options"] if not o["price_as_of"]]
-    out.print("[dim]$: midpoint of each price range; prices from "
+    # Each row is one machine with n of the GPU, priced only by offers for that machine size: name the
+    # size, since the GPU may well be priced in other sizes (`tunesmith gpus`).
+    unpriced = [f"{o['count']} x {o['gpu']}" for o in plan["options"] if not o["price_as_of"]]
+    out.print("[dim]$: midpoint of each price range, for one machine with n GPUs; prices from "
               + escape("; ".join(f"{who} as of {when}" for who, when in sources) or "nowhere")
-              + (f"; no price for {', '.join(unpriced)} (add yours: --prices FILE.csv)" if unpriced else "") + "[/]",
-              highlight=False)
+              + (f"; no price for a machine of {', '.join(unpriced)} (add yours: --prices FILE.csv)" if unpriced else "")
+              + "[/]", highlight=False)
     r = plan["recommendation"]
     if r:
         cost = f" for {_money(r['cost'])}" if r["cost"] is not None else ""
