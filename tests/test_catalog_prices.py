@@ -65,6 +65,9 @@ def test_inference_gpus_ship_with_aws_prices_read_from_skypilots_catalog():
     aws = {p.gpu: p for p in builtin_prices() if p.provider == BUILTIN_AWS}
     assert set(aws) == {"L4", "A10G"}
     assert (aws["L4"].on_demand, aws["A10G"].on_demand) == ((0.8048, 0.8048), (1.006, 1.006))
+    # The instance has one GPU: its price says nothing about a 4-GPU machine. The guide's ranges hold for any.
+    assert aws["L4"].gpus_per_machine == aws["A10G"].gpus_per_machine == 1
+    assert {p.gpus_per_machine for p in builtin_prices() if p.provider == GUIDE} == {None}
     for p, instance in ((aws["L4"], "g6.xlarge (1 x L4"), (aws["A10G"], "g5.xlarge (1 x A10G")):
         assert p.spot is None and p.as_of == "2026-11-29" and p.region == "us-east-1, us-east-2, us-west-2"
         assert p.source.startswith("skypilot-org/skypilot-catalog catalogs/v7/aws/vms.csv at commit 001367d2")
@@ -102,14 +105,15 @@ def test_csv_round_trip(tmp_path):
         Price("my-cloud", "H100-SXM", (2.8, 3.2), None, "2026-05-01", "our contract, 2026-04", "us-east"),
         Price("my-cloud", "A100-80GB", (2.1, 2.1), (1.2, 1.2), "2026-05", "price page checked 2026-05-02"),
         Price("other", "L4", None, (0.3, 0.4), "2026-04-30", "quote #12", note="spot only"),
+        Price("my-cloud", "H200", (2.0, 2.0), None, "2026-05", "contract for 8-GPU nodes", gpus_per_machine=8),
     ]
     path = tmp_path / "prices.csv"
     with path.open("w", newline="", encoding="utf-8") as f:
         writer = csv.writer(f)
-        writer.writerow(["provider", "gpu", "on_demand", "spot", "as_of", "source", "region", "note"])
+        writer.writerow(["provider", "gpu", "on_demand", "spot", "as_of", "source", "region", "note", "gpus_per_machine"])
         for p in prices:
             writer.writerow([p.provider, p.gpu, format_range(p.on_demand), format_range(p.spot), p.as_of, p.source,
-                             p.region or "", p.note or ""])
+                             p.region or "", p.note or "", p.gpus_per_machine or ""])
     assert csv_prices(path) == prices
 
 
@@ -143,6 +147,15 @@ def test_each_bad_row_names_file_line_column_and_what_is_expected(tmp_path, row,
         csv_prices(path)
     assert str(caught.value).startswith(f"{path}:3: ")
     assert message in str(caught.value)
+
+
+@pytest.mark.parametrize("value", ["0", "2.5", "eight", "-8", "\u00b2"])
+def test_a_bad_gpus_per_machine_is_refused(tmp_path, value):
+    path = write(tmp_path / "prices.csv", f"provider,gpu,on_demand,spot,as_of,source,gpus_per_machine\n{GOOD},8\n"
+                                          f"{GOOD},{value}\n")
+    with pytest.raises(UsageError, match=re.escape(f"{path}:3: column gpus_per_machine = {value!r} is not a number of "
+                                                   "GPUs; expected a whole number above 0")):
+        csv_prices(path)
 
 
 def test_bad_header_and_missing_file_say_what_is_expected(tmp_path):
@@ -225,6 +238,23 @@ def test_skypilot_catalog_per_gpu_cheapest_region_and_names(tmp_path):
     assert found[("aws", "A10G")].on_demand == (1.0, 1.0)
     assert set(found) == {("aws", "A100-80GB"), ("aws", "A10G"), ("lambda", "H100-PCIe"), ("lambda", "H100-SXM"),
                           ("azure", "A10")}
+    # Each price names the size of the machine it is for.
+    assert {key: p.gpus_per_machine for key, p in found.items()} == {
+        ("aws", "A100-80GB"): 8, ("aws", "A10G"): 1, ("lambda", "H100-PCIe"): 1, ("lambda", "H100-SXM"): 8,
+        ("azure", "A10"): 1}
+
+
+def test_skypilot_machine_sizes_are_priced_apart(tmp_path):
+    """Regression: one price per (cloud, GPU), the cheapest per GPU over all sizes, let plan price
+    4 x L40S at the rate of a 1-GPU machine that no 4-GPU machine is offered at."""
+    catalog = tmp_path / "v8"
+    write(catalog / "lambda" / "vms.csv", LAMBDA.splitlines()[0] + "\n"
+          "gpu_1x_h100_sxm5,H100,1.0,26.0,225.0,3.29,us-east-1,,\n"
+          "gpu_8x_h100_sxm5,H100,8.0,208.0,1800.0,24.0,us-east-1,,\n"
+          "gpu_8x_h100_sxm5,H100,8.0,208.0,1800.0,23.92,us-west-1,,\n"
+          "odd_h100_sxm5,H100,1.5,26.0,225.0,1.0,us-east-1,,\n")  # no machine of whole GPUs: left out
+    found = [(p.gpu, p.gpus_per_machine, p.on_demand, p.region) for p in skypilot_prices(catalog)]
+    assert found == [("H100-SXM", 1, (3.29, 3.29), "us-east-1"), ("H100-SXM", 8, (2.99, 2.99), "us-west-1")]
 
 
 def test_skypilot_default_location_is_the_newest_schema_under_home(tmp_path, monkeypatch):
@@ -258,6 +288,20 @@ def test_cheapest_compares_ranges_by_midpoint_and_keeps_spot_apart(tmp_path):
     assert cheapest(load_prices(snapshot=False), "H200") == {"on_demand": None, "spot": None}
 
 
+def test_cheapest_for_a_count_takes_offers_for_that_machine_size_or_any(tmp_path):
+    path = write(tmp_path / "p.csv", "provider,gpu,on_demand,spot,as_of,source,gpus_per_machine\n"
+                                     "eights,H100,1.00,,2026-05,q,8\nany,H100,3.30,,2026-05,q,\n")
+    prices = load_prices(path, snapshot=False)
+    assert cheapest(prices, "H100", 8)["on_demand"].provider == "eights"
+    # Not for 1 or 4 GPUs, nor for any count: the guide's range (any machine) or the file's other row.
+    assert cheapest(prices, "H100", 4)["on_demand"].provider == "any"
+    assert cheapest(prices, "H100", 1)["spot"].provider == GUIDE
+    assert cheapest(prices, "H100")["on_demand"].provider == "eights"
+    # AWS's built-in L4 price is a 1-GPU instance's: nothing prices 4 L4s on one machine here.
+    assert cheapest(prices, "L4", 1)["on_demand"].provider == BUILTIN_AWS
+    assert cheapest(prices, "L4", 4) == {"on_demand": None, "spot": None}
+
+
 # ---------------------------------------------------------------- tunesmith gpus
 
 
@@ -271,13 +315,15 @@ def test_gpus_json_lists_every_gpu_with_its_prices(tmp_path):
     assert gpus["H100-SXM"]["bf16_tflops"] == 989 and "datasheet" in gpus["H100-SXM"]["source"]
     assert gpus["H100-SXM"]["prices"][0] == {
         "provider": GUIDE, "on_demand": [3.0, 4.0], "spot": [2.0, 3.0], "as_of": "2026-06",
-        "source": builtin_prices()[1].source, "region": None, "note": None}
+        "source": builtin_prices()[1].source, "region": None, "note": None, "gpus_per_machine": None}
     # Built-in first, then your file, then the snapshot of SkyPilot's catalog.
     assert gpus["L4"]["prices"][0]["provider"] == BUILTIN_AWS
     assert gpus["L4"]["prices"][1] == {"provider": "mine", "on_demand": [0.5, 0.5], "spot": None, "as_of": "2026-05-02",
-                                       "source": "q", "region": "eu", "note": None}
+                                       "source": "q", "region": "eu", "note": None, "gpus_per_machine": None}
     snapshot = gpus["L4"]["prices"][2:]
     assert snapshot and all(p["source"].startswith("skypilot-org/skypilot-catalog catalogs/v7/") for p in snapshot)
+    # One entry per cloud and machine size: AWS's g6 family has 1, 4 and 8 L4s per machine.
+    assert sorted(p["gpus_per_machine"] for p in snapshot if p["provider"] == "aws") == [1, 4, 8]
     # No built-in price for the H200: every one it has is the snapshot's, dated the day it was read.
     assert gpus["H200"]["prices"] and {p["as_of"] for p in gpus["H200"]["prices"]} == {"2026-11-30"}
 
@@ -289,6 +335,11 @@ def test_gpus_table_prices_every_gpu_from_the_snapshot_offline():
     for g in load_gpus():
         assert "$" in rows[g.name][4] and "2026-11-30" in rows[g.name], rows[g.name]
     assert "no price for" not in result.stdout
+    # The cheapest per GPU-hour on any machine, with the machine's size: the L40S spot price is a
+    # 1-GPU machine's, the H100-SXM's an 8-GPU one's.
+    l40s, h100 = (" ".join(rows[name]) for name in ("L40S", "H100-SXM"))
+    assert "$0.65 primeintellect (1x) $0.26 primeintellect (1x)" in l40s
+    assert "$1.29 hyperbolic (1x) $1.00 mithril (8x)" in h100
 
 
 def test_gpus_table_shows_cheapest_offers_and_where_prices_are_missing(tmp_path, monkeypatch):

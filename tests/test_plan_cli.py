@@ -109,10 +109,13 @@ def test_plan_json_schema_and_the_recommendation_is_the_cheapest_option_with_hea
     too_small = [o for o in plan["options"] if o["gpu"] == "L4"][0]
     assert not too_small["headroom_ok"] or too_small["peak_gb"] < 24 * 0.9
     # Spot pays for the expected preemptions: more hours than on demand, at the spot price (the
-    # cheapest known: the snapshot's $1.00 spot at Mithril and $1.29 on demand at Hyperbolic).
+    # cheapest known for one machine with that many H100s, here one: the guide's $2.00-3.00, since the
+    # snapshot's $1.00 at Mithril is for 8-GPU machines only; on demand $1.29 at Hyperbolic).
     h100 = [o for o in plan["options"] if o["gpu"] == "H100-SXM"][0]
-    best = cheapest_offers(load_prices(), "H100-SXM")
-    assert h100["spot_hours"] > h100["hours"]
+    best = cheapest_offers(load_prices(), "H100-SXM", h100["count"])
+    assert h100["count"] == 1 and h100["spot_hours"] > h100["hours"]
+    assert (h100["provider_spot"], h100["spot_per_gpu_hour"]) == ("market range (guide)", [2.0, 3.0])
+    assert (h100["provider_on_demand"], h100["on_demand_per_gpu_hour"]) == ("hyperbolic", [1.29, 1.29])
     assert h100["cost_spot"] == pytest.approx(best["spot"].spot_mid * h100["spot_hours"], rel=0.01)
     assert h100["cost_on_demand"] == pytest.approx(best["on_demand"].on_demand_mid * h100["hours"], rel=0.01)
 
@@ -196,6 +199,37 @@ def test_make_plan_on_one_gpu_type_and_count():
     run = Run(facts, where, Setup(seq_len=1024, micro_batch=2, gradient_checkpointing=True), 10_000_000, 1, "test")
     plan = make_plan(run, load_gpus(), load_prices(), count=2, only_gpu="a100-80gb")
     assert [(o["gpu"], o["count"]) for o in plan["options"]] == [("A100-80GB", 2)]
+
+
+def test_n_gpus_are_priced_only_by_machines_with_n():
+    """Regression: 4 x L40S was priced at Prime Intellect's $0.26 spot, the rate of a 1-GPU machine;
+    no machine with 4 L40S is offered at it, and `launch` asks SkyPilot for L40S:4 on one machine.
+    The cheapest real one in the snapshot: AWS g6e.12xlarge, $2.9366 an hour on spot, $0.7341 per GPU."""
+    facts, where = model_facts("mistral-7b-v0.3")
+    run = Run(facts, where, Setup(seq_len=1024, micro_batch=2, gradient_checkpointing=True), 10_000_000, 1, "test")
+    four = make_plan(run, load_gpus(), load_prices(), count=4, only_gpu="L40S")["options"][0]
+    assert (four["count"], four["provider_spot"], four["spot_per_gpu_hour"]) == (4, "aws", [0.7341, 0.7341])
+    assert four["cost_spot"] == pytest.approx(0.7341 * 4 * four["spot_hours"], rel=1e-3)
+    assert (four["provider_on_demand"], four["on_demand_per_gpu_hour"]) == ("primeintellect", [0.65, 0.65])
+    one = make_plan(run, load_gpus(), load_prices(), count=1, only_gpu="L40S")["options"][0]
+    assert (one["provider_spot"], one["spot_per_gpu_hour"]) == ("primeintellect", [0.26, 0.26])
+
+
+def test_a_count_no_machine_is_offered_with_has_no_price():
+    """Lambda rents the A10 one to a machine: 2 x A10 gets no price (not 2 x $0.75), and the
+    recommendation and the printed plan say so as for any unpriced GPU."""
+    facts, where = model_facts("qwen2.5-0.5b")
+    run = Run(facts, where, Setup(seq_len=1024), 5_000_000, 1, "test")
+    plan = make_plan(run, load_gpus(), load_prices(), count=2, only_gpu="A10")
+    (two,) = plan["options"]
+    assert two["headroom_ok"] and two["hours"] is not None
+    assert (two["cost_spot"], two["cost_on_demand"], two["provider_spot"], two["provider_on_demand"]) == (None,) * 4
+    assert (two["spot_per_gpu_hour"], two["on_demand_per_gpu_hour"], two["price_as_of"]) == (None, None, None)
+    assert plan["recommendation"]["why"].endswith("no price known for a machine with 2 of it (add yours with "
+                                                  "--prices FILE.csv)")
+    printed = " ".join(tunesmith("plan", "--model", "qwen2.5-0.5b", "--seq-len", "1024", "--tokens", "5M",
+                                 "--gpu", "A10", "--gpus", "2").stdout.split())
+    assert "no price for a machine of 2 x A10 (add yours: --prices FILE.csv)" in printed
 
 
 # ---------------------------------------------------------------- calibration and pre-flight (through train)
@@ -373,9 +407,10 @@ def test_the_eight_gpu_remedy_prefers_the_cheapest_priced_gpu_that_fits():
     assert "the cheapest priced GPU that fits 8-way, ~$" in last["change"] and last["fits"] == "8 x H100-SXM"
     cheap = Price("test", "A100-40GB", (0.10, 0.10), None, "2026-01", "test")
     assert advice(run, load_gpus(), builtin + [cheap])[-1]["fits"] == "8 x A100-40GB"
-    # With the snapshot of SkyPilot's catalog the A100-40GB is priced too (spot $0.18 per GPU-hour
-    # at Prime Intellect) and is the cheapest that fits.
-    assert advice(run, load_gpus(), load_prices(skypilot=False))[-1]["fits"] == "8 x A100-40GB"
+    # With the snapshot of SkyPilot's catalog, priced for 8-GPU machines: the L40S (AWS g6e.48xlarge, $0.3766
+    # per GPU-hour on spot) beats the A100-40GB (AWS p4d.24xlarge, $0.5325). Prime Intellect's $0.18 for an
+    # A100-40GB, which chose it before, is a 1-GPU machine's.
+    assert advice(run, load_gpus(), load_prices(skypilot=False))[-1]["fits"] == "8 x L40S"
     unpriced = advice(run, load_gpus(), [])[-1]
     assert "no price is known for any GPU that fits 8-way (add yours: --prices FILE.csv)" in unpriced["change"]
 
@@ -615,8 +650,7 @@ def test_the_plan_prints_the_train_command_of_its_recommendation(tmp_path):
     assert "planning only" not in text and "one GPU today" not in text
     config = tmp_path / "run.yaml"
     config.write_text("model:\n  source: llama-3.1-8b\n")
-    # On an H100 it fits one GPU. (Left to choose, the plan now picks 4 x L40S: the snapshot's spot price
-    # of $0.26 per GPU-hour makes four of them cheaper than one H100.)
+    # On an H100 it fits one GPU.
     small, code = plan_json(config, "--tokens", "20M", "--seq-len", "1024", "--gpu", "H100-SXM")
     r = small["recommendation"]
     assert code == 0 and r["count"] == 1 and r["strategy"] is None

@@ -5,10 +5,12 @@ import json
 import subprocess
 import sys
 
+from dataclasses import replace
+
 import pytest
 
 from tunesmith.catalog.gpu import load_gpus
-from tunesmith.catalog.prices import load_prices
+from tunesmith.catalog.prices import Price, load_prices
 from tunesmith.models.facts import model_facts
 from tunesmith.catalog.model_configs import catalog_entry
 from tunesmith.models.arch import ModelFacts
@@ -83,6 +85,26 @@ def test_the_inference_gpus_have_prices_and_a_small_model_goes_to_the_l4():
     assert rows["L4"]["usd_per_hour"] == (0.8048, 0.8048) and rows["A10G"]["usd_per_hour"] == (1.006, 1.006)
     assert rows["L4"]["usd_per_million_tokens"] == (round(0.8048 / 3600 * 1e6 / 1000, 4),) * 2  # $0.2236
     assert plan["recommendation"]["gpu"] == "L4"
+
+
+def test_serving_is_priced_by_machines_with_one_gpu():
+    """vLLM serves from one GPU: an offer for 8-GPU machines is no price for it, however cheap per GPU.
+    In the snapshot: the L4 on demand is Seeweb's 1-GPU ECS1GPU6 ($0.38), the L40S Prime Intellect's
+    1 x L40S ($0.65)."""
+    small = model_facts("qwen2.5-0.5b")[0]
+    builtin = load_prices(skypilot=False, snapshot=False)
+    eights = Price("eights", "L4", (0.10, 0.10), None, "2026-05", "q", gpus_per_machine=8)
+
+    def l4_price(prices):
+        plan = serving_plan(small, load_gpus(), prices, context=2048, concurrency=8, tokens_per_s=None)
+        return next(o for o in plan["options"] if o["gpu"] == "L4")["usd_per_hour"]
+
+    assert l4_price(builtin + [eights]) == (0.8048, 0.8048)  # AWS's g6.xlarge, a 1-GPU instance
+    assert l4_price(builtin + [replace(eights, gpus_per_machine=1)]) == (0.10, 0.10)
+    assert l4_price(builtin + [replace(eights, gpus_per_machine=None)]) == (0.10, 0.10)  # any machine
+    rows = {o["gpu"]: o for o in serving_plan(small, load_gpus(), load_prices(), context=2048, concurrency=8,
+                                               tokens_per_s=None)["options"]}
+    assert (rows["L4"]["usd_per_hour"], rows["L40S"]["usd_per_hour"]) == ((0.38, 0.38), (0.65, 0.65))
 
 
 def test_gemma_3_local_layers_hold_only_their_window_of_the_kv_cache():

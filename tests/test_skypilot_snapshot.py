@@ -16,7 +16,7 @@ import pytest
 
 from tunesmith.catalog.gpu import load_gpus
 from tunesmith.catalog.prices import (
-    SNAPSHOT_COLUMNS, builtin_prices, filter_skypilot_catalog, load_prices, load_snapshot, newest_per_cloud,
+    SNAPSHOT_COLUMNS, builtin_prices, cheapest, filter_skypilot_catalog, load_prices, load_snapshot, newest_per_cloud,
     skypilot_prices, snapshot_csv_text, snapshot_prices,
 )
 from tunesmith.errors import UsageError
@@ -45,8 +45,9 @@ def stored_rows(cloud: str) -> list[dict[str, str]]:
         return [row for row in csv.DictReader(f) if row["cloud"] == cloud]
 
 
-def by_cloud_and_gpu(prices):
-    return {(p.provider, p.gpu): p for p in prices}
+def by_machine(prices):
+    """(cloud, GPU, GPUs per machine) -> its Price: one per machine size."""
+    return {(p.provider, p.gpu, p.gpus_per_machine): p for p in prices}
 
 
 # ---------------------------------------------------------------- what ships
@@ -87,7 +88,7 @@ def test_aws_h100_per_gpu_hour_is_the_cheapest_stored_row_over_its_8_gpus():
     assert {r["InstanceType"] for r in rows} == {"p5.48xlarge"}
     on_demand = min(float(r["Price"]) for r in rows if r["Price"]) / 8
     spot = min(float(r["SpotPrice"]) for r in rows if r["SpotPrice"]) / 8
-    aws = by_cloud_and_gpu(snapshot_prices())[("aws", "H100-SXM")]
+    aws = by_machine(snapshot_prices())[("aws", "H100-SXM", 8)]
     assert aws.on_demand == (round(on_demand, 4),) * 2 == (12.29, 12.29)  # p5.48xlarge $98.32
     assert aws.spot == (round(spot, 4),) * 2 == (1.5149, 1.5149)  # $12.1195 in us-east-2
     assert aws.region == "us-east-1, us-east-2, us-west-2; spot: us-east-2"
@@ -96,22 +97,63 @@ def test_aws_h100_per_gpu_hour_is_the_cheapest_stored_row_over_its_8_gpus():
 
 
 def test_lambda_mithril_and_prime_intellect_by_their_own_rules():
-    found = by_cloud_and_gpu(snapshot_prices())
-    # Lambda: the 8-GPU instance ($23.92) is cheaper per GPU than the 1-GPU one ($3.29), the same in
-    # all 17 regions; no spot.
-    lam = found[("lambda", "H100-SXM")]
+    found = by_machine(snapshot_prices())
+    # Lambda: the 8-GPU instance ($23.92, $2.99 per GPU) and the 1-GPU one ($3.29) are two prices, each
+    # the same in all 17 regions; no spot.
+    lam = found[("lambda", "H100-SXM", 8)]
     assert (lam.on_demand, lam.spot) == ((2.99, 2.99), None)
     assert lam.region == "asia-northeast-1, asia-northeast-2, asia-south-1, +14 more"
-    # Mithril's auction floor is a spot price, with a note saying what it is; no on-demand.
-    mithril = found[("mithril", "H100-SXM")]
+    assert found[("lambda", "H100-SXM", 1)].on_demand == (3.29, 3.29)
+    # Mithril's auction floor is a spot price, with a note saying what it is; no on-demand. It rents
+    # 8-GPU machines only.
+    mithril = found[("mithril", "H100-SXM", 8)]
     assert (mithril.on_demand, mithril.spot) == (None, (1.0, 1.0)) and "floor" in mithril.note
+    assert [k for k in found if k[:2] == ("mithril", "H100-SXM")] == [("mithril", "H100-SXM", 8)]
     # Prime Intellect's __SPOT instance types are spot prices, next to the same type on demand.
-    prime = found[("primeintellect", "A100-40GB")]
+    prime = found[("primeintellect", "A100-40GB", 1)]
     assert (prime.on_demand, prime.spot, prime.region) == ((0.72, 0.72), (0.18, 0.18), "FI")
     # Vast writes 0.00 for a spot price it has not got: no spot, not a free GPU.
     assert all(p.spot is None for p in snapshot_prices() if p.provider == "vast")
     # RunPod's L40S rows give a spot price above on-demand in every zone: left out.
-    assert ("runpod", "L40S") not in found
+    assert not [k for k in found if k[:2] == ("runpod", "L40S")]
+
+
+def cheapest_stored(rows, column: str, count: float) -> tuple[float, str]:
+    """($ per GPU-hour, cloud) of the cheapest stored row of a machine of `count` GPUs."""
+    return min((round(float(r[column]) / count, 4), r["cloud"]) for r in rows
+               if r[column] and float(r["AcceleratorCount"]) == count)
+
+
+def test_four_l40s_on_one_machine_are_priced_by_machines_with_four():
+    """Regression: plan priced 4 x L40S at Prime Intellect's $0.26 spot, the rate of a 1-GPU
+    machine: no 4 x L40S machine is offered at it, and SkyPilot, asked for L40S:4, prices real ones."""
+    with SNAPSHOT.open(encoding="utf-8", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["AcceleratorName"].upper() == "L40S"]
+    four, one, any_size = (cheapest(snapshot_prices(), "L40S", n) for n in (4, 1, None))
+    # AWS g6e.12xlarge (4 x L40S) at $2.9366 in ap-northeast-2 on spot; Prime Intellect's
+    # massedcompute 4xL40S at $2.60 on demand.
+    assert (four["spot"].spot[0], four["spot"].provider) == cheapest_stored(rows, "SpotPrice", 4) == (0.7341, "aws")
+    assert (four["on_demand"].on_demand[0], four["on_demand"].provider) == cheapest_stored(rows, "Price", 4) == (
+        0.65, "primeintellect")
+    assert four["spot"].gpus_per_machine == four["on_demand"].gpus_per_machine == 4
+    # One L40S: Prime Intellect's datacrunch 1xL40S spot type, $0.26, which is also the cheapest of any size.
+    assert (one["spot"].spot[0], one["spot"].provider) == cheapest_stored(rows, "SpotPrice", 1) == (0.26, "primeintellect")
+    assert any_size["spot"] == one["spot"]
+
+
+def test_h100_sxm_on_one_gpu_and_on_eight():
+    stored = {(r["cloud"], r["InstanceType"], r["Region"]): r
+              for c in ("hyperbolic", "mithril", "runpod") for r in stored_rows(c)}
+    assert stored[("hyperbolic", "1x-H100-28-271", "default")]["Price"] == "1.29"
+    assert stored[("hyperbolic", "8x-H100-224-2165", "default")]["Price"] == "10.32"  # 8 x $1.29
+    assert stored[("mithril", "h100-80gb.sxm.8x", "us-central1-b")]["SpotPrice"] == "8.0"  # the auction floor, 8 x $1.00
+    assert stored[("runpod", "1x_H100-SXM_SECURE", "CA")]["SpotPrice"] == "2.69"
+    one, eight = cheapest(snapshot_prices(), "H100-SXM", 1), cheapest(snapshot_prices(), "H100-SXM", 8)
+    assert [(o.provider, o.on_demand) for o in (one["on_demand"], eight["on_demand"])] == [
+        ("hyperbolic", (1.29, 1.29)), ("hyperbolic", (1.29, 1.29))]
+    # Mithril's $1.00 spot is for 8-GPU machines only: one H100 on spot is RunPod's $2.69.
+    assert (eight["spot"].provider, eight["spot"].spot, eight["spot"].gpus_per_machine) == ("mithril", (1.0, 1.0), 8)
+    assert (one["spot"].provider, one["spot"].spot, one["spot"].gpus_per_machine) == ("runpod", (2.69, 2.69), 1)
 
 
 # ---------------------------------------------------------------- SkyPilot's own catalog, when newer, wins
@@ -154,7 +196,7 @@ def test_a_newer_skypilot_file_replaces_that_clouds_snapshot_rows_only(tmp_path)
     assert where["lambda"] == {"disk"}  # not both
     assert all(where[c] == {"snapshot"} for c in CLOUDS - {"gcp", "lambda"})
     lam = [p for p in prices if p.provider == "lambda"]
-    assert [(p.gpu, p.on_demand, p.as_of) for p in lam] == [("H100-SXM", (2.5, 2.5), "2026-12-05")]
+    assert [(p.gpu, p.gpus_per_machine, p.on_demand, p.as_of) for p in lam] == [("H100-SXM", 8, (2.5, 2.5), "2026-12-05")]
 
 
 @pytest.mark.parametrize("day", ["2026-11-01", READ])
@@ -162,7 +204,7 @@ def test_an_older_or_same_day_skypilot_file_leaves_the_snapshot_in_place(tmp_pat
     catalog = catalog_dated(tmp_path / "v8", {"lambda": LAMBDA_LIVE}, day)
     prices = load_prices(skypilot_dir=catalog)
     assert skypilot_share(prices)["lambda"] == {"snapshot"}
-    assert by_cloud_and_gpu(prices)[("lambda", "H100-SXM")].on_demand == (2.99, 2.99)
+    assert by_machine(prices)[("lambda", "H100-SXM", 8)].on_demand == (2.99, 2.99)
 
 
 def test_a_cloud_the_snapshot_lacks_comes_from_disk_whatever_its_date(tmp_path):
@@ -285,6 +327,7 @@ def snapshot_files(tmp_path: Path, text: str, provenance: object = PROVENANCE) -
 def test_a_good_snapshot_file_loads(tmp_path):
     [price] = snapshot_prices(*snapshot_files(tmp_path, GOOD))
     assert (price.provider, price.gpu, price.on_demand, price.spot) == ("aws", "H100-SXM", (12.29, 12.29), (2.5, 2.5))
+    assert price.gpus_per_machine == 8
     assert price.source == "skypilot-org/skypilot-catalog catalogs/v7/aws/vms.csv at commit abc, read 2026-11-30"
 
 

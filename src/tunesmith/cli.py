@@ -1205,11 +1205,13 @@ def print_plan(plan: dict[str, Any]) -> None:
     out.print(table)
     sources = sorted({(o["provider_spot"] or o["provider_on_demand"], o["price_as_of"]) for o in plan["options"]
                       if o["price_as_of"]})
-    unpriced = [o["gpu"] for o in plan["options"] if not o["price_as_of"]]
-    out.print("[dim]$: midpoint of each price range; prices from "
+    # Each row is one machine with n of the GPU, priced only by offers for that machine size: name the
+    # size, since the GPU may well be priced in other sizes (`tunesmith gpus`).
+    unpriced = [f"{o['count']} x {o['gpu']}" for o in plan["options"] if not o["price_as_of"]]
+    out.print("[dim]$: midpoint of each price range, for one machine with n GPUs; prices from "
               + escape("; ".join(f"{who} as of {when}" for who, when in sources) or "nowhere")
-              + (f"; no price for {', '.join(unpriced)} (add yours: --prices FILE.csv)" if unpriced else "") + "[/]",
-              highlight=False)
+              + (f"; no price for a machine of {', '.join(unpriced)} (add yours: --prices FILE.csv)" if unpriced else "")
+              + "[/]", highlight=False)
     r = plan["recommendation"]
     if r:
         cost = f" for {_money(r['cost'])}" if r["cost"] is not None else ""
@@ -1295,21 +1297,23 @@ def _gb(value: float, decimals: int = 1) -> str:
 @app.command("gpus")
 def gpus_cmd(
     prices_file: Optional[Path] = typer.Option(None, "--prices", help="your own prices: a CSV with the header "
-                                               "provider,gpu,on_demand,spot,as_of,source[,region]"),
+                                               "provider,gpu,on_demand,spot,as_of,source[,region]"
+                                               "[,note][,gpus_per_machine]"),
     json_out: bool = typer.Option(False, "--json", help="print every GPU with all its prices as JSON"),
 ) -> None:
-    """List the GPU catalog with the cheapest on-demand and spot $/GPU-hour and their dates."""
+    """List the GPU catalog with the cheapest on-demand and spot $/GPU-hour on a machine of any size,
+    how many GPUs that machine has ((8x): eight), and their dates."""
     from rich import box
-    from rich.markup import escape
 
     from tunesmith.catalog.gpu import load_gpus
-    from tunesmith.catalog.prices import cheapest, format_range, gpu_price_catalog, load_prices
+    from tunesmith.catalog.prices import cheapest, gpu_price_catalog, load_prices
 
     prices = load_prices(prices_file)
     if json_out:
         print(json.dumps(gpu_price_catalog(prices), indent=2, ensure_ascii=False))
         return
-    table = Table(title="cheapest $ per GPU-hour (ranges compared by midpoint)", box=box.SIMPLE_HEAD, pad_edge=False)
+    table = Table(title="cheapest $ per GPU-hour, any machine size ((8x): an 8-GPU machine; ranges compared by "
+                  "midpoint)", box=box.SIMPLE_HEAD, pad_edge=False)
     for column in ("GPU", "GB", "TFLOP/s", "GB/s", "on-demand", "spot", "as of"):
         table.add_column(column, justify="right" if column in ("GB", "TFLOP/s", "GB/s") else "left")
     unpriced = []
@@ -1320,14 +1324,22 @@ def gpus_cmd(
             unpriced.append(g.name)
         table.add_row(
             g.name, f"{g.memory_gb:g}", f"{g.bf16_tflops:g}", f"{g.bandwidth_gbps:g}",
-            f"{format_range(on_demand.on_demand)} {escape(on_demand.provider)}" if on_demand else "-",
-            f"{format_range(spot.spot)} {escape(spot.provider)}" if spot else "-",
+            _offer_cell(on_demand.on_demand, on_demand) if on_demand else "-",
+            _offer_cell(spot.spot, spot) if spot else "-",
             ", ".join(sorted({p.as_of for p in (on_demand, spot) if p})),
         )
     out.print(table)
     if unpriced:
         out.print(f"[dim]no price for {', '.join(unpriced)}: add yours with --prices FILE.csv "
                   "(provider,gpu,on_demand,spot,as_of,source)[/]", highlight=False)
+
+
+def _offer_cell(price_range: Optional[tuple[float, float]], offer: Any) -> str:
+    """"$0.26 primeintellect (1x)": the price, who, and the machine size it holds for (none: any)."""
+    from tunesmith.catalog.prices import format_range
+
+    size = f" ({offer.gpus_per_machine}x)" if offer.gpus_per_machine else ""
+    return f"{format_range(price_range)} {escape(offer.provider)}{size}"
 
 
 def data_summary(report: dict[str, Any]) -> str:

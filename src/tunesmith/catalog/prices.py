@@ -16,8 +16,14 @@ Prices come from sources registered in `PRICE_SOURCES`; `load_prices` concatenat
 Per cloud, SkyPilot's own file is used when its date (mtime) is newer than the day the snapshot
 read that cloud, else the snapshot's rows: one or the other, never both. Either way each row goes
 through `skypilot_offer` (which GPU, whole GPUs only, spot-only clouds, rows whose spot price is above
-their on-demand price left out) and each (cloud, GPU) gets one Price: the instance price over its
-GPU count, in the cheapest region on demand and the cheapest for spot.
+their on-demand price left out) and each (cloud, GPU, GPUs per machine) gets one Price: the instance
+price over its GPU count, in the cheapest region on demand and the cheapest for spot.
+
+Machine size: a Price says how many of its GPUs the machine it prices has (``gpus_per_machine``), or
+None for any machine. A per-GPU price is only true of its machine: Prime Intellect rents one L40S for
+$0.26 an hour on spot, but no 4 x L40S machine at that rate, and SkyPilot, asked for ``L40S:4``, prices
+real machines with exactly 4. So `cheapest` with a count takes only the offers for that count or any
+count. The guide's market ranges are for any machine; the built-in AWS prices are 1-GPU instances.
 
 A plugin adds a source with ``PRICE_SOURCES["name"] = fn``, where ``fn()`` takes no
 arguments and returns ``list[Price]``.
@@ -30,7 +36,8 @@ One offer per row, US dollars per GPU-hour (not per instance)::
     my-cloud,H100,2.80-3.20,,2026-05-01,our contract of 2026-04,us-east
     my-cloud,A100-80GB,2.10,1.20,2026-05,price page checked 2026-05-02,
 
-- ``provider``, ``gpu``, ``as_of``, ``source``: required. ``region`` and ``note``: optional columns.
+- ``provider``, ``gpu``, ``as_of``, ``source``: required. ``region``, ``note`` and ``gpus_per_machine``:
+  optional columns.
 - ``gpu``: a name from the GPU catalog (``tunesmith gpus``), any case, spaces, ``-`` or ``_``
   ignored; also the aliases in ``GPU_ALIASES`` (``H100`` and ``H100-SXM5`` are ``H100-SXM``,
   ``A6000`` is ``RTX-A6000``). A bare ``A100`` is refused as ambiguous (write ``A100-40GB`` or
@@ -38,6 +45,9 @@ One offer per row, US dollars per GPU-hour (not per instance)::
 - ``on_demand``, ``spot``: a price above 0 (``2.49``, ``$2.49``) or a range (``2.00-3.00``);
   either may be empty, not both.
 - ``as_of``: ``YYYY-MM-DD`` or ``YYYY-MM``.
+- ``gpus_per_machine``: the number of these GPUs on the machine the price is for (``8`` for a contract
+  for 8-GPU nodes): plan then prices only options of that many GPUs with it. Empty, or no such column:
+  the price holds for a machine of any size.
 
 Any bad row stops with a UsageError naming ``file:line``, the column, the value and what is
 expected.
@@ -74,6 +84,13 @@ class Price:
     source: str
     region: str | None = None
     note: str | None = None
+    # How many of the GPU the priced machine has; None: any. A per-GPU price read off a 1-GPU machine
+    # says nothing about what a 4-GPU machine costs per GPU.
+    gpus_per_machine: int | None = None
+
+    def covers(self, count: int | None) -> bool:
+        """Whether this price holds for a machine of `count` GPUs (None: any machine will do)."""
+        return count is None or self.gpus_per_machine is None or self.gpus_per_machine == count
 
     @property
     def on_demand_mid(self) -> float | None:
@@ -150,7 +167,8 @@ def builtin_prices() -> list[Price]:
     data = json.loads((resources.files("tunesmith.catalog") / "prices.json").read_text(encoding="utf-8"))
     return [
         Price(provider=e["provider"], gpu=e["gpu"], on_demand=_pair(e["on_demand"]), spot=_pair(e["spot"]),
-              as_of=e["as_of"], source=e["source"], region=e.get("region"), note=e.get("note"))
+              as_of=e["as_of"], source=e["source"], region=e.get("region"), note=e.get("note"),
+              gpus_per_machine=e.get("gpus_per_machine"))
         for e in data["prices"]
     ]
 
@@ -162,8 +180,8 @@ def _pair(value: list[float] | None) -> Range | None:
 # ---------------------------------------------------------------- --prices FILE.csv
 
 CSV_COLUMNS = ("provider", "gpu", "on_demand", "spot", "as_of", "source")
-CSV_OPTIONAL = ("region", "note")
-CSV_HEADER = ",".join(CSV_COLUMNS) + "[,region][,note]"
+CSV_OPTIONAL = ("region", "note", "gpus_per_machine")
+CSV_HEADER = ",".join(CSV_COLUMNS) + "[,region][,note][,gpus_per_machine]"
 
 _NUMBER = r"\d+(?:\.\d*)?|\.\d+"
 _PRICE = re.compile(rf"\$?\s*({_NUMBER})\s*(?:-\s*\$?\s*({_NUMBER}))?")
@@ -214,7 +232,8 @@ def _csv_row(row: dict[Any, Any], where: str) -> Price:
         raise UsageError(f"{where}: columns on_demand and spot are both empty; {_EXPECTED_PRICE} in at least one")
     return Price(provider=cells["provider"], gpu=gpu, on_demand=on_demand, spot=spot,
                  as_of=_parse_as_of(cells["as_of"], where), source=cells["source"],
-                 region=cells.get("region") or None, note=cells.get("note") or None)
+                 region=cells.get("region") or None, note=cells.get("note") or None,
+                 gpus_per_machine=_parse_gpu_count(cells.get("gpus_per_machine", ""), where))
 
 
 def _parse_price(text: str, column: str, where: str) -> Range | None:
@@ -233,6 +252,15 @@ def _parse_price(text: str, column: str, where: str) -> Range | None:
         raise UsageError(f"{where}: column {column} = {text!r}: the low end is above the high end; "
                          "expected low-high, e.g. 2.00-3.00")
     return (low, high)
+
+
+def _parse_gpu_count(text: str, where: str) -> int | None:
+    if not text:
+        return None
+    if not re.fullmatch(r"[0-9]+", text) or int(text) < 1:
+        raise UsageError(f"{where}: column gpus_per_machine = {text!r} is not a number of GPUs; expected a whole "
+                         "number above 0 (8 for an 8-GPU machine), or empty for a machine of any size")
+    return int(text)
 
 
 def _parse_as_of(text: str, where: str) -> str:
@@ -324,8 +352,8 @@ def skypilot_offer(cloud: str, row: Mapping[str, str | None]) -> Offer | None:
     gpu = _skypilot_gpu(cloud, accelerator, instance_type)
     count = _positive(row.get("AcceleratorCount"))
     # A count below 1 is a slice of a GPU (Azure's 1/6 A10): its price scaled up is not what a
-    # whole GPU costs.
-    if gpu is None or count is None or count < 1:
+    # whole GPU costs. A fractional count above 1 is no machine a whole-GPU option can be priced by.
+    if gpu is None or count is None or count < 1 or not count.is_integer():
         return None
     on_demand, spot = _positive(row.get("Price")), _positive(row.get("SpotPrice"))
     if _SPOT_TYPE.search(instance_type):
@@ -387,32 +415,38 @@ def _positive(text: str | None) -> float | None:
     return value if math.isfinite(value) and value > 0 else None
 
 
-def _cheapest_per_gpu(cloud: str, offers: Iterable[Offer], as_of: str, source: str,
-                      note: str | None = None) -> list[Price]:
-    """One Price per GPU: the cheapest region per GPU-hour on demand, and the cheapest for spot."""
-    # kind -> gpu -> ($ per GPU-hour rounded, the regions at that price): clouds that price every region
+MachineSize = tuple[str, int]  # (catalog GPU, how many of it one machine has)
+
+
+def _cheapest_per_machine_size(cloud: str, offers: Iterable[Offer], as_of: str, source: str,
+                               note: str | None = None) -> list[Price]:
+    """One Price per (GPU, GPUs per machine): the cheapest region per GPU-hour on demand, and the
+    cheapest for spot. Sizes stay apart: a 1-GPU machine's rate is no price for 4 GPUs on one machine."""
+    # kind -> size -> ($ per GPU-hour rounded, the regions at that price): clouds that price every region
     # alike (Lambda, RunPod) would otherwise name whichever region sorts first as "the cheapest".
-    best: dict[str, dict[str, tuple[float, set[str]]]] = {"on_demand": {}, "spot": {}}
+    best: dict[str, dict[MachineSize, tuple[float, set[str]]]] = {"on_demand": {}, "spot": {}}
     for offer in offers:
-        for kind, cheapest_by_gpu in best.items():
+        size = (offer.gpu, int(offer.count))  # skypilot_offer keeps whole counts only
+        for kind, cheapest_by_size in best.items():
             price = getattr(offer, kind)
             if price is None:
                 continue
             per_gpu = round(price / offer.count, 4)
-            kept = cheapest_by_gpu.get(offer.gpu)
+            kept = cheapest_by_size.get(size)
             if kept is None or per_gpu < kept[0]:
-                cheapest_by_gpu[offer.gpu] = (per_gpu, {offer.region})
+                cheapest_by_size[size] = (per_gpu, {offer.region})
             elif per_gpu == kept[0]:
                 kept[1].add(offer.region)
     prices = []
-    for gpu in sorted(best["on_demand"].keys() | best["spot"].keys()):
-        on_demand, spot = best["on_demand"].get(gpu), best["spot"].get(gpu)
+    for gpu, count in sorted(best["on_demand"].keys() | best["spot"].keys()):
+        on_demand, spot = best["on_demand"].get((gpu, count)), best["spot"].get((gpu, count))
         prices.append(Price(
             provider=cloud, gpu=gpu,
             on_demand=None if on_demand is None else (on_demand[0],) * 2,
             spot=None if spot is None else (spot[0],) * 2,
             as_of=as_of, source=source,
             region=_regions(on_demand and _listed(on_demand[1]), spot and _listed(spot[1])), note=note,
+            gpus_per_machine=count,
         ))
     return prices
 
@@ -441,8 +475,8 @@ def skypilot_catalog_dir(root: Path = SKYPILOT_CATALOGS) -> Path | None:
 
 
 def skypilot_prices(catalog_dir: Path | None = None) -> list[Price]:
-    """Per-GPU prices from SkyPilot's vms.csv files, one Price per (cloud, GPU): the cheapest
-    region on demand and the cheapest for spot. No catalog on disk: no prices, no error."""
+    """Per-GPU prices from SkyPilot's vms.csv files, one Price per (cloud, GPU, GPUs per machine): the
+    cheapest region on demand and the cheapest for spot. No catalog on disk: no prices, no error."""
     catalog_dir = skypilot_catalog_dir() if catalog_dir is None else Path(catalog_dir).expanduser()
     if catalog_dir is None or not catalog_dir.is_dir():
         return []
@@ -457,7 +491,7 @@ def _skypilot_cloud(path: Path) -> list[Price]:
         as_of = date.fromtimestamp(path.stat().st_mtime).isoformat()
     except (OSError, UnicodeDecodeError, csv.Error):
         return []  # SkyPilot's file, not the user's: a broken one must not stop the planner
-    return _cheapest_per_gpu(cloud, offers, as_of, f"SkyPilot catalog {path}", _SPOT_ONLY.get(cloud))
+    return _cheapest_per_machine_size(cloud, offers, as_of, f"SkyPilot catalog {path}", _SPOT_ONLY.get(cloud))
 
 
 # ---------------------------------------------------------------- the shipped snapshot of SkyPilot's catalog
@@ -483,7 +517,7 @@ class Snapshot:
         prices = []
         for cloud, about in sorted(self.clouds.items()):
             source = f"{self.repository} {about['path']} at commit {about['commit']}, read {about['read']}"
-            prices += _cheapest_per_gpu(cloud, (o for o in self.offers if o.cloud == cloud), about["read"],
+            prices += _cheapest_per_machine_size(cloud, (o for o in self.offers if o.cloud == cloud), about["read"],
                                         source, _SPOT_ONLY.get(cloud))
         return prices
 
@@ -596,7 +630,7 @@ def _snapshot_offer(row: dict[Any, Any], where: str, clouds: Mapping[str, Any]) 
 
 def snapshot_prices(csv_path: Path | None = None, json_path: Path | None = None) -> list[Price]:
     """Per-GPU prices from the snapshot of SkyPilot's public catalog shipped with tunesmith, one
-    Price per (cloud, GPU), by the same rules as SkyPilot's catalog on disk."""
+    Price per (cloud, GPU, GPUs per machine), by the same rules as SkyPilot's catalog on disk."""
     return load_snapshot(csv_path, json_path).prices()
 
 
@@ -636,12 +670,13 @@ def load_prices(csv_path: Path | None = None, *, skypilot: bool = True, snapshot
     return prices
 
 
-def cheapest(prices: Iterable[Price], gpu: str) -> dict[str, Price | None]:
+def cheapest(prices: Iterable[Price], gpu: str, count: int | None = None) -> dict[str, Price | None]:
     """The lowest on-demand and the lowest spot offer for a GPU: {"on_demand": Price | None,
-    "spot": Price | None}. Ranges compare by their midpoint, so a wide range does not beat a
-    firm price on its best case alone."""
+    "spot": Price | None}. With `count`, only offers for a machine of `count` of them (or of any
+    size); without, any machine's. Ranges compare by their midpoint, so a wide range does not beat
+    a firm price on its best case alone."""
     name = resolve_gpu(gpu)
-    offers = [p for p in prices if p.gpu == name]
+    offers = [p for p in prices if p.gpu == name and p.covers(count)]
     return {
         "on_demand": min((p for p in offers if p.on_demand), key=lambda p: mid(p.on_demand) or 0.0, default=None),
         "spot": min((p for p in offers if p.spot), key=lambda p: mid(p.spot) or 0.0, default=None),

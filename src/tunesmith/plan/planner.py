@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 
 from tunesmith.catalog.gpu import Gpu
 from tunesmith.catalog.gpu import gpu as catalog_gpu
-from tunesmith.catalog.prices import Price, cheapest, mid
+from tunesmith.catalog.prices import Price, Range, cheapest, mid
 from tunesmith.errors import UsageError
 from tunesmith.models.arch import count_params
 from tunesmith.plan.device import bitsandbytes_installed
@@ -53,6 +53,10 @@ class Option:
     price_as_of: str | None
     on_demand_as_of: str | None = None
     spot_as_of: str | None = None
+    # The $ per GPU-hour each cost is priced at: the provider's offer for one machine of `count` GPUs
+    # (or a price for any machine size). None: no such offer, and no cost.
+    on_demand_per_gpu_hour: Range | None = None
+    spot_per_gpu_hour: Range | None = None
     mfu: float | None = None  # the utilisation this row's time assumes
     mfu_calibrated: bool = False
 
@@ -81,7 +85,9 @@ def _option(run: Run, gpu: Gpu, count: int, strategy: str, prices: list[Price], 
     memory = estimate(run.facts, setup)
     total = run.total_tokens
     train_hours = hours(total, run.facts, setup, gpu, count, mfu) if total else None
-    offers = cheapest(prices, gpu.name)
+    # One machine with `count` of the GPU (multi-node is not planned): priced only by offers for that
+    # machine size, since a 1-GPU machine's rate is often far below what a 4- or 8-GPU machine costs per GPU.
+    offers = cheapest(prices, gpu.name, count)
     od, spot = offers["on_demand"], offers["spot"]
     od_hours = spot_hours = None
     if train_hours is not None:
@@ -99,6 +105,7 @@ def _option(run: Run, gpu: Gpu, count: int, strategy: str, prices: list[Price], 
         provider_on_demand=od.provider if od else None, provider_spot=spot.provider if spot else None,
         price_as_of=(spot or od).as_of if (od or spot) else None,
         on_demand_as_of=od.as_of if od else None, spot_as_of=spot.as_of if spot else None,
+        on_demand_per_gpu_hour=od.on_demand if od else None, spot_per_gpu_hour=spot.spot if spot else None,
         mfu=mfu.value, mfu_calibrated=mfu.calibrated,
     )
 
@@ -181,7 +188,7 @@ def recommend(ranked: list[Option]) -> dict[str, Any] | None:
     best = min(good, key=lambda o: (o.count * o.memory_gb, o.hours or 0.0))
     # No cost to compare: without a token count there is no time, else no GPU that fits is priced.
     why = ("no token count, so no cost to compare (give --tokens or --dataset)" if best.hours is None
-           else "no price known for it (add yours with --prices FILE.csv)")
+           else f"no price known for a machine with {best.count} of it (add yours with --prices FILE.csv)")
     return {"gpu": best.gpu, "count": best.count, "strategy": _strategy(best), "pricing": None, "cost": None,
             "hours": best.hours, "peak_gb": best.peak_gb, "why": f"smallest GPU memory that fits with headroom; {why}"}
 
@@ -289,12 +296,12 @@ def _where(run: Run, setup: Setup, memory: Memory, gpus: list[Gpu], prices: list
 
 def eight_gpu_choice(run: Run, memory: Memory, gpus: list[Gpu], prices: list[Price]) -> tuple[Gpu, str, bool]:
     """(GPU, why, whether it fits) for 8 GPUs: of those that fit with headroom, the cheapest
-    priced (the whole run when the tokens are known, else per hour); without a price, the
-    smallest that fits, saying no price is known; when none fits, the largest."""
+    priced for an 8-GPU machine (the whole run when the tokens are known, else per hour); without
+    a price, the smallest that fits, saying no price is known; when none fits, the largest."""
     fitting = [g for g in gpus if fits(memory, g, HEADROOM)]
     priced = []
     for g in fitting:
-        offers = [p for p in cheapest(prices, g.name).values() if p]
+        offers = [p for p in cheapest(prices, g.name, 8).values() if p]
         if not offers:
             continue
         total = option_for(run, g, 8, run.setup.strategy, prices, None).best_cost
@@ -364,7 +371,7 @@ def setup_dict(setup: Setup) -> dict[str, Any]:
 
 def _option_dict(o: Option) -> dict[str, Any]:
     d = asdict(o)
-    for key in ("cost_on_demand_range", "cost_spot_range"):
+    for key in ("cost_on_demand_range", "cost_spot_range", "on_demand_per_gpu_hour", "spot_per_gpu_hour"):
         d[key] = list(d[key]) if d[key] else None
     return d
 

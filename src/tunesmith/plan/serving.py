@@ -1,6 +1,6 @@
 """Sizing an inference GPU for the tuned model: weights plus the KV cache for a context length
-and a number of concurrent sequences, on each catalog GPU, with its price per hour and, at a
-tokens/s you state (or measured), per million tokens.
+and a number of concurrent sequences, on each catalog GPU, with the price per hour of a machine
+with one of it and, at a tokens/s you state (or measured), per million tokens.
 
 The memory rule is vLLM's: the server takes `gpu_memory_utilization` (0.9 by default) of the
 GPU; the weights and a runtime reserve come first, the KV cache gets the rest. A LoRA adapter
@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from tunesmith.catalog.gpu import Gpu
-from tunesmith.catalog.prices import Price, Range
+from tunesmith.catalog.prices import Price, Range, cheapest
 from tunesmith.models.arch import ModelFacts, count_params
 
 GB = 1e9
@@ -62,7 +62,7 @@ def serving_need(facts: ModelFacts, *, context: int, concurrency: int, dtype: st
 def serving_options(need: ServingNeed, gpus: list[Gpu], prices: list[Price],
                     tokens_per_s: float | None) -> list[dict[str, Any]]:
     """One row per catalog GPU: whether one GPU holds the weights and `concurrency` sequences,
-    how many sequences of `context` tokens fit at most, its on-demand price range, and the
+    how many sequences of `context` tokens fit at most, its on-demand price range on a 1-GPU machine, and the
     cost per million generated tokens at `tokens_per_s` (None when no rate is given)."""
     rows = []
     for gpu in gpus:
@@ -80,9 +80,10 @@ def serving_options(need: ServingNeed, gpus: list[Gpu], prices: list[Price],
 
 
 def cheapest_on_demand(gpu: str, prices: list[Price]) -> Range | None:
-    """The lowest on-demand range among the providers that list this GPU."""
-    ranges = [p.on_demand for p in prices if p.gpu == gpu and p.on_demand is not None]
-    return min(ranges, key=lambda r: r[0]) if ranges else None
+    """The cheapest on-demand range for this GPU on a 1-GPU machine (the server runs on one GPU, and
+    a GPU of a larger machine costs another per-GPU rate), compared as `cheapest` compares them."""
+    offer = cheapest(prices, gpu, 1)["on_demand"]
+    return offer.on_demand if offer else None
 
 
 def serving_plan(facts: ModelFacts, gpus: list[Gpu], prices: list[Price], *, context: int, concurrency: int,
