@@ -1,0 +1,280 @@
+"""A preemption drill: `tunesmith train` on spot instances whose run folder is a cloud bucket
+mounted the way SkyPilot's MOUNT_CACHED mounts it, preempted again and again, ends with exactly
+the model an uninterrupted run gives.
+
+What stands in for SkyPilot and the bucket:
+- the bucket is a local folder; each instance mounts it at the same path, as a fresh local cache
+  that starts as a copy of the bucket, and `tunesmith train --out MOUNT` writes there;
+- a syncer thread uploads new and changed files from the cache to the bucket one by one, in a
+  shuffled order with small random delays: a checkpoint can be half uploaded, `latest` can land
+  before the files it names, metrics.jsonl can be copied while a line is being written. Each
+  upload is a temp name renamed into place, like an object store's PUT: the bucket never holds
+  a torn file, but any mix of old and new ones. Nothing is deleted from the bucket;
+- a preemption without warning (SIGKILL) loses whatever was not uploaded yet; one with notice
+  (SIGTERM) lets train checkpoint and exit 143 and the uploads finish, as SkyPilot's graceful
+  stop does. Then the very same command runs on a new instance, until it exits 0.
+
+The moments are drawn from a seed (TUNESMITH_DRILL_SEED); every failure message names it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import pytest
+from safetensors.torch import load_file
+
+import cli_forkserver
+from test_resume import SETTINGS, same_training
+from tiny import order_rows, write_rows
+
+SEED = int(os.environ.get("TUNESMITH_DRILL_SEED", "11"))
+MAX_STEPS = 24  # test_resume's settings (a checkpoint every 2 steps, an eval every 3), twice as long
+UPLOAD_DELAY_S = 0.15  # at most, between two uploads: the bucket lags the cache by about a step
+
+
+# ---------------------------------------------------------------- the bucket and its syncer
+
+class Syncer(threading.Thread):
+    """Uploads the cache to the bucket as MOUNT_CACHED does: each file that is new or changed
+    since its last upload, one at a time, in no particular order."""
+
+    def __init__(self, cache: Path, bucket: Path, rng: random.Random) -> None:
+        super().__init__(daemon=True)
+        self.cache, self.bucket, self.rng = cache, bucket, rng
+        self.uploaded = {rel: key for rel, key in self.files().items()}  # the cache starts as the bucket
+        self.lost = threading.Event()  # the instance is gone: not one more upload
+        self.finish = threading.Event()  # graceful stop: upload what is left, then end
+
+    def files(self) -> dict[Path, tuple[int, int]]:
+        """Each file in the cache now, with what tells a changed one (mtime, size)."""
+        found = {}
+        for root, _, names in os.walk(self.cache):
+            for name in names:
+                path = Path(root) / name
+                try:
+                    info = path.stat()
+                except FileNotFoundError:  # renamed or deleted while we looked
+                    continue
+                found[path.relative_to(self.cache)] = (info.st_mtime_ns, info.st_size)
+        return found
+
+    def run(self) -> None:
+        while not self.lost.is_set():
+            pending = [rel for rel, key in self.files().items() if self.uploaded.get(rel) != key]
+            if not pending and self.finish.is_set():
+                return
+            self.rng.shuffle(pending)
+            for rel in pending:
+                if self.lost.is_set():
+                    return
+                self.upload(rel)
+                time.sleep(self.rng.uniform(0, UPLOAD_DELAY_S))
+            time.sleep(0.005)
+
+    def upload(self, rel: Path) -> None:
+        """The file as it is at this moment (maybe mid-write), put whole into the bucket."""
+        source = self.cache / rel
+        try:
+            info = source.stat()  # before reading: a write during the read shows as a change next pass
+            data = source.read_bytes()
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            return
+        staged = self.bucket.parent / "staging" / uuid.uuid4().hex
+        staged.parent.mkdir(exist_ok=True)
+        staged.write_bytes(data)
+        (self.bucket / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.replace(staged, self.bucket / rel)
+        self.uploaded[rel] = (info.st_mtime_ns, info.st_size)
+
+
+# ---------------------------------------------------------------- preemptions
+
+@dataclass
+class Kill:
+    signum: int
+    ready: Callable[[Path], bool]  # polled on the mounted run folder
+    what: str
+    fraction: float  # of a step's time, waited after ready: lands anywhere in a step or a checkpoint write
+
+
+def logged_steps(run: Path) -> list[dict]:
+    """metrics.jsonl's whole lines (one may be half written)."""
+    try:
+        lines = (run / "metrics.jsonl").read_text(errors="replace").splitlines()
+    except FileNotFoundError:
+        return []
+    found = []
+    for line in lines:
+        try:
+            found.append(json.loads(line))
+        except json.JSONDecodeError:
+            pass
+    return found
+
+
+def last_logged_step(run: Path) -> int:
+    return max((r["step"] for r in logged_steps(run)), default=0)
+
+
+def seconds_per_step(run: Path) -> float:
+    """The run's mean step time so far: moments measured in steps, not seconds, land at the same
+    step on a fast machine and a slow one."""
+    last = max(logged_steps(run), key=lambda r: r["step"], default=None)
+    return last["elapsed"] / last["step"] if last else 0.0
+
+
+def kill_plan(rng: random.Random) -> list[Kill]:
+    """Four preemptions during training, a mix of SIGKILL and SIGTERM, then one without warning
+    just after the adapter is written (while its files still wait for upload). A kill lands
+    less than a step after its step s is logged, so the run gets no further than s + 2; the
+    kill steps are at least 3 apart, so each lands on an instance that has trained, and the last
+    is early enough that a SIGTERM cannot meet the run's end."""
+    steps = sorted(4 * k - 1 + rng.randint(0, 1) for k in rng.sample(range(1, 6), 4))
+    signals = [signal.SIGKILL, signal.SIGTERM] + rng.choices([signal.SIGKILL, signal.SIGTERM], k=2)
+    rng.shuffle(signals)
+    kills = [Kill(sig, lambda run, s=s: last_logged_step(run) >= s, f"{sig.name} after step {s}", rng.random())
+             for sig, s in zip(signals, steps)]
+    kills.append(Kill(signal.SIGKILL, lambda run: (run / "adapter").is_dir(), "SIGKILL once adapter/ is written",
+                      rng.uniform(0, 0.2)))
+    return kills
+
+
+@dataclass
+class Life:
+    """What one instance saw: how it ended and where training continued from."""
+
+    what: str
+    returncode: int
+    start: int | None  # the checkpoint step it continued from, 0 when from scratch; None: nothing to do
+    kept_record: bool  # its train.json surely reached the bucket (a graceful stop or the end)
+
+
+def run_instance(args: list[str], mount: Path, bucket: Path, kill: Kill | None, rng: random.Random) -> Life:
+    """A new instance: mount the bucket, run the command; `kill` preempts it at its moment."""
+    shutil.rmtree(mount, ignore_errors=True)  # the last instance's local disk is gone
+    shutil.copytree(bucket, mount)
+    syncer = Syncer(mount, bucket, random.Random(rng.random()))
+    syncer.start()
+    pid: list[int] = []
+    started, ended = threading.Event(), threading.Event()
+    fired: list[bool] = []
+
+    def preempt() -> None:
+        started.wait()
+        while kill is not None and not ended.is_set():
+            if kill.ready(mount):
+                time.sleep(kill.fraction * seconds_per_step(mount))
+                try:
+                    os.kill(pid[0], kill.signum)
+                except ProcessLookupError:  # it had just finished: its uploads are still cut short
+                    pass
+                if kill.signum == signal.SIGKILL:
+                    syncer.lost.set()
+                fired.append(True)
+                return
+            time.sleep(0.002)
+
+    killer = threading.Thread(target=preempt, daemon=True)
+    killer.start()
+    result = cli_forkserver.run(args, on_start=lambda p: (pid.append(p), started.set()), timeout=300)
+    ended.set()
+    killer.join()
+    preempted = bool(fired) and kill is not None
+    graceful = not (preempted and kill.signum == signal.SIGKILL)
+    if graceful:
+        syncer.finish.set()  # a SIGTERM's stop, or the job's end: the uploads complete
+    syncer.join()
+    what = kill.what if preempted else "ran to the end"
+    if preempted and kill.signum == signal.SIGTERM:
+        assert result.returncode == 143, f"seed {SEED}: {what}: exit {result.returncode}\n{result.stderr}"
+    elif not preempted:
+        assert result.returncode == 0, f"seed {SEED}: exit {result.returncode}\n{result.stdout}\n{result.stderr}"
+    return Life(what, result.returncode, start_step(result.stdout), graceful)
+
+
+def start_step(stdout: str) -> int | None:
+    said = " ".join(stdout.split())
+    if "already holds this run, finished" in said:
+        return None
+    found = re.search(r"continuing from checkpoint step-(\d+)", said)
+    return int(found.group(1)) if found else 0
+
+
+# ---------------------------------------------------------------- the drill
+
+def train_args(model: Path, data: Path, run: Path) -> list[str]:
+    return ["train", "--model", str(model), "--data", str(data), "--out", str(run), "--no-progress", *SETTINGS,
+            "--set", f"train.max_steps={MAX_STEPS}"]
+
+
+def same_tensors(run: Path, reference: Path) -> None:
+    """Every tensor of every adapter file equal (torch.equal), under the same names."""
+    import torch
+
+    files = sorted(p.name for p in (reference / "adapter").glob("*.safetensors"))
+    assert files and sorted(p.name for p in (run / "adapter").glob("*.safetensors")) == files, f"seed {SEED}"
+    for name in files:
+        ours, theirs = load_file(run / "adapter" / name), load_file(reference / "adapter" / name)
+        assert sorted(ours) == sorted(theirs), f"seed {SEED}: {name}"
+        unequal = [key for key in theirs if not torch.equal(ours[key], theirs[key])]
+        assert not unequal, f"seed {SEED}: {name}: {unequal[:3]} differ"
+
+
+def run_files(run: Path) -> set[Path]:
+    """What the run folder holds besides checkpoints (the bucket keeps pruned ones) and temp names."""
+    return {p.relative_to(run) for p in run.rglob("*") if p.is_file()
+            and p.relative_to(run).parts[0] != "checkpoints" and not any(s.startswith(".") for s in p.parts)}
+
+
+def is_subsequence(small: list[int], big: list[int]) -> bool:
+    rest = iter(big)
+    return all(any(x == y for y in rest) for x in small)
+
+
+@pytest.mark.slow
+def test_preempted_again_and_again_on_a_cached_bucket_mount_the_model_is_the_uninterrupted_one(
+        tiny_model_dir, tmp_path):
+    data = write_rows(tmp_path / "d.jsonl", order_rows(60))
+    reference = tmp_path / "reference"
+    cli_forkserver.run(train_args(tiny_model_dir, data, reference), timeout=300).check_returncode()
+    bucket, mount = tmp_path / "bucket" / "run", tmp_path / "mnt" / "run"
+    bucket.mkdir(parents=True)
+    rng = random.Random(SEED)
+    kills = kill_plan(rng)
+    lives: list[Life] = []
+    while len(lives) <= len(kills) or lives[-1].returncode != 0:
+        assert len(lives) < len(kills) + 3, f"seed {SEED}: still not finished: {lives}"
+        kill = kills[len(lives)] if len(lives) < len(kills) else None
+        lives.append(run_instance(train_args(tiny_model_dir, data, mount), mount, bucket, kill, rng))
+    story = f"seed {SEED}: {lives}"
+
+    assert [life.what for life in lives[:len(kills)]] == [kill.what for kill in kills], story  # each kill landed
+    starts = [life.start for life in lives if life.start is not None]
+    assert starts == sorted(starts) and starts[-1] > 0, story  # never back to an older checkpoint
+    same_tensors(bucket, reference)
+    same_training(bucket, reference)  # the adapter's bytes, and each step logged once with the same values
+    assert run_files(bucket) == run_files(reference), story
+    for name in ("config.yaml", "data/train.jsonl", "data/val.jsonl"):
+        assert (bucket / name).read_bytes() == (reference / name).read_bytes().replace(
+            str(reference).encode(), str(mount).encode()), f"{story}: {name}"
+    record = json.loads((bucket / "train.json").read_text())
+    assert (record["status"], record["steps_done"]) == ("completed", MAX_STEPS), story
+    # A resume is in train.json when that instance's train.json reached the bucket: surely after
+    # a graceful stop or at the end, maybe after a SIGKILL. Never one that did not happen.
+    resumed = [life.start for life in lives if life.start]
+    surely = [life.start for life in lives if life.start and life.kept_record]
+    recorded = [r["from_step"] for r in record["resumes"]]
+    assert recorded and is_subsequence(surely, recorded) and is_subsequence(recorded, resumed), \
+        f"{story}: train.json resumes {recorded}"
