@@ -37,6 +37,7 @@ from safetensors.torch import load_file
 
 import cli_forkserver
 from test_resume import SETTINGS, same_training
+from test_train_cli import tunesmith
 from tiny import order_rows, write_rows
 
 SEED = int(os.environ.get("TUNESMITH_DRILL_SEED", "11"))
@@ -278,3 +279,55 @@ def test_preempted_again_and_again_on_a_cached_bucket_mount_the_model_is_the_uni
     recorded = [r["from_step"] for r in record["resumes"]]
     assert recorded and is_subsequence(surely, recorded) and is_subsequence(recorded, resumed), \
         f"{story}: train.json resumes {recorded}"
+
+
+# ---------------------------------------------------------------- bucket states, made on purpose
+# What the drill reaches only when a kill lands in the right few milliseconds: each made by hand
+# from a finished run, as the bucket holds it after a preemption.
+
+# Every checkpoint kept, and a best by eval loss that is not the last step: eval losses 5.7221,
+# 5.7139, 5.7096, 5.7087 at steps 3, 6, 9, 12 improve on the best by more than 0.01 only at step 9.
+KEPT = [*SETTINGS, "--set", "train.keep_checkpoints=20", "--set", "train.early_stopping_min_delta=0.01"]
+
+
+@pytest.fixture(scope="module")
+def finished(tiny_model_dir, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("bucket")
+    data = write_rows(tmp / "d.jsonl", order_rows(60))
+    run = tmp / "finished"
+    tunesmith("train", "--model", tiny_model_dir, "--data", data, "--out", run, "--no-progress", *KEPT)
+    assert json.loads((run / "train.json").read_text())["best_step"] == 9
+    return tiny_model_dir, data, run
+
+
+def bucket_after(finished, tmp_path: Path, step: int, logged: int) -> Path:
+    """The bucket after a preemption at `step`: checkpoints up to it, metrics.jsonl up to
+    `logged`, train.json still running, no adapter."""
+    _, _, run = finished
+    bucket = tmp_path / "run"
+    shutil.copytree(run, bucket)
+    shutil.rmtree(bucket / "adapter")
+    for folder in (bucket / "checkpoints").glob("step-*"):
+        if int(folder.name[5:]) > step:
+            shutil.rmtree(folder)
+    (bucket / "checkpoints" / "latest").write_text(f"step-{step:06d}\n")
+    lines = (bucket / "metrics.jsonl").read_text().splitlines(keepends=True)
+    (bucket / "metrics.jsonl").write_text("".join(line for line in lines if json.loads(line)["step"] <= logged))
+    record = json.loads((bucket / "train.json").read_text())
+    (bucket / "train.json").write_text(json.dumps({**record, "status": "running", "steps_done": step}))
+    return bucket
+
+
+def train_again(finished, bucket: Path, check: bool = True):
+    model, data, _ = finished
+    return tunesmith("train", "--model", model, "--data", data, "--out", bucket, "--no-progress", *KEPT, check=check)
+
+
+def test_a_metrics_log_older_than_the_checkpoint_still_ends_with_every_step_once(finished, tmp_path):
+    """metrics.jsonl was uploaded before the lines of steps 6-8 were written, checkpoint 8
+    after: the resumed run used to cut the log back to step 8 and log from 9 on, so steps 6-8
+    were missing for good."""
+    bucket = bucket_after(finished, tmp_path, step=8, logged=5)
+    said = " ".join(train_again(finished, bucket).stdout.split())
+    assert "continuing from checkpoint step-000008" in said
+    same_training(bucket, finished[2])

@@ -380,7 +380,7 @@ def run_fit(cfg: RunConfig, run_dir: Path, path: str, tokenizer: Any, data: Prep
     log = MetricsLog(run_dir / "metrics.jsonl", on_log)
     if resumed_from is not None:
         discard_after(run_dir, resumed_from)
-        log.cut_back(resumed_from)
+        log.continue_from(start.checkpoint)
         state = LoopState.from_checkpoint(start.checkpoint.state)
         note(f"continuing from checkpoint step-{resumed_from:06d} ({resumed_from} of {len(steps)} steps done)")
     else:
