@@ -331,3 +331,16 @@ def test_a_metrics_log_older_than_the_checkpoint_still_ends_with_every_step_once
     said = " ".join(train_again(finished, bucket).stdout.split())
     assert "continuing from checkpoint step-000008" in said
     same_training(bucket, finished[2])
+
+
+def test_a_finished_run_whose_adapter_is_half_uploaded_is_trained_to_the_end_again(finished, tmp_path):
+    """train.json saying completed reached the bucket, the adapter's weights did not: the same
+    command used to say "nothing to do" and leave a run without its weights."""
+    _, _, run = finished
+    bucket = tmp_path / "run"
+    shutil.copytree(run, bucket)
+    (bucket / "adapter" / "adapter_model.safetensors").unlink()
+    said = " ".join(train_again(finished, bucket).stdout.split())
+    assert "says the run finished, but its trained weights are not all there" in said
+    assert "continuing from checkpoint step-000010" in said
+    same_training(bucket, run)

@@ -18,7 +18,7 @@ import yaml
 from tunesmith.config import RunConfig, flat_fields
 from tunesmith.data.prepare import check_data_files
 from tunesmith.errors import UsageError
-from tunesmith.io import check_output_dir
+from tunesmith.io import check_output_dir, file_facts
 from tunesmith.models.source import check_model_source
 from tunesmith.plan.autofit import recorded_changes, set_fields
 from tunesmith.train.checkpoint import field_differences, relevant_fields
@@ -117,12 +117,24 @@ def _ours(path: Path) -> tuple[Path, ...]:
 
 
 def _finished(path: Path) -> bool:
-    """Trained to the end: train.json says so (or, from before train.json, the weights are there)."""
+    """Trained to the end: train.json says so, and the weights files it lists are all there
+    as written (or, from before train.json, the weights folder is there)."""
     weights = (path / "adapter").is_dir() or (path / "model").is_dir()
     record = read_record(path)
     if record is None:
         return weights
-    return weights and record.get("status") in FINISHED
+    return weights and record.get("status") in FINISHED and weights_whole(path, record)
+
+
+def weights_whole(path: Path, record: dict[str, Any]) -> bool:
+    """Every file train.json's `weights_files` lists has its size and hash. A bucket mount
+    uploads files in no order: train.json's "completed" can be there before the weights are;
+    such a run continues from its newest checkpoint and writes them again. A train.json from
+    before the list: the folder is taken as whole."""
+    files = record.get("weights_files")
+    if not isinstance(files, dict):
+        return True
+    return all((path / name).is_file() and file_facts(path / name) == facts for name, facts in files.items())
 
 
 def _previous_config(path: Path) -> dict[str, Any] | None:

@@ -20,8 +20,8 @@ import torch
 from tunesmith.config import RunConfig, resolve_epochs
 from tunesmith.data.prepare import Prepared, prepare_run_data
 from tunesmith.errors import OutOfMemory, TunesmithError, UsageError, memory_kind
-from tunesmith.io import write_dir_atomic, write_json_atomic, write_text_atomic
-from tunesmith.models.card import base_record, make_portable, write_model_card
+from tunesmith.io import file_facts, write_dir_atomic, write_json_atomic, write_text_atomic
+from tunesmith.models.card import CARD_FILES, base_record, make_portable, write_model_card
 from tunesmith.models.encode import Encoded, ensure_chat_template
 from tunesmith.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunesmith.models.source import resolve_source
@@ -41,7 +41,7 @@ from tunesmith.train.lean import (
     adapters_in_base_dtype, offload_checkpointed_inputs, prepare_kbit, return_freed_memory,
 )
 from tunesmith.train.preempt import PreemptionWatcher, StopRequest
-from tunesmith.train.record import RunLock, RunRecord, now_iso, process_start_time, read_record
+from tunesmith.train.record import FINISHED, RunLock, RunRecord, now_iso, process_start_time, read_record
 from tunesmith.train.track import open_trackers, require_trackers
 from tunesmith.train.tuned import lora_config
 from tunesmith.train.watchdog import NvmlSampler, Watchdogs
@@ -291,6 +291,9 @@ def pick_start(folder: RunFolder, resume: Path | None, prints: dict[str, Any], c
     previous = read_record(folder.path)
     if previous and previous.get("status") == "running":
         note(killed_note(folder.path, previous, check))
+    if previous and previous.get("status") in FINISHED and resume is None:  # else inspect_run_dir said finished
+        note(f"{folder.path / 'train.json'} says the run finished, but its trained weights are not all there (a "
+             f"bucket mount that had not uploaded them yet?): training the last steps again to write them")
     checkpoint = chosen_checkpoint(folder.path, resume, note)
     if checkpoint is None:
         note(f"{folder.path}: no complete checkpoint yet: starting over from step 0")
@@ -418,7 +421,7 @@ def run_fit(cfg: RunConfig, run_dir: Path, path: str, tokenizer: Any, data: Prep
         raise
     status = "stopped_early" if state.stopped_early else "completed"
     record.update(status=status, adapter_step=adapter_step, final_loss=state.last_loss,
-                  final_eval_loss=state.last_eval)
+                  final_eval_loss=state.last_eval, weights_files=weights_files(run_dir, cfg))
     record.write()
     write_model_card(run_dir)  # from the final train.json; before the trackers take the folder
     trackers.finish(status=status, adapter_dir=run_dir / "adapter" if cfg.method.name != "full" else None)
@@ -541,6 +544,16 @@ def sharded_weights(model: Any, run_dir: Path, state: LoopState, strategy: str) 
     if state.best_step is not None:  # a new best eval loss always writes a checkpoint
         return read_checkpoint(checkpoint_dir(run_dir, state.best_step)).weights()
     return full_trained_weights(model)
+
+
+def weights_files(run_dir: Path, cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """The trained weights' files (path in the run folder: size and sha256), for train.json's
+    last word: on a bucket mount train.json can say "completed" before these are all uploaded,
+    and a run whose weights are not all there is not finished (checks.py). The card's files
+    (README.md, tunesmith.json) are left out: eval and review rewrite them."""
+    folder = run_dir / ("model" if cfg.method.name == "full" else "adapter")
+    return {str(p.relative_to(run_dir)): file_facts(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in CARD_FILES}
 
 
 def save_trained(model: Any, tokenizer: Any, run_dir: Path, cfg: RunConfig,
