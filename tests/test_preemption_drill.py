@@ -344,3 +344,35 @@ def test_a_finished_run_whose_adapter_is_half_uploaded_is_trained_to_the_end_aga
     assert "says the run finished, but its trained weights are not all there" in said
     assert "continuing from checkpoint step-000010" in said
     same_training(bucket, run)
+
+
+def test_a_newest_checkpoint_whose_best_is_half_uploaded_is_skipped(finished, tmp_path):
+    """Checkpoint 10 reached the bucket whole, the best one (9) did not: the run continued from
+    10, trained to the end, then failed reading checkpoint 9 for the adapter, at every rerun."""
+    bucket = bucket_after(finished, tmp_path, step=10, logged=10)
+    (bucket / "checkpoints" / "step-000009" / "state.json").unlink()
+    said = " ".join(train_again(finished, bucket).stdout.split())
+    assert ("checkpoint step-000010: the checkpoint of its best step, step-000009: has no state.json: using the "
+            "one before it") in said
+    assert "continuing from checkpoint step-000008" in said
+    same_training(bucket, finished[2])
+
+
+
+def test_when_no_checkpoint_has_its_best_whole_the_newest_whole_one_is_used(finished, tmp_path):
+    """Older checkpoints' bests may be pruned: skipping every checkpoint without its best would
+    start the run over from step 0, where the newest one most likely ends well."""
+    from tunesmith.train.checkpoint import newest_valid
+
+    bucket = bucket_after(finished, tmp_path, step=10, logged=10)
+    (bucket / "checkpoints" / "step-000009" / "state.json").unlink()
+    for step in range(2, 9):
+        shutil.rmtree(bucket / "checkpoints" / f"step-{step:06d}", ignore_errors=True)
+    checkpoint, notes = newest_valid(bucket)
+    assert checkpoint.step == 10
+    assert notes == [
+        "checkpoint step-000010: the checkpoint of its best step, step-000009: has no state.json: using the one "
+        "before it",
+        "checkpoint step-000009: has no state.json: using the one before it",
+        "no checkpoint has the checkpoint of its best step whole: continuing from step-000010 anyway; the run can "
+        "end only if a later evaluation beats that best"]

@@ -229,6 +229,20 @@ def read_checkpoint(folder: Path) -> Checkpoint:
     return Checkpoint(folder, state)
 
 
+def best_unreadable(checkpoint: Checkpoint) -> str | None:
+    """Why the checkpoint of `checkpoint`'s best step cannot be read (None: it can, or it is
+    this one). Its weights become the run's adapter at the end, unless a later evaluation
+    beats it."""
+    best = checkpoint.state.get("loop", {}).get("best_step")
+    if best is None or best == checkpoint.step:
+        return None
+    try:
+        read_checkpoint(checkpoint.path.parent / f"step-{best:06d}")
+    except CorruptCheckpoint as e:
+        return str(e)
+    return None
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoint folders, oldest first (temp folders of an interrupted write are not listed)."""
     root = run_dir / "checkpoints"
@@ -239,14 +253,28 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def newest_valid(run_dir: Path) -> tuple[Checkpoint | None, list[str]]:
-    """The newest checkpoint that reads back whole, and a note for each newer one skipped."""
-    notes = []
+    """The newest checkpoint that reads back whole, and so does its best one; a note for each
+    newer one skipped. A bucket mount uploads files in no order, so it can hold a newer
+    checkpoint whole and the best one half: continuing from the newer one would train to the
+    end and fail there unless a later evaluation beats that best. When no checkpoint has its
+    best whole (older ones' bests may be pruned), the newest whole one, as before."""
+    notes: list[str] = []
+    whole = None
     for folder in reversed(list_checkpoints(run_dir)):
         try:
-            return read_checkpoint(folder), notes
+            checkpoint = read_checkpoint(folder)
         except CorruptCheckpoint as e:
             notes.append(f"checkpoint {e}: using the one before it")
-    return None, notes
+            continue
+        missing = best_unreadable(checkpoint)
+        if missing is None:
+            return checkpoint, notes
+        notes.append(f"checkpoint {folder.name}: the checkpoint of its best step, {missing}: using the one before it")
+        whole = whole or checkpoint
+    if whole is not None:
+        notes.append(f"no checkpoint has the checkpoint of its best step whole: continuing from {whole.path.name} "
+                     f"anyway; the run can end only if a later evaluation beats that best")
+    return whole, notes
 
 
 # ---------------------------------------------------------------- restoring
