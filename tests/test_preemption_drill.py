@@ -376,3 +376,28 @@ def test_when_no_checkpoint_has_its_best_whole_the_newest_whole_one_is_used(fini
         "checkpoint step-000009: has no state.json: using the one before it",
         "no checkpoint has the checkpoint of its best step whole: continuing from step-000010 anyway; the run can "
         "end only if a later evaluation beats that best"]
+
+def test_a_bucket_without_config_yaml_continues_from_its_checkpoint(finished, tmp_path):
+    """Checkpoints reached the bucket before config.yaml did: the run folder used to be
+    refused as another run ("its config.yaml, which cannot be read"), at every rerun."""
+    bucket = bucket_after(finished, tmp_path, step=8, logged=8)
+    (bucket / "config.yaml").unlink()
+    said = " ".join(train_again(finished, bucket).stdout.split())
+    assert "continuing from checkpoint step-000008" in said
+    same_training(bucket, finished[2])
+    assert (bucket / "config.yaml").read_bytes() == (finished[2] / "config.yaml").read_bytes().replace(
+        str(finished[2]).encode(), str(bucket).encode())
+
+
+
+def test_trained_weights_without_config_yaml_or_checkpoints_are_still_refused(finished, tmp_path):
+    _, _, run = finished
+    bucket = tmp_path / "run"
+    shutil.copytree(run, bucket)
+    (bucket / "config.yaml").unlink()
+    shutil.rmtree(bucket / "checkpoints")
+    result = train_again(finished, bucket, check=False)
+    assert result.returncode == 2
+    assert (f"--out {bucket} holds trained weights but no config.yaml to tell which run they are from"
+            in " ".join(result.stderr.split()))
+    assert (bucket / "adapter" / "adapter_model.safetensors").is_file()

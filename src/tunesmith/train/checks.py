@@ -92,6 +92,8 @@ def inspect_run_dir(cfg: RunConfig, *, restart: bool = False, same_run_restarts:
     previous = _previous_config(path / "config.yaml")
     record = read_record(path) or {}
     fitted = record.get("auto_fit") if recorded_changes(record.get("auto_fit")) else None
+    if not (path / "config.yaml").exists():
+        return without_config(path, fitted, flag)
     differences = config_differences(previous, cfg.to_dict())
     if differences and fitted and previous is not None:
         # The folder's config may be this command's config as auto-fit changed it: the same run.
@@ -107,6 +109,20 @@ def inspect_run_dir(cfg: RunConfig, *, restart: bool = False, same_run_restarts:
     if _finished(path) and not resuming:
         return RunFolder(path, finished=True, auto_fit=fitted)
     return RunFolder(path, resume=True, auto_fit=fitted)
+
+
+def without_config(path: Path, fitted: dict[str, Any] | None, flag: str) -> RunFolder:
+    """A folder of our files without config.yaml: on a bucket mount the files of a run arrive
+    in no order, so checkpoints can be there before config.yaml is. With checkpoints, continue:
+    the checkpoint's fingerprint (the same config fields, and the data) decides whether it is
+    this run. With neither checkpoints nor trained weights nothing can be continued: replace it.
+    Trained weights without checkpoints cannot be told to be this run's: refused."""
+    if (path / "checkpoints").is_dir():
+        return RunFolder(path, resume=True, auto_fit=fitted)
+    if not ((path / "adapter").exists() or (path / "model").exists()):
+        return RunFolder(path, _ours(path))
+    raise UsageError(f"{flag} {path} holds trained weights but no config.yaml to tell which run they are from: "
+                     f"choose another {flag}, or add --restart to delete them and start over")
 
 
 def _ours(path: Path) -> tuple[Path, ...]:
