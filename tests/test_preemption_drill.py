@@ -38,6 +38,7 @@ from safetensors.torch import load_file
 import cli_forkserver
 from test_resume import SETTINGS, same_training
 from test_train_cli import tunesmith
+from test_train_refusals import snapshot
 from tiny import order_rows, write_rows
 
 SEED = int(os.environ.get("TUNESMITH_DRILL_SEED", "11"))
@@ -401,3 +402,14 @@ def test_trained_weights_without_config_yaml_or_checkpoints_are_still_refused(fi
     assert (f"--out {bucket} holds trained weights but no config.yaml to tell which run they are from"
             in " ".join(result.stderr.split()))
     assert (bucket / "adapter" / "adapter_model.safetensors").is_file()
+
+def test_the_cleaned_data_a_kill_left_half_uploaded_is_whole_again_after_a_resume(finished, tmp_path):
+    """RUN/data was written once, by the first instance: files that never reached the bucket
+    used to stay missing when a later instance continued the run."""
+    bucket = bucket_after(finished, tmp_path, step=8, logged=8)
+    for name in ("val.jsonl", "report.html"):
+        (bucket / "data" / name).unlink()
+    train_again(finished, bucket)
+    made, restored = snapshot(finished[2] / "data"), snapshot(bucket / "data")
+    assert sorted(restored) == sorted(made)
+    assert restored[Path("val.jsonl")] == made[Path("val.jsonl")]  # the reports say how long they took

@@ -8,6 +8,7 @@ checkpoint and ends with exactly the model an uninterrupted run gives (bit for b
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from contextlib import ExitStack, contextmanager
@@ -339,7 +340,8 @@ def prepare_data(cfg: RunConfig, tokenizer: Any, run_dir: Path,
                  checkpoint: Checkpoint | None) -> tuple[Prepared, dict[str, str]]:
     """The data stage into RUN/data, and the cleaned files' hashes; when continuing, into a
     scratch folder first, so that data that no longer matches the checkpoint is refused
-    without touching RUN/data (which then holds the same bytes)."""
+    without touching RUN/data. Data that matches fills in the files RUN/data lacks (lost on
+    a bucket mount that had not uploaded them yet); the files there stay as they are."""
     if checkpoint is None:
         data = prepare_run_data(cfg, tokenizer, run_dir)
         return data, cleaned_hashes(run_dir / "data")
@@ -348,12 +350,16 @@ def prepare_data(cfg: RunConfig, tokenizer: Any, run_dir: Path,
     try:
         data = prepare_run_data(cfg, tokenizer, scratch)
         now = cleaned_hashes(scratch / "data")
+        before = checkpoint.state["fingerprint"].get("data")
+        if before is not None and now != before:
+            raise UsageError(f"{checkpoint.path}: the cleaned data differs from what it was trained on (a changed "
+                             f"tunesmith version?): add --restart to start over")
+        (run_dir / "data").mkdir(exist_ok=True)
+        for made in (scratch / "data").iterdir():
+            if not (run_dir / "data" / made.name).exists():
+                os.replace(made, run_dir / "data" / made.name)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    before = checkpoint.state["fingerprint"].get("data")
-    if before is not None and now != before:
-        raise UsageError(f"{checkpoint.path}: the cleaned data differs from what it was trained on (a changed "
-                         f"tunesmith version?): add --restart to start over")
     return data, now
 
 
