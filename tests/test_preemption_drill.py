@@ -413,3 +413,17 @@ def test_the_cleaned_data_a_kill_left_half_uploaded_is_whole_again_after_a_resum
     made, restored = snapshot(finished[2] / "data"), snapshot(bucket / "data")
     assert sorted(restored) == sorted(made)
     assert restored[Path("val.jsonl")] == made[Path("val.jsonl")]  # the reports say how long they took
+
+
+def test_alarms_of_steps_after_the_checkpoint_are_not_recorded_twice(finished, tmp_path):
+    """train.json can be newer than the checkpoint a run continues from (a kill after the
+    checkpoint): its alarms of the later steps were kept, and the steps trained again raised
+    them again."""
+    bucket = bucket_after(finished, tmp_path, step=8, logged=8)
+    record = json.loads((bucket / "train.json").read_text())
+    assert record["alarms"] == []  # the tiny run raises none itself
+    alarms = [{"kind": "loss_spike", "step": step, "message": f"a spike at step {step}", "detail": {}}
+              for step in (5, 10)]
+    (bucket / "train.json").write_text(json.dumps({**record, "alarms": alarms}))
+    train_again(finished, bucket)
+    assert json.loads((bucket / "train.json").read_text())["alarms"] == alarms[:1]

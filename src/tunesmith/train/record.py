@@ -51,13 +51,20 @@ class RunRecord:
     @classmethod
     def start(cls, run_dir: Path | None, *, steps_planned: int, previous: dict[str, Any] | None,
               resumed_from: int | None) -> "RunRecord":
-        """A new record, or the previous one carried on (its resumes, alarms and changes)."""
+        """A new record, or the previous one carried on (its resumes, alarms and changes). Alarms
+        and memory changes of steps after `resumed_from` go: those steps are trained again, and
+        say so again if they do again (kept, they were there twice)."""
         keep = previous if resumed_from is not None and previous else {}
+
+        def until_resumed(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [e for e in entries if not isinstance(e.get("step"), int) or e["step"] <= (resumed_from or 0)]
+
         fields = {
             "status": "running", "steps_planned": steps_planned, "steps_done": resumed_from or 0,
             "best_step": keep.get("best_step"), "best_eval_loss": keep.get("best_eval_loss"),
-            "adapter_step": None, "resumes": list(keep.get("resumes", [])), "alarms": list(keep.get("alarms", [])),
-            "memory_changes": list(keep.get("memory_changes", [])), "tokens": keep.get("tokens", 0),
+            "adapter_step": None, "resumes": list(keep.get("resumes", [])),
+            "alarms": until_resumed(keep.get("alarms", [])),
+            "memory_changes": until_resumed(keep.get("memory_changes", [])), "tokens": keep.get("tokens", 0),
             "train_seconds": keep.get("train_seconds", 0.0), "tracking": keep.get("tracking", {}),
             "pid": os.getpid(), "started": keep.get("started", now_iso()), "heartbeat": now_iso(),
         }
