@@ -331,7 +331,8 @@ def killed_note(run_dir: Path, previous: dict[str, Any], check: dict[str, Any]) 
                      f"{check['device']['available_gb']:.1f} GB free")
     return (f"the last run in {run_dir} stopped without a word after step {previous.get('steps_done', 0)} "
             f"(train.json still said running; last heartbeat {previous.get('heartbeat', '?')}): most likely it was "
-            f"killed, by the kernel for lack of memory or by `kill -9`{predicted}. If memory is short: "
+            f"killed, by the kernel for lack of memory or by `kill -9`, or its machine went away (a spot instance "
+            f"preempted without notice){predicted}. If memory is short: "
             f"--set train.gradient_checkpointing=true, or a smaller train.micro_batch with a larger train.grad_accum "
             f"(that changes the run: add --restart)")
 
