@@ -5,11 +5,12 @@ the model an uninterrupted run gives.
 What stands in for SkyPilot and the bucket:
 - the bucket is a local folder; each instance mounts it at the same path, as a fresh local cache
   that starts as a copy of the bucket, and `tunesmith train --out MOUNT` writes there;
-- a syncer thread uploads new and changed files from the cache to the bucket one by one, in a
-  shuffled order with small random delays: a checkpoint can be half uploaded, `latest` can land
-  before the files it names, metrics.jsonl can be copied while a line is being written. Each
+- a syncer thread uploads new and changed files from the cache to the bucket one by one, each
+  after a random write-back delay: a checkpoint can be half uploaded, `latest` can land before
+  the files it names, metrics.jsonl can lag the checkpoints or be copied mid-line. Each
   upload is a temp name renamed into place, like an object store's PUT: the bucket never holds
-  a torn file, but any mix of old and new ones. Nothing is deleted from the bucket;
+  a torn file, but any mix of old and new ones. Nothing is deleted from the bucket (pruned
+  checkpoints stay there: older than the newest, they change no choice train makes);
 - a preemption without warning (SIGKILL) loses whatever was not uploaded yet; one with notice
   (SIGTERM) lets train checkpoint and exit 143 and the uploads finish, as SkyPilot's graceful
   stop does. Then the very same command runs on a new instance, until it exits 0.
@@ -43,21 +44,24 @@ from tiny import order_rows, write_rows
 
 SEED = int(os.environ.get("TUNESMITH_DRILL_SEED", "11"))
 MAX_STEPS = 24  # test_resume's settings (a checkpoint every 2 steps, an eval every 3), twice as long
-UPLOAD_DELAY_S = 0.15  # at most, between two uploads: the bucket lags the cache by about a step
+WRITE_BACK_STEPS = 3  # at most, how long a version of a file waits before its upload, in steps' time
+UPLOAD_S = 0.02  # at most, one upload's time: a kill can land between two files of one checkpoint
 
 
 # ---------------------------------------------------------------- the bucket and its syncer
 
 class Syncer(threading.Thread):
-    """Uploads the cache to the bucket as MOUNT_CACHED does: each file that is new or changed
-    since its last upload, one at a time, in no particular order."""
+    """Uploads the cache to the bucket as MOUNT_CACHED does: a file is uploaded once it has not
+    changed for a while (a write-back delay, drawn afresh for each version), one at a time, so
+    files that change often (metrics.jsonl, train.json) lag the most and nothing keeps the
+    order in which they were written."""
 
     def __init__(self, cache: Path, bucket: Path, rng: random.Random) -> None:
         super().__init__(daemon=True)
         self.cache, self.bucket, self.rng = cache, bucket, rng
-        self.uploaded = {rel: key for rel, key in self.files().items()}  # the cache starts as the bucket
+        self.uploaded = self.files()  # the cache starts as a copy of the bucket
         self.lost = threading.Event()  # the instance is gone: not one more upload
-        self.finish = threading.Event()  # graceful stop: upload what is left, then end
+        self.finish = threading.Event()  # graceful stop: upload what is left now, then end
 
     def files(self) -> dict[Path, tuple[int, int]]:
         """Each file in the cache now, with what tells a changed one (mtime, size)."""
@@ -73,16 +77,23 @@ class Syncer(threading.Thread):
         return found
 
     def run(self) -> None:
+        due: dict[Path, tuple[tuple[int, int], float]] = {}  # file: (the version waiting, when it may go)
         while not self.lost.is_set():
-            pending = [rel for rel, key in self.files().items() if self.uploaded.get(rel) != key]
-            if not pending and self.finish.is_set():
+            now, step_s = time.monotonic(), seconds_per_step(self.cache) or 0.3
+            for rel, key in self.files().items():
+                if key != self.uploaded.get(rel) and key != due.get(rel, (None, 0))[0]:
+                    due[rel] = (key, now + self.rng.uniform(0, WRITE_BACK_STEPS) * step_s)  # each version afresh
+            finishing = self.finish.is_set()
+            if finishing and not due:
                 return
-            self.rng.shuffle(pending)
-            for rel in pending:
+            ready = [rel for rel, (_, at) in due.items() if finishing or at <= now]
+            self.rng.shuffle(ready)
+            for rel in ready:
                 if self.lost.is_set():
                     return
                 self.upload(rel)
-                time.sleep(self.rng.uniform(0, UPLOAD_DELAY_S))
+                del due[rel]
+                time.sleep(self.rng.uniform(0, UPLOAD_S))
             time.sleep(0.005)
 
     def upload(self, rel: Path) -> None:
@@ -139,7 +150,8 @@ def seconds_per_step(run: Path) -> float:
 
 def kill_plan(rng: random.Random) -> list[Kill]:
     """Four preemptions during training, a mix of SIGKILL and SIGTERM, then one without warning
-    just after the adapter is written (while its files still wait for upload). A kill lands
+    soon after the adapter is written, while the last files wait for their upload (the process
+    may have ended by then: the instance goes before the job's uploads are done). A kill lands
     less than a step after its step s is logged, so the run gets no further than s + 2; the
     kill steps are at least 3 apart, so each lands on an instance that has trained, and the last
     is early enough that a SIGTERM cannot meet the run's end."""
@@ -149,7 +161,7 @@ def kill_plan(rng: random.Random) -> list[Kill]:
     kills = [Kill(sig, lambda run, s=s: last_logged_step(run) >= s, f"{sig.name} after step {s}", rng.random())
              for sig, s in zip(signals, steps)]
     kills.append(Kill(signal.SIGKILL, lambda run: (run / "adapter").is_dir(), "SIGKILL once adapter/ is written",
-                      rng.uniform(0, 0.2)))
+                      rng.uniform(0, WRITE_BACK_STEPS)))
     return kills
 
 
@@ -175,16 +187,20 @@ def run_instance(args: list[str], mount: Path, bucket: Path, kill: Kill | None, 
 
     def preempt() -> None:
         started.wait()
-        while kill is not None and not ended.is_set():
+        while kill is not None:
+            over = ended.is_set()  # one more look after the end: the moment may be its last writes
             if kill.ready(mount):
                 time.sleep(kill.fraction * seconds_per_step(mount))
-                try:
-                    os.kill(pid[0], kill.signum)
-                except ProcessLookupError:  # it had just finished: its uploads are still cut short
-                    pass
-                if kill.signum == signal.SIGKILL:
+                if not ended.is_set():  # else it has finished (its pid may be another's by now)
+                    try:
+                        os.kill(pid[0], kill.signum)
+                    except ProcessLookupError:
+                        pass
+                if kill.signum == signal.SIGKILL:  # finished or not, its uploads are cut short
                     syncer.lost.set()
                 fired.append(True)
+                return
+            if over:
                 return
             time.sleep(0.002)
 
@@ -250,7 +266,7 @@ def test_preempted_again_and_again_on_a_cached_bucket_mount_the_model_is_the_uni
         tiny_model_dir, tmp_path):
     data = write_rows(tmp_path / "d.jsonl", order_rows(60))
     reference = tmp_path / "reference"
-    cli_forkserver.run(train_args(tiny_model_dir, data, reference), timeout=300).check_returncode()
+    tunesmith(*train_args(tiny_model_dir, data, reference))
     bucket, mount = tmp_path / "bucket" / "run", tmp_path / "mnt" / "run"
     bucket.mkdir(parents=True)
     rng = random.Random(SEED)
