@@ -29,6 +29,7 @@ import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 # What may differ between the server's environment and a command's: each child sets them again,
 # and no library reads them while being imported (pytest sets PYTEST_CURRENT_TEST in each test).
@@ -162,9 +163,10 @@ def send(channel: socket.socket, message: dict) -> None:
 # ------------------------------------------------------------------ client side
 
 def run(args: list[str], cwd: Path | str | None = None, env: dict[str, str] | None = None, no_override: bool = False,
-        timeout: float | None = None) -> subprocess.CompletedProcess:
+        timeout: float | None = None, on_start: Callable[[int], None] | None = None) -> subprocess.CompletedProcess:
     """What `subprocess.run([python, "-m", "tunesmith.cli", *args], cwd=cwd, env=env, capture_output=True,
     text=True, timeout=timeout)` returns, with root's file-permission override dropped when asked.
+    `on_start(pid)` is called once the command's process exists (for a test that signals it).
 
     A command whose environment differs from the server's in more than the per-command variables
     may depend on what a library read while being imported: that one runs as a plain subprocess,
@@ -173,11 +175,21 @@ def run(args: list[str], cwd: Path | str | None = None, env: dict[str, str] | No
     env = dict(os.environ if env is None else env)
     server = shared_server() if os.environ.get("TUNESMITH_TEST_FORKSERVER", "1") != "0" else None
     if server is not None and server.can_run(env):
-        return server.run(args, cwd, env, no_override, timeout)
+        return server.run(args, cwd, env, no_override, timeout, on_start)
     global plain_runs
     plain_runs += 1
-    return subprocess.run([sys.executable, "-m", "tunesmith.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout, preexec_fn=drop_root_override if no_override else None)
+    command = [sys.executable, "-m", "tunesmith.cli", *args]
+    with subprocess.Popen(command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                          preexec_fn=drop_root_override if no_override else None) as process:
+        if on_start is not None:
+            on_start(process.pid)
+        try:
+            stdout, stderr = process.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+            raise
+    return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)
 
 
 def drop_root_override() -> None:
@@ -232,12 +244,14 @@ class ForkServer:
         return fixed(env) == fixed(self.env)
 
     def run(self, args: list[str], cwd: Path, env: dict[str, str], no_override: bool,
-            timeout: float | None) -> subprocess.CompletedProcess:
+            timeout: float | None, on_start: Callable[[int], None] | None = None) -> subprocess.CompletedProcess:
         self.count += 1
         out, err = self.folder / f"{self.count}.stdout", self.folder / f"{self.count}.stderr"
         send(self.channel, {"args": args, "cwd": str(cwd), "env": env, "no_override": no_override,
                             "stdout": str(out), "stderr": str(err)})
         pid = self._reply(timeout=60)["pid"]
+        if on_start is not None:
+            on_start(pid)
         try:
             code = self._reply(timeout=timeout)["returncode"]
         except TimeoutError:

@@ -170,6 +170,11 @@ def file_sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def file_facts(path: Path) -> dict[str, Any]:
+    """A file's size and sha256: what tells later that a copy of it is whole and the same."""
+    return {"bytes": path.stat().st_size, "sha256": file_sha256(path)}
+
+
 def require_file(path: str | Path, what: str = "file") -> Path:
     """`path` as a readable regular file, or one UsageError naming it and what is wrong:
     absent, a folder, a symbolic-link loop, a dangling link, not readable."""

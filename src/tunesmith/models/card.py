@@ -22,6 +22,7 @@ import yaml
 from tunesmith.io import file_sha256, write_json_atomic, write_text_atomic
 
 MANIFEST = "tunesmith.json"
+CARD_FILES = ("README.md", MANIFEST)  # what eval and review rewrite in a trained weights folder
 NOT_YET = "not evaluated yet"
 METHOD_NAMES = {"lora": "LoRA adapter", "qlora": "QLoRA adapter (trained on a 4-bit base)", "full": "full fine-tune"}
 

@@ -7,6 +7,7 @@ needs unpickling to read.
                             with several workers also `rng.rank<N>`, each worker's own)
       state.json            step, tokens, times, the loop's state, the fingerprint, optimizer and
                             scheduler scalars, python/numpy RNG, and each file's size and sha256
+      metrics.jsonl         the run's metrics.jsonl as it was at this step
     checkpoints/latest      the name of the newest complete checkpoint
 
 A checkpoint is written into a temp folder, fsynced, then renamed: it is complete or absent.
@@ -30,12 +31,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunesmith.config import RunConfig, flat_fields
-from tunesmith.io import file_sha256, fsync_dir, fsync_tree, write_dir_atomic, write_json_atomic, write_text_atomic
+from tunesmith.io import file_facts, file_sha256, fsync_dir, fsync_tree, write_dir_atomic, write_json_atomic, write_text_atomic
 from tunesmith.train.sharding import full_trained_weights, shard_like, sharded_optimizer_state
 
 FORMAT = 1
 STEP_NAME = re.compile(r"^step-(\d{6,})$")
-WEIGHTS, TENSORS, STATE = "weights.safetensors", "state.safetensors", "state.json"
+WEIGHTS, TENSORS, STATE, METRICS = "weights.safetensors", "state.safetensors", "state.json", "metrics.jsonl"
 
 # Config fields that may change between a run and its resumption: they do not touch the
 # weights or the order of the data (where results go, how often to log or save, how the
@@ -108,11 +109,13 @@ def fingerprint_differences(old: dict[str, Any], new: dict[str, Any]) -> list[st
 def save_checkpoint(run_dir: Path, step: int, *, model: Any, optimizer: torch.optim.Optimizer, scheduler: Any,
                     state: dict[str, Any], fingerprint: dict[str, Any],
                     rank_rng: list[torch.Tensor] | None = None, weights: dict[str, torch.Tensor] | None = None,
-                    optimizer_state: dict[str, Any] | None = None) -> Path:
+                    optimizer_state: dict[str, Any] | None = None, metrics: Path | None = None) -> Path:
     """checkpoints/step-NNNNNN, complete or absent; then `latest` names it. `rank_rng`: each
     worker's torch generator state (CPU, then its GPU's), by rank, when several train;
     `weights` and `optimizer_state`: gathered from shards (FSDP), instead of the model's and
-    the optimizer's own."""
+    the optimizer's own. `metrics`: the run's metrics.jsonl, copied in: on a bucket mount
+    the run's own file can reach the bucket older than this checkpoint, and a run resumed from
+    here needs the log up to this step to log each step exactly once."""
 
     def fill(folder: Path) -> None:
         save_file(weights if weights is not None else full_trained_weights(model), str(folder / WEIGHTS))
@@ -121,8 +124,11 @@ def save_checkpoint(run_dir: Path, step: int, *, model: Any, optimizer: torch.op
         rng_tensors, rng_meta = _capture_rng()
         rng_tensors.update({f"rng.rank{rank}": state.contiguous() for rank, state in enumerate(rank_rng or [])})
         save_file({**optimizer_tensors, **rng_tensors}, str(folder / TENSORS))
-        files = {name: {"bytes": (folder / name).stat().st_size, "sha256": file_sha256(folder / name)}
-                 for name in (WEIGHTS, TENSORS)}
+        names = [WEIGHTS, TENSORS]
+        if metrics is not None and metrics.is_file():
+            shutil.copyfile(metrics, folder / METRICS)
+            names.append(METRICS)
+        files = {name: file_facts(folder / name) for name in names}
         write_json_atomic(folder / STATE, {
             "format": FORMAT, "step": step, **state, "fingerprint": fingerprint,
             "optimizer": optimizer_meta, "scheduler": _json_safe(scheduler.state_dict()), "rng": rng_meta,
@@ -195,6 +201,11 @@ class Checkpoint:
     def weights(self) -> dict[str, torch.Tensor]:
         return load_file(str(self.path / WEIGHTS))
 
+    @property
+    def metrics(self) -> Path | None:
+        """Its copy of the run's metrics.jsonl; None in a checkpoint written before they had one."""
+        return self.path / METRICS if METRICS in self.state["files"] else None
+
 
 def read_checkpoint(folder: Path) -> Checkpoint:
     """A checkpoint whose files all match state.json; CorruptCheckpoint says what does not."""
@@ -218,6 +229,20 @@ def read_checkpoint(folder: Path) -> Checkpoint:
     return Checkpoint(folder, state)
 
 
+def best_unreadable(checkpoint: Checkpoint) -> str | None:
+    """Why the checkpoint of `checkpoint`'s best step cannot be read (None: it can, or it is
+    this one). Its weights become the run's adapter at the end, unless a later evaluation
+    beats it."""
+    best = checkpoint.state.get("loop", {}).get("best_step")
+    if best is None or best == checkpoint.step:
+        return None
+    try:
+        read_checkpoint(checkpoint.path.parent / f"step-{best:06d}")
+    except CorruptCheckpoint as e:
+        return str(e)
+    return None
+
+
 def list_checkpoints(run_dir: Path) -> list[Path]:
     """Checkpoint folders, oldest first (temp folders of an interrupted write are not listed)."""
     root = run_dir / "checkpoints"
@@ -228,14 +253,28 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 
 
 def newest_valid(run_dir: Path) -> tuple[Checkpoint | None, list[str]]:
-    """The newest checkpoint that reads back whole, and a note for each newer one skipped."""
-    notes = []
+    """The newest checkpoint that reads back whole, and so does its best one; a note for each
+    newer one skipped. A bucket mount uploads files in no order, so it can hold a newer
+    checkpoint whole and the best one half: continuing from the newer one would train to the
+    end and fail there unless a later evaluation beats that best. When no checkpoint has its
+    best whole (older ones' bests may be pruned), the newest whole one, as before."""
+    notes: list[str] = []
+    whole = None
     for folder in reversed(list_checkpoints(run_dir)):
         try:
-            return read_checkpoint(folder), notes
+            checkpoint = read_checkpoint(folder)
         except CorruptCheckpoint as e:
             notes.append(f"checkpoint {e}: using the one before it")
-    return None, notes
+            continue
+        missing = best_unreadable(checkpoint)
+        if missing is None:
+            return checkpoint, notes
+        notes.append(f"checkpoint {folder.name}: the checkpoint of its best step, {missing}: using the one before it")
+        whole = whole or checkpoint
+    if whole is not None:
+        notes.append(f"no checkpoint has the checkpoint of its best step whole: continuing from {whole.path.name} "
+                     f"anyway; the run can end only if a later evaluation beats that best")
+    return whole, notes
 
 
 # ---------------------------------------------------------------- restoring

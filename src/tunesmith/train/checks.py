@@ -18,7 +18,7 @@ import yaml
 from tunesmith.config import RunConfig, flat_fields
 from tunesmith.data.prepare import check_data_files
 from tunesmith.errors import UsageError
-from tunesmith.io import check_output_dir
+from tunesmith.io import check_output_dir, file_facts
 from tunesmith.models.source import check_model_source
 from tunesmith.plan.autofit import recorded_changes, set_fields
 from tunesmith.train.checkpoint import field_differences, relevant_fields
@@ -92,6 +92,8 @@ def inspect_run_dir(cfg: RunConfig, *, restart: bool = False, same_run_restarts:
     previous = _previous_config(path / "config.yaml")
     record = read_record(path) or {}
     fitted = record.get("auto_fit") if recorded_changes(record.get("auto_fit")) else None
+    if not (path / "config.yaml").exists():
+        return without_config(path, fitted, flag)
     differences = config_differences(previous, cfg.to_dict())
     if differences and fitted and previous is not None:
         # The folder's config may be this command's config as auto-fit changed it: the same run.
@@ -109,6 +111,20 @@ def inspect_run_dir(cfg: RunConfig, *, restart: bool = False, same_run_restarts:
     return RunFolder(path, resume=True, auto_fit=fitted)
 
 
+def without_config(path: Path, fitted: dict[str, Any] | None, flag: str) -> RunFolder:
+    """A folder of our files without config.yaml: on a bucket mount the files of a run arrive
+    in no order, so checkpoints can be there before config.yaml is. With checkpoints, continue:
+    the checkpoint's fingerprint (the same config fields, and the data) decides whether it is
+    this run. With neither checkpoints nor trained weights nothing can be continued: replace it.
+    Trained weights without checkpoints cannot be told to be this run's: refused."""
+    if (path / "checkpoints").is_dir():
+        return RunFolder(path, resume=True, auto_fit=fitted)
+    if not ((path / "adapter").exists() or (path / "model").exists()):
+        return RunFolder(path, _ours(path))
+    raise UsageError(f"{flag} {path} holds trained weights but no config.yaml to tell which run they are from: "
+                     f"choose another {flag}, or add --restart to delete them and start over")
+
+
 def _ours(path: Path) -> tuple[Path, ...]:
     """What an earlier run wrote here: our entries and the temp files a kill left behind."""
     ours = tuple(path / name for name in RUN_ENTRIES if (path / name).exists() or (path / name).is_symlink())
@@ -117,12 +133,24 @@ def _ours(path: Path) -> tuple[Path, ...]:
 
 
 def _finished(path: Path) -> bool:
-    """Trained to the end: train.json says so (or, from before train.json, the weights are there)."""
+    """Trained to the end: train.json says so, and the weights files it lists are all there
+    as written (or, from before train.json, the weights folder is there)."""
     weights = (path / "adapter").is_dir() or (path / "model").is_dir()
     record = read_record(path)
     if record is None:
         return weights
-    return weights and record.get("status") in FINISHED
+    return weights and record.get("status") in FINISHED and weights_whole(path, record)
+
+
+def weights_whole(path: Path, record: dict[str, Any]) -> bool:
+    """Every file train.json's `weights_files` lists has its size and hash. A bucket mount
+    uploads files in no order: train.json's "completed" can be there before the weights are;
+    such a run continues from its newest checkpoint and writes them again. A train.json from
+    before the list: the folder is taken as whole."""
+    files = record.get("weights_files")
+    if not isinstance(files, dict):
+        return True
+    return all((path / name).is_file() and file_facts(path / name) == facts for name, facts in files.items())
 
 
 def _previous_config(path: Path) -> dict[str, Any] | None:

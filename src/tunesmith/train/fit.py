@@ -305,7 +305,7 @@ class Fit:
             save_checkpoint(self.run_dir, state.step, model=parts.model, optimizer=parts.optimizer,
                             scheduler=parts.scheduler, state={"loop": asdict(state), "watchdogs": watch.state()},
                             fingerprint=self.fingerprint, rank_rng=rank_rng, weights=weights,
-                            optimizer_state=optimizer_state)
+                            optimizer_state=optimizer_state, metrics=self.log.path)
             prune(self.run_dir, self.cfg.train.keep_checkpoints, state.best_step)
         barrier(self.world)
 
@@ -523,6 +523,15 @@ class MetricsLog:
                 f.write(json.dumps(record) + "\n")
         for sink in self.sinks:
             sink(record)
+
+    def continue_from(self, checkpoint: Checkpoint) -> None:
+        """The log as it was when `checkpoint` was written: a resumed run logs the later steps
+        again, once. The checkpoint's own copy, when it has one: the run's file may be older
+        than the checkpoint (a bucket mount uploads files in no order) and miss steps."""
+        if checkpoint.metrics is None:
+            self.cut_back(checkpoint.step)
+        else:
+            write_text_atomic(self.path, checkpoint.metrics.read_text(encoding="utf-8"))
 
     def cut_back(self, step: int) -> int:
         """Keep the records up to `step` (a resumed run logs the later steps again, once);

@@ -62,15 +62,22 @@ class RunRecord:
     def start(cls, run_dir: Path | None, *, steps_planned: int, previous: dict[str, Any] | None,
               resumed_from: int | None, peak_memory: PeakMemory | None = None) -> "RunRecord":
         """A new record, or the previous one carried on (its resumes, sessions, alarms and
-        changes). `peak_memory()` measures this process's memory at each write."""
+        changes). Alarms and memory changes of steps after `resumed_from` go: those steps are
+        trained again, and say so again if they do again (kept, they were there twice).
+        `peak_memory()` measures this process's memory at each write."""
         keep = previous if resumed_from is not None and previous else {}
         session = {"started": now_iso(), "from_step": resumed_from or 0, "to_step": resumed_from or 0,
                    "step_seconds": 0.0, "wall_seconds": 0.0, "peak_memory_gb": None}
+
+        def until_resumed(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [e for e in entries if not isinstance(e.get("step"), int) or e["step"] <= (resumed_from or 0)]
+
         fields = {
             "status": "running", "steps_planned": steps_planned, "steps_done": resumed_from or 0,
             "best_step": keep.get("best_step"), "best_eval_loss": keep.get("best_eval_loss"),
-            "adapter_step": None, "resumes": list(keep.get("resumes", [])), "alarms": list(keep.get("alarms", [])),
-            "memory_changes": list(keep.get("memory_changes", [])), "tokens": keep.get("tokens", 0),
+            "adapter_step": None, "resumes": list(keep.get("resumes", [])),
+            "alarms": until_resumed(keep.get("alarms", [])),
+            "memory_changes": until_resumed(keep.get("memory_changes", [])), "tokens": keep.get("tokens", 0),
             "train_seconds": keep.get("train_seconds", 0.0), "tracking": keep.get("tracking", {}),
             "pid": os.getpid(), "started": keep.get("started", now_iso()), "heartbeat": now_iso(),
             "sessions": _sessions(keep) + [session], "peak_memory": keep.get("peak_memory"),

@@ -8,6 +8,7 @@ checkpoint and ends with exactly the model an uninterrupted run gives (bit for b
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from contextlib import ExitStack, contextmanager
@@ -20,8 +21,8 @@ import torch
 from tunesmith.config import RunConfig, resolve_epochs
 from tunesmith.data.prepare import Prepared, prepare_run_data
 from tunesmith.errors import OutOfMemory, TunesmithError, UsageError, memory_kind
-from tunesmith.io import write_dir_atomic, write_json_atomic, write_text_atomic
-from tunesmith.models.card import base_record, make_portable, write_model_card
+from tunesmith.io import file_facts, write_dir_atomic, write_json_atomic, write_text_atomic
+from tunesmith.models.card import CARD_FILES, base_record, make_portable, write_model_card
 from tunesmith.models.encode import Encoded, ensure_chat_template
 from tunesmith.models.load import load_model, load_tokenizer, pick_device, pick_dtype
 from tunesmith.models.source import resolve_source
@@ -41,7 +42,7 @@ from tunesmith.train.lean import (
     adapters_in_base_dtype, offload_checkpointed_inputs, prepare_kbit, return_freed_memory,
 )
 from tunesmith.train.preempt import PreemptionWatcher, StopRequest
-from tunesmith.train.record import RunLock, RunRecord, now_iso, process_start_time, read_record
+from tunesmith.train.record import FINISHED, RunLock, RunRecord, now_iso, process_start_time, read_record
 from tunesmith.train.track import open_trackers, require_trackers
 from tunesmith.train.tuned import lora_config
 from tunesmith.train.watchdog import NvmlSampler, Watchdogs
@@ -292,6 +293,9 @@ def pick_start(folder: RunFolder, resume: Path | None, prints: dict[str, Any], c
     previous = read_record(folder.path)
     if previous and previous.get("status") == "running":
         note(killed_note(folder.path, previous, check))
+    if previous and previous.get("status") in FINISHED and resume is None:  # else inspect_run_dir said finished
+        note(f"{folder.path / 'train.json'} says the run finished, but its trained weights are not all there (a "
+             f"bucket mount that had not uploaded them yet?): training the last steps again to write them")
     checkpoint = chosen_checkpoint(folder.path, resume, note)
     if checkpoint is None:
         note(f"{folder.path}: no complete checkpoint yet: starting over from step 0")
@@ -328,7 +332,8 @@ def killed_note(run_dir: Path, previous: dict[str, Any], check: dict[str, Any]) 
                      f"{check['device']['available_gb']:.1f} GB free")
     return (f"the last run in {run_dir} stopped without a word after step {previous.get('steps_done', 0)} "
             f"(train.json still said running; last heartbeat {previous.get('heartbeat', '?')}): most likely it was "
-            f"killed, by the kernel for lack of memory or by `kill -9`{predicted}. If memory is short: "
+            f"killed, by the kernel for lack of memory or by `kill -9`, or its machine went away (a spot instance "
+            f"preempted without notice){predicted}. If memory is short: "
             f"--set train.gradient_checkpointing=true, or a smaller train.micro_batch with a larger train.grad_accum "
             f"(that changes the run: add --restart)")
 
@@ -337,7 +342,8 @@ def prepare_data(cfg: RunConfig, tokenizer: Any, run_dir: Path,
                  checkpoint: Checkpoint | None) -> tuple[Prepared, dict[str, str]]:
     """The data stage into RUN/data, and the cleaned files' hashes; when continuing, into a
     scratch folder first, so that data that no longer matches the checkpoint is refused
-    without touching RUN/data (which then holds the same bytes)."""
+    without touching RUN/data. Data that matches fills in the files RUN/data lacks (lost on
+    a bucket mount that had not uploaded them yet); the files there stay as they are."""
     if checkpoint is None:
         data = prepare_run_data(cfg, tokenizer, run_dir)
         return data, cleaned_hashes(run_dir / "data")
@@ -346,12 +352,16 @@ def prepare_data(cfg: RunConfig, tokenizer: Any, run_dir: Path,
     try:
         data = prepare_run_data(cfg, tokenizer, scratch)
         now = cleaned_hashes(scratch / "data")
+        before = checkpoint.state["fingerprint"].get("data")
+        if before is not None and now != before:
+            raise UsageError(f"{checkpoint.path}: the cleaned data differs from what it was trained on (a changed "
+                             f"tunesmith version?): add --restart to start over")
+        (run_dir / "data").mkdir(exist_ok=True)
+        for made in (scratch / "data").iterdir():
+            if not (run_dir / "data" / made.name).exists():
+                os.replace(made, run_dir / "data" / made.name)
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
-    before = checkpoint.state["fingerprint"].get("data")
-    if before is not None and now != before:
-        raise UsageError(f"{checkpoint.path}: the cleaned data differs from what it was trained on (a changed "
-                         f"tunesmith version?): add --restart to start over")
     return data, now
 
 
@@ -385,7 +395,7 @@ def run_fit(cfg: RunConfig, run_dir: Path, path: str, tokenizer: Any, data: Prep
     (run_dir / PLAN_VS_ACTUAL).unlink(missing_ok=True)
     if resumed_from is not None:
         discard_after(run_dir, resumed_from)
-        log.cut_back(resumed_from)
+        log.continue_from(start.checkpoint)
         state = LoopState.from_checkpoint(start.checkpoint.state)
         note(f"continuing from checkpoint step-{resumed_from:06d} ({resumed_from} of {len(steps)} steps done)")
     else:
@@ -425,7 +435,7 @@ def run_fit(cfg: RunConfig, run_dir: Path, path: str, tokenizer: Any, data: Prep
         raise
     status = "stopped_early" if state.stopped_early else "completed"
     record.update(status=status, adapter_step=adapter_step, final_loss=state.last_loss,
-                  final_eval_loss=state.last_eval)
+                  final_eval_loss=state.last_eval, weights_files=weights_files(run_dir, cfg))
     record.write()
     compared = compare_with_plan(run_dir, note)
     write_model_card(run_dir)  # from the final train.json; before the trackers take the folder
@@ -561,6 +571,16 @@ def sharded_weights(model: Any, run_dir: Path, state: LoopState, strategy: str) 
     if state.best_step is not None:  # a new best eval loss always writes a checkpoint
         return read_checkpoint(checkpoint_dir(run_dir, state.best_step)).weights()
     return full_trained_weights(model)
+
+
+def weights_files(run_dir: Path, cfg: RunConfig) -> dict[str, dict[str, Any]]:
+    """The trained weights' files (path in the run folder: size and sha256), for train.json's
+    last word: on a bucket mount train.json can say "completed" before these are all uploaded,
+    and a run whose weights are not all there is not finished (checks.py). The card's files
+    (README.md, tunesmith.json) are left out: eval and review rewrite them."""
+    folder = run_dir / ("model" if cfg.method.name == "full" else "adapter")
+    return {str(p.relative_to(run_dir)): file_facts(p) for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.name not in CARD_FILES}
 
 
 def save_trained(model: Any, tokenizer: Any, run_dir: Path, cfg: RunConfig,
