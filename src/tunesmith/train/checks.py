@@ -27,8 +27,8 @@ from tunesmith.train.record import FINISHED, read_record
 # What a run writes into its folder (DESIGN.md, "The run folder"). --restart removes these
 # and nothing else: a file we did not write is never deleted.
 RUN_ENTRIES = (
-    "config.yaml", "data", "plan.json", "metrics.jsonl", "train.json", "checkpoints", "adapter", "model",
-    "eval", "review", "launch", "summary.json", "error.log", "tensorboard", "mlflow.db", "mlflow-artifacts", "wandb",
+    "config.yaml", "data", "plan.json", "plan_vs_actual.json", "metrics.jsonl", "train.json", "checkpoints", "adapter",
+    "model", "eval", "review", "launch", "summary.json", "error.log", "tensorboard", "mlflow.db", "mlflow-artifacts", "wandb",
 )
 # Entries that mean training got somewhere: a folder without them holds only an attempt that
 # stopped before the first step (pre-flight, data stage), which a new attempt may replace.
