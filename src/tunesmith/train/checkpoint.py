@@ -31,7 +31,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tunesmith.config import RunConfig, flat_fields
-from tunesmith.io import file_facts, file_sha256, fsync_dir, fsync_tree, write_dir_atomic, write_json_atomic, write_text_atomic
+from tunesmith.io import (
+    file_facts, file_sha256, fsync_dir, fsync_tree, write_dir_atomic, write_json_atomic, write_text_atomic,
+)
 from tunesmith.train.sharding import full_trained_weights, shard_like, sharded_optimizer_state
 
 FORMAT = 1
