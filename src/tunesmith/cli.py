@@ -735,7 +735,7 @@ def launch_cmd(
 def status_cmd(run: Path = typer.Argument(..., help="a run folder `tunesmith launch` wrote (the config's output.dir)")) -> None:
     """The cloud run's job as SkyPilot lists it (`sky jobs queue`): status, duration, recoveries."""
     from tunesmith.cloud.launch import read_record
-    from tunesmith.cloud.skypilot import capture_sky, failed, require_sky
+    from tunesmith.cloud.skypilot import capture_sky, failed, job_rows, require_sky
 
     record = read_record(run)
     done = capture_sky(["jobs", "queue"], require_sky())
@@ -749,16 +749,6 @@ def status_cmd(run: Path = typer.Argument(..., help="a run folder `tunesmith lau
                   + (" (it was never submitted: --dry-run)" if not record.get("launched_at") else ""), highlight=False)
         raise typer.Exit(1)
     out.print("\n".join(rows), highlight=False, markup=False)
-
-
-def job_rows(queue: str, job: str) -> list[str]:
-    """The header of `sky jobs queue`'s table and its rows for `job` (a whole word on the line)."""
-    import re
-
-    lines = queue.splitlines()
-    header = next((line for line in lines if line.lstrip().startswith("ID")), None)
-    rows = [line for line in lines if re.search(rf"(?<![\w-]){re.escape(job)}(?![\w-])", line)]
-    return ([header] if header and rows else []) + rows
 
 
 @app.command("logs")

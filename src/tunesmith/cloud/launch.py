@@ -18,8 +18,9 @@ from typing import Any
 from tunesmith import __version__
 from tunesmith.catalog.gpu import load_gpus
 from tunesmith.catalog.prices import load_prices
-from tunesmith.catalog.sky_names import SKY_ACCELERATORS, sky_name
+from tunesmith.catalog.sky_names import sky_name
 from tunesmith.cloud.package import PINNED_NOTE, build_wheel, constraints, source_tree, tree_commit
+from tunesmith.cloud.pull import tree_bytes
 from tunesmith.cloud.task import (PINNED, REMOTE_RUN, Candidate, candidates, disk_gb, estimate_line, launch_command,
                                   parse_bucket, parse_gpu, remote_inputs, setup_script, task_config)
 from tunesmith.config import RunConfig
@@ -118,12 +119,6 @@ def token_count(cfg: RunConfig, tokens: str | None) -> TokenCount:
     return dataset_tokens(str(cfg.data.train), cfg, "data.train file")
 
 
-def tree_bytes(path: Path) -> int:
-    if path.is_file():
-        return path.stat().st_size
-    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
-
-
 # ---------------------------------------------------------------- RUN/launch
 
 def write_launch(launch: Launch, config_path: str) -> dict[str, Any]:
@@ -177,7 +172,7 @@ def read_record(run_dir: Path) -> dict[str, Any]:
 
 def differences(parsed: dict[str, Any], launch: Launch) -> list[str]:
     """Where SkyPilot's reading of task.yaml differs from what was meant (empty: none)."""
-    meant = sorted((SKY_ACCELERATORS[c.gpu], c.count) for c in launch.picks)
+    meant = sorted((name, int(n)) for name, n in (c.accelerators.split(":") for c in launch.picks))
     read = sorted((name, int(n)) for r in parsed["resources"] for name, n in (r["accelerators"] or {}).items())
     found = []
     if read != meant:

@@ -35,7 +35,7 @@ def pull(run_dir: Path, source: str, *, checkpoints: bool = False, tool_dirs: tu
         if done.returncode != 0:
             raise TunesmithError(f"`{' '.join(command[:3])} …` failed (exit {done.returncode}; its output above says "
                                  f"why): check the bucket's name and your credentials for it", exit_code=1)
-        return Pulled(source, None, folder_bytes(run_dir))
+        return Pulled(source, None, tree_bytes(run_dir))
     if "://" in source:
         raise UsageError(f"pulling from {source.split('://')[0]}:// is not wired in (S3, GCS and local folders are): "
                          f"mount or copy {source} here and give that folder with --from FOLDER")
@@ -44,7 +44,7 @@ def pull(run_dir: Path, source: str, *, checkpoints: bool = False, tool_dirs: tu
         raise UsageError(f"--from {source}: not a folder; give the run folder's copy (a mounted bucket, a download)")
     run_dir.mkdir(parents=True, exist_ok=True)
     copied = copy_changed(folder, run_dir, skip={LOCAL_ONLY} | (set() if checkpoints else {CHECKPOINTS}))
-    return Pulled(source, copied, folder_bytes(run_dir))
+    return Pulled(source, copied, tree_bytes(run_dir))
 
 
 def sync_command(source: str, dest: Path, *, checkpoints: bool, tool_dirs: tuple[Path, ...] = ()) -> list[str]:
@@ -94,5 +94,8 @@ def same_file(a: Path, b: Path) -> bool:
     return sa.st_size == sb.st_size and int(sa.st_mtime) == int(sb.st_mtime)
 
 
-def folder_bytes(folder: Path) -> int:
-    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+def tree_bytes(path: Path) -> int:
+    """The bytes of a file, or of every file under a folder."""
+    if path.is_file():
+        return path.stat().st_size
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())

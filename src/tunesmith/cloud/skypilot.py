@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -116,3 +117,11 @@ def failed(what: str, code: int) -> TunesmithError:
     """A `sky` command that failed: its own output said why; this says what to check."""
     return TunesmithError(f"{what} failed (sky exit {code}; its output above says why): `sky check` shows which clouds "
                           "have credentials, `sky api info` whether its API server runs", exit_code=1)
+
+
+def job_rows(queue: str, job: str) -> list[str]:
+    """The header of `sky jobs queue`'s table and its rows for `job` (a whole word on the line)."""
+    lines = queue.splitlines()
+    header = next((line for line in lines if line.lstrip().startswith("ID")), None)
+    rows = [line for line in lines if re.search(rf"(?<![\w-]){re.escape(job)}(?![\w-])", line)]
+    return ([header] if header and rows else []) + rows
