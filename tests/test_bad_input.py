@@ -465,6 +465,8 @@ ROWS = [
     Row("down-record-without-job", ["down", "{tmp}/r"], 2, ["no job name and bucket in it"],
         write("r/launch/launch.json", "[]")),
     Row("pull-from-missing", ["pull", "{tmp}/r", "--from", "{tmp}/nope"], 2, ["--from {tmp}/nope: not a folder"]),
+    Row("pull-into-a-file", ["pull", "{tmp}/good.jsonl", "--from", "{tmp}/src"], 1, ["good.jsonl: File exists"],
+        folder("src")),
     Row("pull-unwired-store", ["pull", "{tmp}/r", "--from", "r2://b/run"], 2,
         ["pulling from r2:// is not wired in", "--from FOLDER"]),
     # ------------------------------------------------------------ serve
